@@ -1,0 +1,149 @@
+import dns from 'node:dns'
+import http from 'node:http'
+import https from 'node:https'
+import net from 'node:net'
+import type { LookupFunction } from 'node:net'
+import { errors, isAppError, type AppError } from '../errors/index.js'
+import type { AddressPolicy } from './guard.js'
+
+export interface FetchLimits {
+  maxBytes: number
+  timeoutMs: number
+  maxRedirects: number
+}
+
+export interface FetchOptions extends FetchLimits {
+  isAllowedAddress: AddressPolicy
+}
+
+export interface Downloaded {
+  bytes: Buffer
+  /** The URL the bytes finally came from, after redirects. */
+  url: string
+}
+
+class ForbiddenAddressError extends Error {
+  readonly code = 'EFORBIDDENADDRESS'
+}
+
+/** Parses an avatar URL, accepting only absolute http(s) URLs. */
+export function mustBeAvatarUrl (raw: string, base?: URL): URL {
+  let url: URL
+  try {
+    url = new URL(raw, base)
+  } catch {
+    throw errors.avatar('avatar_url_invalid', `avatar must be an absolute http:// or https:// URL of an image (got ${JSON.stringify(truncate(raw))}).`)
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw errors.avatar('avatar_url_invalid', `avatar must be an http:// or https:// URL; ${url.protocol} URLs are not fetched.`)
+  }
+  return url
+}
+
+/**
+ * Downloads an avatar under every guard at once: only http(s), each hop's resolved address checked
+ * against the policy (so DNS tricks and redirects to internal hosts fail), a redirect limit,
+ * a byte limit and one deadline for the whole transfer.
+ */
+export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promise<Downloaded> {
+  let url = mustBeAvatarUrl(rawUrl)
+  const controller = new AbortController()
+  const timer = setTimeout(() => { controller.abort() }, options.timeoutMs)
+  try {
+    for (let redirects = 0; ; redirects++) {
+      const res = await requestOnce(url, options.isAllowedAddress, controller.signal)
+      const status = res.statusCode ?? 0
+      if (status >= 300 && status < 400 && res.headers.location !== undefined) {
+        res.resume()
+        if (redirects >= options.maxRedirects) {
+          throw errors.avatar('avatar_too_many_redirects', `The avatar URL redirected more than ${options.maxRedirects} times; give the image's final URL.`)
+        }
+        url = mustBeAvatarUrl(res.headers.location, url)
+        continue
+      }
+      if (status < 200 || status >= 300) {
+        res.resume()
+        throw errors.avatar('avatar_http_error', `Fetching the avatar answered HTTP ${status} from ${url.host}; check that the URL points at a public image.`)
+      }
+      return { bytes: await readLimited(res, options.maxBytes), url: url.href }
+    }
+  } catch (err) {
+    throw toAvatarError(err, url, options, controller.signal.aborted)
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+function requestOnce (url: URL, isAllowed: AddressPolicy, signal: AbortSignal): Promise<http.IncomingMessage> {
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+  // A literal IP never goes through lookup, so it is checked here.
+  if (net.isIP(host) !== 0 && !isAllowed(host)) {
+    return Promise.reject(new ForbiddenAddressError(host))
+  }
+  const client = url.protocol === 'https:' ? https : http
+  return new Promise((resolve, reject) => {
+    const req = client.get(url, {
+      lookup: guardedLookup(isAllowed),
+      signal,
+      agent: false,
+      headers: { accept: 'image/jpeg, image/png, image/webp, image/gif;q=0.9, */*;q=0.1', 'user-agent': 'Agentry-avatar-fetcher/1' }
+    }, resolve)
+    req.on('error', reject)
+  })
+}
+
+function guardedLookup (isAllowed: AddressPolicy): LookupFunction {
+  return (hostname, options, callback) => {
+    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
+      if (err !== null) { callback(err, '', 4); return }
+      const allowed = addresses.filter((a) => isAllowed(a.address))
+      const first = allowed[0]
+      if (first === undefined) {
+        callback(new ForbiddenAddressError(`${hostname} resolves to ${addresses.map((a) => a.address).join(', ')}`), '', 4)
+        return
+      }
+      if (options.all === true) (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, allowed)
+      else callback(null, first.address, first.family)
+    })
+  }
+}
+
+async function readLimited (res: http.IncomingMessage, maxBytes: number): Promise<Buffer> {
+  const declared = Number(res.headers['content-length'])
+  if (Number.isFinite(declared) && declared > maxBytes) {
+    res.destroy()
+    throw tooLarge(maxBytes)
+  }
+  const chunks: Buffer[] = []
+  let total = 0
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    total += chunk.length
+    if (total > maxBytes) {
+      res.destroy()
+      throw tooLarge(maxBytes)
+    }
+    chunks.push(chunk)
+  }
+  if (!res.complete) throw errors.avatar('avatar_unreachable', 'The avatar download was cut off before it finished; try again or use another URL.')
+  return Buffer.concat(chunks, total)
+}
+
+function tooLarge (maxBytes: number): AppError {
+  return errors.avatar('avatar_too_large', `The avatar is larger than ${maxBytes} bytes; use a smaller image.`)
+}
+
+function toAvatarError (err: unknown, url: URL, options: FetchOptions, timedOut: boolean): AppError {
+  if (isAppError(err)) return err
+  if (timedOut) {
+    return errors.avatar('avatar_timeout', `The avatar took longer than ${options.timeoutMs} ms to download from ${url.host}; use a faster host or a smaller image.`, err)
+  }
+  if (err instanceof ForbiddenAddressError) {
+    return errors.avatar('avatar_host_forbidden', `The avatar URL points at a private, loopback or link-local address (${url.host}), which is not fetched; use a public URL.`, err)
+  }
+  const code = (err as { code?: string }).code ?? 'unknown error'
+  return errors.avatar('avatar_unreachable', `The avatar could not be fetched from ${url.host} (${code}); check the URL and that the host is up.`, err)
+}
+
+function truncate (s: string): string {
+  return s.length > 100 ? `${s.slice(0, 100)}…` : s
+}

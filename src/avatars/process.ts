@@ -1,0 +1,101 @@
+import sharp from 'sharp'
+import type { Metadata, Sharp, SharpOptions } from 'sharp'
+import { errors } from '../errors/index.js'
+import type { Variant } from '../storage/blob-store.js'
+
+export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif'] as const
+export type ImageFormat = typeof IMAGE_FORMATS[number]
+
+export const MIME_TYPES: Record<ImageFormat, string> = {
+  jpeg: 'image/jpeg',
+  png: 'image/png',
+  webp: 'image/webp',
+  gif: 'image/gif'
+}
+
+export interface ProcessedAvatar {
+  format: ImageFormat
+  /** The stored original: oriented, metadata stripped. */
+  original: Buffer
+  width: number
+  height: number
+  variants: Record<Variant, Buffer>
+}
+
+const OTHER_FORMATS: Array<[string, (b: Buffer) => boolean]> = [
+  ['SVG', (b) => /^\s*(?:<\?xml[^>]*>\s*)?(?:<!--[\s\S]*?-->\s*)*(?:<!DOCTYPE svg[^>]*>\s*)?<svg[\s>]/i.test(b.subarray(0, 1024).toString('utf8').replace(/^\uFEFF/, ''))],
+  ['TIFF', (b) => b.subarray(0, 4).equals(Buffer.from('II*\0', 'latin1')) || b.subarray(0, 4).equals(Buffer.from('MM\0*', 'latin1'))],
+  ['BMP', (b) => b.subarray(0, 2).toString('latin1') === 'BM'],
+  ['HEIF/AVIF', (b) => b.subarray(4, 8).toString('latin1') === 'ftyp'],
+  ['ICO', (b) => b.subarray(0, 4).equals(Buffer.from([0, 0, 1, 0]))]
+]
+
+/** Decides the format from the bytes alone; a Content-Type header is never trusted. */
+export function sniffFormat (b: Buffer): ImageFormat | undefined {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg'
+  if (b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) return 'png'
+  if (/^GIF8[79]a$/.test(b.subarray(0, 6).toString('latin1'))) return 'gif'
+  if (b.subarray(0, 4).toString('latin1') === 'RIFF' && b.subarray(8, 12).toString('latin1') === 'WEBP') return 'webp'
+  return undefined
+}
+
+function mustBeAcceptedFormat (bytes: Buffer): ImageFormat {
+  const format = sniffFormat(bytes)
+  if (format !== undefined) return format
+  const other = OTHER_FORMATS.find(([, test]) => test(bytes))?.[0]
+  if (other !== undefined) {
+    throw errors.avatar('avatar_unsupported_format', `The avatar is ${other === 'ICO' ? 'an' : 'a'} ${other} image; accepted formats are JPEG, PNG, WebP and GIF.`)
+  }
+  throw errors.avatar('avatar_not_an_image', 'The avatar URL did not return an image (its bytes are not JPEG, PNG, WebP or GIF).')
+}
+
+const ENCODERS: Record<ImageFormat, (s: Sharp) => Sharp> = {
+  jpeg: (s) => s.jpeg({ quality: 90 }),
+  png: (s) => s.png(),
+  webp: (s) => s.webp({ quality: 90 }),
+  gif: (s) => s.gif()
+}
+
+/**
+ * Turns downloaded bytes into the stored original and its variants. The pixel count is checked
+ * from the header before any pixel is decoded, so a decompression bomb costs nothing.
+ */
+export async function processAvatar (bytes: Buffer, limits: { maxPixels: number }): Promise<ProcessedAvatar> {
+  const format = mustBeAcceptedFormat(bytes)
+  const animated = format === 'gif' || format === 'webp'
+  // limitInputPixels stays as a second guard inside libvips; failOn 'warning' rejects truncated data.
+  const options: SharpOptions = { animated, failOn: 'warning', limitInputPixels: false }
+  let meta: Metadata
+  try {
+    meta = await sharp(bytes, options).metadata()
+  } catch (err) {
+    throw corrupt(err)
+  }
+  const frameHeight = meta.pageHeight ?? meta.height
+  const pixels = meta.width * frameHeight * (meta.pages ?? 1)
+  if (pixels > limits.maxPixels) {
+    throw errors.avatar('avatar_too_many_pixels', `The avatar is ${meta.width}x${frameHeight}${(meta.pages ?? 1) > 1 ? ` with ${meta.pages} frames` : ''}, over the limit of ${limits.maxPixels} pixels; use a smaller image.`)
+  }
+  const base = sharp(bytes, { ...options, limitInputPixels: limits.maxPixels }).rotate()
+  const encode = ENCODERS[format]
+  try {
+    const [original, small, large] = await Promise.all([
+      encode(base.clone()).toBuffer({ resolveWithObject: true }),
+      encode(base.clone().resize(120, 120, { fit: 'cover', position: 'centre' })).toBuffer(),
+      encode(base.clone().resize(520, 400, { fit: 'inside', withoutEnlargement: true })).toBuffer()
+    ])
+    return {
+      format,
+      original: original.data,
+      width: original.info.width,
+      height: original.info.pageHeight ?? original.info.height,
+      variants: { '120x120': small, '520x400': large }
+    }
+  } catch (err) {
+    throw corrupt(err)
+  }
+}
+
+function corrupt (err: unknown) {
+  return errors.avatar('avatar_corrupt', 'The avatar image is damaged or truncated and cannot be decoded; upload the file again or use another image.', err)
+}

@@ -1,0 +1,69 @@
+import { createHash } from 'node:crypto'
+import type { Config } from '../config/index.js'
+import type { AvatarRow } from '../db/types.js'
+import type { Avatar } from '../http/schemas/agent.js'
+import { avatarKeys, contentPath, type BlobStore } from '../storage/blob-store.js'
+import { fetchAvatar } from './fetch.js'
+import { addressPolicy, type AddressPolicy } from './guard.js'
+import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
+
+/** An avatar image whose files are all in the store, ready for a database row to point at. */
+export interface StoredImage {
+  sha256: string
+  ext: ImageFormat
+  mimeType: string
+  size: number
+  width: number
+  height: number
+  sourceUrl: string
+}
+
+export interface AvatarServiceOptions {
+  store: BlobStore
+  staticBaseUrl: string
+  limits: Config['avatar']
+  /** Overrides the address policy derived from limits.allowPrivateNetworks (tests of the guard itself). */
+  isAllowedAddress?: AddressPolicy
+}
+
+/** The avatar pipeline: guarded download, decode, orient, strip, variants, content-addressed files. */
+export class AvatarService {
+  private readonly isAllowedAddress: AddressPolicy
+
+  constructor (private readonly options: AvatarServiceOptions) {
+    this.isAllowedAddress = options.isAllowedAddress ?? addressPolicy(options.limits.allowPrivateNetworks)
+  }
+
+  /** Downloads and stores the image at url. Every file is complete in the store when this resolves. */
+  async ingestUrl (url: string): Promise<StoredImage> {
+    const { limits } = this.options
+    const download = await fetchAvatar(url, { ...limits, isAllowedAddress: this.isAllowedAddress })
+    const image = await processAvatar(download.bytes, limits)
+    const sha256 = createHash('sha256').update(image.original).digest('hex')
+    const keys = avatarKeys(contentPath(sha256, image.format))
+    const mimeType = MIME_TYPES[image.format]
+    const { store } = this.options
+    // Variants first, original last: once the original exists, so does everything derived from it.
+    await Promise.all([
+      store.put(keys['120x120'], image.variants['120x120'], mimeType),
+      store.put(keys['520x400'], image.variants['520x400'], mimeType)
+    ])
+    await store.put(keys.original, image.original, mimeType)
+    return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl: url }
+  }
+
+  /** The seed's avatar object for a stored row. */
+  toApi (row: AvatarRow): Avatar {
+    const path = contentPath(row.sha256, row.ext)
+    const base = this.options.staticBaseUrl
+    return {
+      id: row.id,
+      type: 'image',
+      meta: { width: row.width, height: row.height },
+      info: { ext: row.ext as ImageFormat, name: row.name, path, size: row.size, mimeType: row.mime_type },
+      url: { '120x120': `${base}/120x120${path}`, '520x400': `${base}/520x400${path}`, default: `${base}${path}` },
+      createdAt: row.created_at,
+      updatedAt: row.updated_at
+    }
+  }
+}

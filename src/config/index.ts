@@ -1,0 +1,124 @@
+import path from 'node:path'
+import { Type, type Static } from 'typebox'
+import { Ajv } from 'ajv'
+
+/**
+ * Every setting the service reads, with its environment variable, default and bounds.
+ * Read once by loadConfig(); nothing else in src/ touches process.env.
+ */
+const EnvSchema = Type.Object({
+  HOST: Type.String({ default: '127.0.0.1', minLength: 1 }),
+  PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
+  DATA_DIR: Type.String({ default: './data', minLength: 1 }),
+  DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  STATIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
+  BOOTSTRAP_TOKEN: Type.Optional(Type.String({ minLength: 16, maxLength: 256, pattern: '^[\\x21-\\x7e]+$' })),
+  LOG_LEVEL: Type.Unsafe<'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'>({
+    type: 'string',
+    enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+    default: 'info'
+  }),
+  BODY_LIMIT_BYTES: Type.Integer({ default: 65536, minimum: 1024, maximum: 104857600 }),
+  AVATAR_ALLOW_PRIVATE_NETWORKS: Type.Boolean({ default: false }),
+  AVATAR_MAX_BYTES: Type.Integer({ default: 10485760, minimum: 1024, maximum: 104857600 }),
+  AVATAR_MAX_PIXELS: Type.Integer({ default: 40000000, minimum: 1, maximum: 1000000000 }),
+  AVATAR_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 300000 }),
+  AVATAR_MAX_REDIRECTS: Type.Integer({ default: 3, minimum: 0, maximum: 10 }),
+  SHUTDOWN_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 })
+})
+type Env = Static<typeof EnvSchema>
+
+export type DatabaseTarget =
+  | { kind: 'sqlite', file: string }
+  | { kind: 'postgres', url: string }
+
+export interface Config {
+  readonly host: string
+  readonly port: number
+  readonly dataDir: string
+  readonly database: DatabaseTarget
+  /** Root folder of locally stored avatar files. */
+  readonly storageDir: string
+  /** Base of the avatar URLs the API returns; no trailing slash. */
+  readonly staticBaseUrl: string
+  readonly bootstrapToken: string | undefined
+  readonly logLevel: Env['LOG_LEVEL']
+  readonly bodyLimitBytes: number
+  readonly avatar: {
+    readonly allowPrivateNetworks: boolean
+    readonly maxBytes: number
+    readonly maxPixels: number
+    readonly timeoutMs: number
+    readonly maxRedirects: number
+  }
+  readonly shutdownTimeoutMs: number
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: true, strict: false })
+const validateEnv = ajv.compile<Env>(EnvSchema)
+
+/** Validates the environment once and returns a frozen Config; throws ConfigError naming each bad variable. */
+export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') raw[key] = value
+  }
+  if (typeof raw.AVATAR_ALLOW_PRIVATE_NETWORKS === 'string') {
+    raw.AVATAR_ALLOW_PRIVATE_NETWORKS = parseBoolean(raw.AVATAR_ALLOW_PRIVATE_NETWORKS)
+  }
+  if (!validateEnv(raw)) {
+    const problems = (validateEnv.errors ?? []).map((e) => {
+      const name = e.instancePath.replace(/^\//, '') || String(e.params.missingProperty ?? '')
+      return `${name} ${e.message ?? 'is invalid'} (got ${JSON.stringify(raw[name])})`
+    })
+    throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`)
+  }
+  const e = raw
+  const dataDir = path.resolve(e.DATA_DIR)
+  return deepFreeze({
+    host: e.HOST,
+    port: e.PORT,
+    dataDir,
+    database: parseDatabaseUrl(e.DATABASE_URL, dataDir),
+    storageDir: path.join(dataDir, 'avatars'),
+    staticBaseUrl: (e.STATIC_BASE_URL ?? `http://localhost:${e.PORT}/static`).replace(/\/+$/, ''),
+    bootstrapToken: e.BOOTSTRAP_TOKEN,
+    logLevel: e.LOG_LEVEL,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    avatar: {
+      allowPrivateNetworks: e.AVATAR_ALLOW_PRIVATE_NETWORKS,
+      maxBytes: e.AVATAR_MAX_BYTES,
+      maxPixels: e.AVATAR_MAX_PIXELS,
+      timeoutMs: e.AVATAR_TIMEOUT_MS,
+      maxRedirects: e.AVATAR_MAX_REDIRECTS
+    },
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS
+  })
+}
+
+function parseBoolean (value: string): boolean | string {
+  const v = value.trim().toLowerCase()
+  if (['true', '1', 'yes', 'on'].includes(v)) return true
+  if (['false', '0', 'no', 'off'].includes(v)) return false
+  return value // left as a string so validation names the variable
+}
+
+function parseDatabaseUrl (url: string | undefined, dataDir: string): DatabaseTarget {
+  if (url === undefined) return { kind: 'sqlite', file: path.join(dataDir, 'agentry.db') }
+  if (/^postgres(ql)?:\/\//.test(url)) return { kind: 'postgres', url }
+  const sqlite = /^sqlite:(?:\/\/)?(.+)$/.exec(url)
+  if (sqlite?.[1] !== undefined) return { kind: 'sqlite', file: sqlite[1] === ':memory:' ? ':memory:' : path.resolve(sqlite[1]) }
+  throw new ConfigError(`Invalid configuration: DATABASE_URL must start with postgres:// or sqlite: (got ${JSON.stringify(url.replace(/\/\/[^@/]*@/, '//***@'))})`)
+}
+
+function deepFreeze<T extends object> (value: T): T {
+  for (const v of Object.values(value)) {
+    if (typeof v === 'object' && v !== null) deepFreeze(v)
+  }
+  return Object.freeze(value)
+}

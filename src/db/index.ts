@@ -1,0 +1,49 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import { Kysely, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely'
+import SQLite from 'better-sqlite3'
+import pg from 'pg'
+import type { DatabaseTarget } from '../config/index.js'
+import type { Database } from './types.js'
+
+export type Db = Kysely<Database>
+export type DbOrTrx = Kysely<Database> | Transaction<Database>
+export type DialectName = DatabaseTarget['kind']
+
+export interface DbHandle {
+  db: Db
+  dialect: DialectName
+  close: () => Promise<void>
+}
+
+/** Opens the store named by the config: an SQLite file (the embedded default) or a PostgreSQL pool. */
+export function openDatabase (target: DatabaseTarget): DbHandle {
+  if (target.kind === 'sqlite') {
+    if (target.file !== ':memory:') fs.mkdirSync(path.dirname(target.file), { recursive: true })
+    const sqlite = new SQLite(target.file)
+    sqlite.pragma('journal_mode = WAL')
+    // FULL: a commit is on disk before the API acknowledges it, even across a power cut.
+    sqlite.pragma('synchronous = FULL')
+    sqlite.pragma('foreign_keys = ON')
+    sqlite.pragma('busy_timeout = 5000')
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) })
+    return { db, dialect: 'sqlite', close: () => db.destroy() }
+  }
+  // int8 (bigint) columns hold unix seconds and sequence numbers, all well inside 2^53.
+  pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v))
+  const pool = new pg.Pool({ connectionString: target.url })
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
+  return { db, dialect: 'postgres', close: () => db.destroy() }
+}
+
+/** Cheap round trip used by /readyz. */
+export async function pingDatabase (db: Db): Promise<void> {
+  await sql`select 1`.execute(db)
+}
+
+/** True when err is a unique-constraint violation on either dialect. */
+export function isUniqueViolation (err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const code = (err as { code?: unknown }).code
+  return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === '23505'
+}

@@ -1,0 +1,43 @@
+import { Migrator, type Migration, type MigrationProvider, type MigrationResultSet } from 'kysely'
+import type { Db, DialectName } from './index.js'
+import { initial } from './migrations/001_initial.js'
+
+/** Migrations in order; names are stable keys in the migration table, never rename one. */
+function migrations (dialect: DialectName): Record<string, Migration> {
+  return {
+    '001_initial': initial(dialect)
+  }
+}
+
+class StaticProvider implements MigrationProvider {
+  constructor (private readonly dialect: DialectName) {}
+  getMigrations (): Promise<Record<string, Migration>> {
+    return Promise.resolve(migrations(this.dialect))
+  }
+}
+
+export class MigrationError extends Error {
+  override name = 'MigrationError'
+}
+
+function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<MigrationResultSet['results']> {
+  if (error !== undefined) {
+    const failed = results?.find((r) => r.status === 'Error')
+    throw new MigrationError(`Migration ${failed?.migrationName ?? '(unknown)'} failed: ${error instanceof Error ? error.message : JSON.stringify(error)}`, { cause: error })
+  }
+  return results ?? []
+}
+
+/**
+ * Brings the schema up to date. Kysely's migrator takes a lock (a table lock on SQLite,
+ * an advisory lock on PostgreSQL), so instances starting together migrate once.
+ */
+export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
+  return mustSucceed(await migrator.migrateToLatest()).map((r) => r.migrationName)
+}
+
+export async function migrateDown (db: Db, dialect: DialectName): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
+  return mustSucceed(await migrator.migrateDown()).map((r) => r.migrationName)
+}

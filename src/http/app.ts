@@ -1,0 +1,70 @@
+import { randomUUID } from 'node:crypto'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { Ajv, type Options as AjvOptions } from 'ajv'
+import type { Config } from '../config/index.js'
+import type { AgentService } from '../agents/service.js'
+import type { TokenService } from '../tokens/service.js'
+import type { BlobStore } from '../storage/blob-store.js'
+import { LocalBlobStore } from '../storage/local.js'
+import { registerErrorHandling } from './error-handler.js'
+import { registerBodyParsers } from './plugins/body-parsers.js'
+import { registerOpenApi } from './plugins/openapi.js'
+import { registerStaticFiles } from './plugins/static.js'
+import { agentRoutes } from './routes/agents/index.js'
+import { healthRoutes } from './routes/health.js'
+import { ErrorEnvelope } from './schemas/envelope.js'
+
+export interface AppDeps {
+  config: Config
+  agents: AgentService
+  tokens: TokenService
+  store: BlobStore
+  checkReady: () => Promise<void>
+  version: string
+  /** Pino options, or false for silence; defaults to JSON lines at config.logLevel. */
+  logger?: FastifyServerOptions['logger']
+}
+
+const REQUEST_ID = /^[\w.:@-]{1,128}$/
+
+const ajvBase: AjvOptions = { allErrors: true, strict: false, removeAdditional: false, useDefaults: false }
+// JSON bodies are strict: `active` must be a JSON boolean, the rest strings. Form bodies get their
+// booleans converted by the form parser, never by coercion here.
+const bodyAjv = new Ajv({ ...ajvBase, coerceTypes: false })
+const otherAjv = new Ajv({ ...ajvBase, coerceTypes: 'array' })
+
+/** Builds the HTTP application around its dependencies; listening is the caller's business. */
+export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
+  const { config } = deps
+  const app = Fastify({
+    logger: deps.logger ?? {
+      level: config.logLevel,
+      redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], remove: true }
+    },
+    bodyLimit: config.bodyLimitBytes,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id']
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID()
+    },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 }
+  })
+
+  app.setValidatorCompiler(({ schema, httpPart }) =>
+    (httpPart === 'body' ? bodyAjv : otherAjv).compile(schema))
+  app.addHook('onRequest', async (request, reply) => {
+    void reply.header('x-request-id', request.id)
+  })
+
+  app.addSchema(ErrorEnvelope)
+  registerErrorHandling(app)
+  await registerBodyParsers(app)
+  await registerOpenApi(app, deps.version)
+
+  await app.register(healthRoutes, { checkReady: deps.checkReady })
+  await app.register(agentRoutes, { prefix: '/api/external/v1', agents: deps.agents, tokens: deps.tokens })
+  if (deps.store instanceof LocalBlobStore) await registerStaticFiles(app, deps.store.root)
+  return app
+}

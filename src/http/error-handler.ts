@@ -1,0 +1,90 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { AppError, errors, isAppError, type ErrorDetail } from '../errors/index.js'
+
+interface AjvError {
+  keyword: string
+  instancePath: string
+  message?: string
+  params: Record<string, unknown>
+}
+
+/** Turns validation errors from the schema into field details a person can act on. */
+export function validationDetails (errs: readonly AjvError[], knownFields: readonly string[] = []): ErrorDetail[] {
+  const details = errs.map((e): ErrorDetail => {
+    const path = e.instancePath.replace(/^\//, '').replace(/\//g, '.')
+    const p = e.params
+    switch (e.keyword) {
+      case 'required': return { field: String(p.missingProperty), message: 'is required' }
+      case 'additionalProperties': return {
+        field: String(p.additionalProperty),
+        message: `is not a known field${knownFields.length > 0 ? ` (known fields: ${knownFields.join(', ')})` : ''}`
+      }
+      case 'type': {
+        const types = ([] as unknown[]).concat(p.type).map(String)
+        if (path === '') return { message: 'the request body must be a JSON object or a URL-encoded form' }
+        return { field: path, message: `must be ${types.map((t) => (t === 'null' ? 'null' : `a ${t}`)).join(' or ')}` }
+      }
+      case 'enum': return { field: path, message: `must be one of: ${(p.allowedValues as unknown[]).map(String).join(', ')}` }
+      case 'minLength': return { field: path, message: 'must not be empty' }
+      case 'maxLength': return { field: path, message: `must be at most ${String(p.limit)} characters` }
+      case 'pattern': return { field: path, message: p.pattern === '\\S' ? 'must contain a non-space character' : `must match ${String(p.pattern)}` }
+      default: return { field: path === '' ? undefined : path, message: e.message ?? 'is invalid' }
+    }
+  })
+  // One detail per field: the first problem found is the one to fix.
+  return details.filter((d, i) => d.field === undefined || details.findIndex((o) => o.field === d.field) === i)
+}
+
+const FASTIFY_CODES: Record<string, (err: FastifyError) => AppError> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: () => new AppError('invalid_json', 'The request body is not valid JSON; check quotes, commas and brackets.'),
+  FST_ERR_CTP_EMPTY_JSON_BODY: () => new AppError('invalid_json', 'The request says Content-Type: application/json but its body is empty; send a JSON object.'),
+  FST_ERR_CTP_BODY_TOO_LARGE: () => new AppError('payload_too_large', 'The request body is larger than this service accepts; send only the agent fields.'),
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: (err) => new AppError('unsupported_media_type', `${err.message.replace(/^Unsupported Media Type:?\s*/i, 'Content-Type ')} is not supported; send application/json or application/x-www-form-urlencoded.`),
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new AppError('validation_failed', 'The Content-Length header does not match the body.')
+}
+
+function toAppError (err: FastifyError, knownFields: readonly string[]): AppError {
+  if (isAppError(err)) return err
+  if (err.validation !== undefined) {
+    const details = validationDetails(err.validation, err.validationContext === 'body' ? knownFields : [])
+    return errors.validation(details)
+  }
+  const mapped = err.code === undefined ? undefined : FASTIFY_CODES[err.code]
+  if (mapped !== undefined) return mapped(err)
+  if (err instanceof SyntaxError && err.statusCode === 400) return FASTIFY_CODES.FST_ERR_CTP_INVALID_JSON_BODY!(err)
+  if (err.statusCode === 413) return FASTIFY_CODES.FST_ERR_CTP_BODY_TOO_LARGE!(err)
+  if (err.statusCode === 415) return FASTIFY_CODES.FST_ERR_CTP_INVALID_MEDIA_TYPE!(err)
+  if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
+    return new AppError('validation_failed', err.message)
+  }
+  return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
+}
+
+/** One place where every failure becomes the envelope; internals of 5xx never leave the process. */
+export function registerErrorHandling (app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    const known = (request.routeOptions.schema?.body as { properties?: Record<string, unknown> } | undefined)?.properties
+    const appErr = toAppError(err, known === undefined ? [] : Object.keys(known))
+    if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
+    else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
+    if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')
+    return reply.status(appErr.statusCode).send(envelope(appErr))
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? ''
+    const err = new AppError('route_not_found', `Nothing is at ${request.method} ${path.length > 200 ? `${path.slice(0, 200)}…` : path}; the API lives under /api/external/v1 (see /docs).`)
+    return reply.status(404).send(envelope(err))
+  })
+}
+
+export function envelope (err: AppError) {
+  return {
+    status: err.statusCode,
+    error: {
+      code: err.code,
+      message: err.message,
+      ...(err.details === undefined ? {} : { details: err.details })
+    }
+  }
+}

@@ -1,0 +1,79 @@
+import { Type, type Static } from 'typebox'
+
+/** The seed's Agent resource: one schema validates requests, serializes responses, documents and types them. */
+
+const Status = Type.Unsafe<'online' | 'offline'>({ type: 'string', enum: ['online', 'offline'], description: 'Status of the agent.' })
+const UnixSeconds = Type.Integer({ minimum: 0, description: 'Unix time in seconds.' })
+
+export const AvatarSchema = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  type: Type.Literal('image'),
+  meta: Type.Object({
+    width: Type.Integer({ description: 'Width of the stored original in pixels.' }),
+    height: Type.Integer({ description: 'Height of the stored original in pixels.' })
+  }),
+  info: Type.Object({
+    ext: Type.Unsafe<'jpeg' | 'png' | 'webp' | 'gif'>({ type: 'string', enum: ['jpeg', 'png', 'webp', 'gif'] }),
+    name: Type.String({ pattern: '^[0-9a-f]{13}$', description: '8 hex digits of unix seconds and 5 of microseconds.' }),
+    path: Type.String({ description: '/xx/yy/zz/<sha256 of the stored original>.<ext>' }),
+    size: Type.Integer({ description: 'Bytes of the stored original.' }),
+    mimeType: Type.String()
+  }),
+  url: Type.Object({
+    '120x120': Type.String({ description: 'Exactly 120x120, cover crop.' }),
+    '520x400': Type.String({ description: 'Fits inside 520x400, never enlarged.' }),
+    default: Type.String({ description: 'The stored original.' })
+  }),
+  createdAt: UnixSeconds,
+  updatedAt: UnixSeconds
+}, { additionalProperties: false })
+export type Avatar = Static<typeof AvatarSchema>
+
+export const AgentSchema = Type.Object({
+  id: Type.String({ format: 'uuid' }),
+  serviceUserId: Type.String({ description: "The integrator's own id for this agent; unique within a widget." }),
+  name: Type.String(),
+  status: Status,
+  avatar: Type.Union([AvatarSchema, Type.Null()]),
+  active: Type.Boolean(),
+  createdAt: UnixSeconds,
+  updatedAt: UnixSeconds
+}, { additionalProperties: false })
+export type Agent = Static<typeof AgentSchema>
+
+const text = (description: string) => Type.String({ minLength: 1, maxLength: 255, pattern: '\\S', description })
+const avatarUrl = Type.Unsafe<string | null>({
+  type: ['string', 'null'],
+  maxLength: 2048,
+  description: 'http(s) URL of the agent\'s avatar image (JPEG, PNG, WebP or GIF); null or "" removes it.'
+})
+
+const fields = {
+  active: Type.Boolean({ description: 'Is agent active or not. In form bodies: true, false, 1 or 0.' }),
+  serviceUserId: text('Simple string that identifies the agent in your service.'),
+  name: text("Agent's name."),
+  avatar: avatarUrl,
+  status: Status
+}
+
+export const CreateAgentBody = Type.Object({
+  active: Type.Optional(fields.active),
+  serviceUserId: fields.serviceUserId,
+  name: fields.name,
+  avatar: Type.Optional(fields.avatar),
+  status: Type.Optional(fields.status)
+}, { additionalProperties: false })
+export type CreateAgentInput = Static<typeof CreateAgentBody>
+
+export const UpdateAgentBody = Type.Object({
+  active: Type.Optional(fields.active),
+  serviceUserId: Type.Optional(fields.serviceUserId),
+  name: Type.Optional(fields.name),
+  avatar: Type.Optional(fields.avatar),
+  status: Type.Optional(fields.status)
+}, { additionalProperties: false })
+export type UpdateAgentInput = Static<typeof UpdateAgentBody>
+
+export const AgentParams = Type.Object({
+  id: Type.String({ description: 'ID of the agent.' })
+})

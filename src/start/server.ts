@@ -1,0 +1,54 @@
+import closeWithGrace from 'close-with-grace'
+import type { FastifyInstance } from 'fastify'
+import type { Config } from '../config/index.js'
+import { buildApp } from '../http/app.js'
+import { createServices, type Services } from './services.js'
+
+export interface RunningServer {
+  app: FastifyInstance
+  services: Services
+  url: string
+  close: () => Promise<void>
+}
+
+/** Wires everything from config and listens; closing finishes in-flight requests, then the database. */
+export async function startServer (config: Config): Promise<RunningServer> {
+  const services = await createServices(config)
+  let app: FastifyInstance
+  try {
+    app = await buildApp(services)
+  } catch (err) {
+    await services.close()
+    throw err
+  }
+  const created = await services.tokens.bootstrap(config.bootstrapToken)
+  await app.listen({ host: config.host, port: config.port })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : config.port
+  const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`
+  if (created !== undefined) {
+    // Printed once, to the console and not to the log, so it does not end up in log storage.
+    process.stdout.write(
+      `\nNo API token existed, so one was created for widget "${created.widgetName}". It is shown only this once:\n\n` +
+      `  ${created.token}\n\n` +
+      `Try it:\n  curl -H 'Authorization: Bearer ${created.token}' ${url}/api/external/v1/agents\n\n`
+    )
+  }
+  let closing: Promise<void> | undefined
+  const close = async () => {
+    closing ??= app.close().finally(() => services.close())
+    await closing
+  }
+  return { app, services, url, close }
+}
+
+/** The `serve` command: start, then shut down gracefully on SIGTERM/SIGINT. */
+export async function serve (config: Config): Promise<void> {
+  const server = await startServer(config)
+  closeWithGrace({ delay: config.shutdownTimeoutMs }, async ({ signal, err }) => {
+    if (err !== undefined) server.app.log.error({ err }, 'shutting down after an error')
+    else server.app.log.info({ signal }, 'shutting down: finishing in-flight requests')
+    await server.close()
+    server.app.log.info('stopped')
+  })
+}

@@ -1,0 +1,37 @@
+/**
+ * Where avatar files live. Keys are relative, slash-separated paths such as
+ * `120x120/96/b8/5c/<sha256>.jpeg`; the same key is the path under STATIC_BASE_URL.
+ */
+export interface BlobStore {
+  readonly kind: string
+  /**
+   * Stores data under key, completely, before resolving: a reader never sees a partial file.
+   * Content is addressed by its hash, so an existing key is left as it is. Resolves true when it wrote.
+   */
+  put: (key: string, data: Buffer, contentType: string) => Promise<boolean>
+  exists: (key: string) => Promise<boolean>
+  delete: (key: string) => Promise<void>
+  /** Throws when the store cannot take writes; used by /readyz. */
+  checkReady: () => Promise<void>
+}
+
+export const VARIANTS = ['120x120', '520x400'] as const
+export type Variant = typeof VARIANTS[number]
+
+/** `/xx/yy/zz/<sha256>.<ext>`: three folders from the hash, then the hash itself. */
+export function contentPath (sha256: string, ext: string): string {
+  if (!/^[0-9a-f]{64}$/.test(sha256) || !/^[a-z0-9]+$/.test(ext)) throw new Error('invalid content address')
+  return `/${sha256.slice(0, 2)}/${sha256.slice(2, 4)}/${sha256.slice(4, 6)}/${sha256}.${ext}`
+}
+
+/** Store keys of an avatar's original and its variants, from its content path. */
+export function avatarKeys (path: string): { original: string } & Record<Variant, string> {
+  return {
+    original: path.slice(1),
+    '120x120': `120x120${path}`,
+    '520x400': `520x400${path}`
+  }
+}
+
+/** Matches exactly the keys avatarKeys() can produce; anything else is never served. */
+export const AVATAR_KEY_PATTERN = /^(?:(?:120x120|520x400)\/)?[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{64}\.(?:jpeg|png|webp|gif)$/

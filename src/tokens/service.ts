@@ -1,0 +1,85 @@
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import { isUniqueViolation, type Db } from '../db/index.js'
+import { countTokens, findActiveTokenByHash, findTokenByHash, insertToken, listTokens, revokeToken, type TokenListing } from '../db/repositories/tokens.js'
+import { ensureWidget } from '../db/repositories/widgets.js'
+
+export const DEFAULT_WIDGET = 'default'
+
+export function hashToken (token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex')
+}
+
+/** 256 random bits, URL-safe, with a prefix that secret scanners can recognise. */
+export function generateToken (): string {
+  return `agt_${randomBytes(32).toString('base64url')}`
+}
+
+export interface CreatedToken {
+  id: string
+  token: string
+  widgetName: string
+}
+
+const nowSeconds = () => Math.floor(Date.now() / 1000)
+
+/**
+ * Widget tokens: stored only as sha256 hashes. Lookups are cached for at most cacheTtlMs, which bounds
+ * how long a revoked token keeps working on a running instance.
+ */
+export class TokenService {
+  private readonly cache = new Map<string, { widgetId: string | null, expires: number }>()
+
+  constructor (private readonly db: Db, private readonly cacheTtlMs = 1000) {}
+
+  async create (widgetName: string, token = generateToken()): Promise<CreatedToken> {
+    const widget = await ensureWidget(this.db, widgetName, nowSeconds())
+    const id = randomUUID()
+    await insertToken(this.db, { id, widget_id: widget.id, token_hash: hashToken(token), created_at: nowSeconds(), revoked_at: null })
+    return { id, token, widgetName }
+  }
+
+  async list (): Promise<TokenListing[]> {
+    return await listTokens(this.db)
+  }
+
+  /** Revokes a token given its id or the token itself; returns how many were revoked. */
+  async revoke (idOrToken: string): Promise<number> {
+    const n = await revokeToken(this.db, { id: idOrToken, hash: hashToken(idOrToken) }, nowSeconds())
+    this.cache.clear()
+    return n
+  }
+
+  /** The widget id a token belongs to, or undefined for an unknown or revoked token. */
+  async authenticate (token: string): Promise<string | undefined> {
+    const hash = hashToken(token)
+    const now = Date.now()
+    const cached = this.cache.get(hash)
+    if (cached !== undefined && cached.expires > now) return cached.widgetId ?? undefined
+    const row = await findActiveTokenByHash(this.db, hash)
+    // The hash was found by an index lookup; the final comparison is constant-time all the same.
+    const widgetId = row !== undefined && timingSafeEqual(Buffer.from(row.token_hash, 'hex'), Buffer.from(hash, 'hex')) ? row.widget_id : null
+    if (this.cache.size >= 10_000) this.cache.clear()
+    this.cache.set(hash, { widgetId, expires: now + this.cacheTtlMs })
+    return widgetId ?? undefined
+  }
+
+  /**
+   * Makes sure the service can be called: BOOTSTRAP_TOKEN is ensured for the default widget, and with
+   * no token at all a new one is created. Returns the token only when it was generated here.
+   * A bootstrap token that was revoked stays revoked: revocation is the operator's later word.
+   */
+  async bootstrap (bootstrapToken: string | undefined): Promise<CreatedToken | undefined> {
+    if (bootstrapToken !== undefined) {
+      if (await findTokenByHash(this.db, hashToken(bootstrapToken)) !== undefined) return undefined
+      try {
+        await this.create(DEFAULT_WIDGET, bootstrapToken)
+      } catch (err) {
+        // Another instance starting at the same moment inserted it first.
+        if (!isUniqueViolation(err)) throw err
+      }
+      return undefined
+    }
+    if (await countTokens(this.db) > 0) return undefined
+    return await this.create(DEFAULT_WIDGET)
+  }
+}
