@@ -1,0 +1,153 @@
+import http from 'node:http'
+import zlib from 'node:zlib'
+import type { AddressInfo } from 'node:net'
+import sharp from 'sharp'
+
+/** Small images made by the tests themselves, served from loopback like a real image host would. */
+export interface FixtureImages {
+  jpeg: Buffer
+  png: Buffer
+  webp: Buffer
+  gif: Buffer
+  /** 300x200 pixels stored sideways with EXIF orientation 6 (shows as 200x300) plus GPS and a comment. */
+  rotatedJpeg: Buffer
+  tiny: Buffer
+  tiff: Buffer
+}
+
+export async function makeImages (): Promise<FixtureImages> {
+  // A picture with structure (not a flat colour), so crops and resizes are visible in the bytes.
+  const gradient = (w: number, h: number) => {
+    const raw = Buffer.alloc(w * h * 3)
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = (y * w + x) * 3
+        raw[i] = (x * 255 / w) | 0
+        raw[i + 1] = (y * 255 / h) | 0
+        raw[i + 2] = 128
+      }
+    }
+    return sharp(raw, { raw: { width: w, height: h, channels: 3 } })
+  }
+  const frames = await Promise.all([0, 1].map((n) => sharp({ create: { width: 64, height: 48, channels: 4, background: n === 0 ? '#ff0000' : '#0000ff' } }).png().toBuffer()))
+  return {
+    jpeg: await gradient(400, 400).jpeg({ quality: 85 }).toBuffer(),
+    png: await gradient(640, 480).png().toBuffer(),
+    webp: await gradient(800, 300).webp().toBuffer(),
+    gif: await sharp(frames, { join: { animated: true } }).gif({ loop: 0, delay: [100, 100] }).toBuffer(),
+    rotatedJpeg: await gradient(300, 200).jpeg()
+      .withExif({ IFD0: { ImageDescription: 'secret comment', Artist: 'someone' }, IFD3: { GPSLatitudeRef: 'N', GPSLatitude: '48/1 51/1 0/1' } })
+      .withMetadata({ orientation: 6 })
+      .toBuffer(),
+    tiny: await gradient(40, 30).png().toBuffer(),
+    tiff: await gradient(50, 50).tiff().toBuffer()
+  }
+}
+
+/** A PNG whose header claims 30000x30000 pixels: decoding it would need gigabytes. */
+export function decompressionBomb (): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const body = Buffer.concat([Buffer.from(type, 'latin1'), data])
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length)
+    const crc = Buffer.alloc(4); crc.writeUInt32BE(zlib.crc32(body))
+    return Buffer.concat([len, body, crc])
+  }
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(30000, 0); ihdr.writeUInt32BE(30000, 4)
+  ihdr[8] = 8; ihdr[9] = 0 // 8-bit greyscale
+  const rows = zlib.deflateSync(Buffer.alloc(30001 * 64), { level: 9 }) // the first rows; the rest would follow
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr), chunk('IDAT', rows), chunk('IEND', Buffer.alloc(0))])
+}
+
+export const SVG = Buffer.from('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100"><script>alert(1)</script><circle cx="50" cy="50" r="40"/></svg>')
+
+export interface FixtureServer {
+  url: string
+  images: FixtureImages
+  /** How many requests each path received. */
+  hits: Map<string, number>
+  close: () => Promise<void>
+}
+
+/**
+ * Serves the fixtures, good and bad: each image format, an EXIF-rotated photo, a truncated JPEG,
+ * text, text that claims to be a JPEG, an SVG, a TIFF, a decompression bomb, a slow and an endless
+ * download, a redirect loop, a redirect to an image, and a 404.
+ */
+export async function startFixtureServer (): Promise<FixtureServer> {
+  const images = await makeImages()
+  const hits = new Map<string, number>()
+  const open = new Set<http.ServerResponse>()
+  const timers = new Set<NodeJS.Timeout>()
+  const send = (res: http.ServerResponse, type: string, body: Buffer) => {
+    res.writeHead(200, { 'content-type': type, 'content-length': body.length }).end(body)
+  }
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/'
+    hits.set(path, (hits.get(path) ?? 0) + 1)
+    switch (path) {
+      case '/photo.jpg': return send(res, 'image/jpeg', images.jpeg)
+      case '/photo-copy.jpg': return send(res, 'image/jpeg', images.jpeg)
+      case '/photo.png': return send(res, 'image/png', images.png)
+      case '/photo.webp': return send(res, 'image/webp', images.webp)
+      case '/anim.gif': return send(res, 'image/gif', images.gif)
+      case '/tiny.png': return send(res, 'image/png', images.tiny)
+      case '/rotated.jpg': return send(res, 'image/jpeg', images.rotatedJpeg)
+      case '/no-type': return send(res, 'application/octet-stream', images.jpeg)
+      case '/truncated.jpg': return send(res, 'image/jpeg', images.jpeg.subarray(0, Math.floor(images.jpeg.length / 2)))
+      case '/text.txt': return send(res, 'text/plain', Buffer.from('hello, I am not an image'))
+      case '/liar.jpg': return send(res, 'image/jpeg', Buffer.from('<html><body>not a jpeg at all</body></html>'))
+      case '/image.svg': return send(res, 'image/svg+xml', SVG)
+      case '/svg-as.png': return send(res, 'image/png', SVG)
+      case '/photo.tiff': return send(res, 'image/tiff', images.tiff)
+      case '/bomb.png': return send(res, 'image/png', decompressionBomb())
+      case '/empty': return send(res, 'image/png', Buffer.alloc(0))
+      case '/redirect': res.writeHead(302, { location: '/photo.jpg' }).end(); return
+      case '/loop-a': res.writeHead(302, { location: '/loop-b' }).end(); return
+      case '/loop-b': res.writeHead(301, { location: '/loop-a' }).end(); return
+      case '/server-error': res.writeHead(500).end('oops'); return
+      case '/huge-declared': res.writeHead(200, { 'content-type': 'image/jpeg', 'content-length': 50 * 1024 * 1024 }); res.write(images.jpeg.subarray(0, 100)); open.add(res); return
+      case '/slow.jpg': {
+        // A valid JPEG, one small piece every 100 ms: slower than any sane deadline.
+        res.writeHead(200, { 'content-type': 'image/jpeg', 'content-length': images.jpeg.length })
+        open.add(res)
+        let offset = 0
+        const timer = setInterval(() => {
+          if (res.destroyed || offset >= images.jpeg.length) { clearInterval(timer); timers.delete(timer); res.end(); return }
+          res.write(images.jpeg.subarray(offset, offset + 64)); offset += 64
+        }, 100)
+        timers.add(timer)
+        return
+      }
+      case '/endless': {
+        // Never ends on its own: 64 KiB chunks until the client hangs up (or 30 s pass).
+        res.writeHead(200, { 'content-type': 'image/jpeg' })
+        open.add(res)
+        const chunk = Buffer.concat([images.jpeg.subarray(0, 2), Buffer.alloc(65534, 0x41)])
+        const started = Date.now()
+        const pump = () => {
+          while (!res.destroyed && Date.now() - started < 30_000) {
+            if (!res.write(chunk)) { res.once('drain', pump); return }
+          }
+          res.end()
+        }
+        pump()
+        return
+      }
+      default: res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
+    }
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    images,
+    hits,
+    close: async () => {
+      for (const t of timers) clearInterval(t)
+      for (const r of open) r.destroy()
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => { resolve() }))
+    }
+  }
+}

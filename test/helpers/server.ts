@@ -1,0 +1,109 @@
+import fs from 'node:fs'
+import net from 'node:net'
+import os from 'node:os'
+import path from 'node:path'
+import { loadConfig } from '../../src/config/index.js'
+import { buildApp } from '../../src/http/app.js'
+import { createServices, type Services } from '../../src/start/services.js'
+import type { AddressPolicy } from '../../src/avatars/guard.js'
+
+export const TEST_TOKEN = 'test-token-0123456789abcdef'
+
+export interface TestServer {
+  url: string
+  api: string
+  token: string
+  dataDir: string
+  services: Services
+  /** Calls the API with the test token unless headers say otherwise; parses the JSON envelope. */
+  call: (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<ApiResponse>
+  close: () => Promise<void>
+}
+
+export interface ApiResponse {
+  status: number
+  headers: Headers
+  // The envelope as the client sees it; tests assert on its fields.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  body: any
+}
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo
+      srv.close(() => { resolve(port) })
+    })
+    srv.on('error', reject)
+  })
+}
+
+export function tempDir (prefix = 'agentry-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+/** Every file under dir, relative, sorted: to show that a failed request left nothing behind. */
+export function listFiles (dir: string): string[] {
+  if (!fs.existsSync(dir)) return []
+  return (fs.readdirSync(dir, { recursive: true, withFileTypes: true }))
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+    .sort()
+}
+
+/**
+ * Starts the real service (real SQLite file, real disk, real HTTP on loopback) with test-friendly
+ * limits. Fixture images are served from loopback, so private networks are allowed unless a test
+ * says otherwise.
+ */
+export async function startTestServer (env: Record<string, string> = {}, overrides: { isAllowedAddress?: AddressPolicy } = {}): Promise<TestServer> {
+  const dataDir = tempDir()
+  const port = await freePort()
+  const config = loadConfig({
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    DATA_DIR: dataDir,
+    LOG_LEVEL: 'silent',
+    BOOTSTRAP_TOKEN: TEST_TOKEN,
+    AVATAR_ALLOW_PRIVATE_NETWORKS: 'true',
+    AVATAR_TIMEOUT_MS: '1500',
+    AVATAR_MAX_BYTES: '2097152',
+    ...(process.env.TEST_DATABASE_URL === undefined ? {} : { DATABASE_URL: process.env.TEST_DATABASE_URL }),
+    ...env
+  })
+  const services = await createServices(config, overrides)
+  await services.tokens.bootstrap(config.bootstrapToken)
+  const app = await buildApp({ ...services, logger: false })
+  await app.listen({ host: config.host, port: config.port })
+  const url = `http://127.0.0.1:${port}`
+  const call: TestServer['call'] = async (method, p, body, headers = {}) => {
+    const init: RequestInit = { method, headers: { authorization: `Bearer ${TEST_TOKEN}`, ...headers } }
+    if (body !== undefined) {
+      if (typeof body === 'string') init.body = body
+      else {
+        init.body = JSON.stringify(body)
+        ;(init.headers as Record<string, string>)['content-type'] ??= 'application/json'
+      }
+    }
+    const res = await fetch(`${url}${p}`, init)
+    const text = await res.text()
+    let parsed: unknown = text
+    try { parsed = JSON.parse(text) } catch { /* not JSON: the test will say so */ }
+    return { status: res.status, headers: res.headers, body: parsed }
+  }
+  return {
+    url,
+    api: `${url}/api/external/v1`,
+    token: TEST_TOKEN,
+    dataDir,
+    services,
+    // `/agents...` is short for the API path; anything else is used as given.
+    call: (method, p, body, headers) => call(method, p.startsWith('/agents') ? `/api/external/v1${p}` : p, body, headers),
+    close: async () => {
+      await app.close()
+      await services.close()
+      fs.rmSync(dataDir, { recursive: true, force: true })
+    }
+  }
+}
