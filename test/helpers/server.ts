@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import http from 'node:http'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -106,4 +107,19 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
       fs.rmSync(dataDir, { recursive: true, force: true })
     }
   }
+}
+
+/**
+ * A plain GET through node:http. fetch() adds `cache-control: no-cache` to conditional requests,
+ * which (rightly) defeats If-None-Match, so conditional requests go through this instead.
+ */
+export async function rawGet (url: string, headers: Record<string, string> = {}): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: Buffer }> {
+  return await new Promise((resolve, reject) => {
+    http.get(url, { headers }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }) })
+      res.on('error', reject)
+    }).on('error', reject)
+  })
 }

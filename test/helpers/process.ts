@@ -1,0 +1,197 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import fs from 'node:fs'
+import http from 'node:http'
+import { fileURLToPath } from 'node:url'
+import { freePort, tempDir } from './server.js'
+
+/** The repository root: `node bin/agentry.js` runs from here, as a user's `npx agentry` would. */
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const BIN = 'bin/agentry.js'
+
+/** Every variable the service reads; dropped from the inherited environment so a developer's shell cannot leak in. */
+const CONFIG_VARS = [
+  'HOST', 'PORT', 'DATA_DIR', 'DATABASE_URL', 'STATIC_BASE_URL', 'BOOTSTRAP_TOKEN', 'LOG_LEVEL', 'BODY_LIMIT_BYTES',
+  'AVATAR_ALLOW_PRIVATE_NETWORKS', 'AVATAR_MAX_BYTES', 'AVATAR_MAX_PIXELS', 'AVATAR_TIMEOUT_MS', 'AVATAR_MAX_REDIRECTS',
+  'SHUTDOWN_TIMEOUT_MS'
+]
+
+/** The environment a spawned `agentry` sees: ours minus the service's settings, plus loopback, info logs and env. */
+export function childEnv (env: Record<string, string>): NodeJS.ProcessEnv {
+  const base: NodeJS.ProcessEnv = { ...process.env }
+  for (const key of CONFIG_VARS) delete base[key]
+  delete base.NODE_OPTIONS // the test runner's loaders have no business in the real command
+  return { ...base, HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env }
+}
+
+/** Spawned children still alive; killAll() ends them so a failed test never leaves one behind. */
+const live = new Set<ChildProcess>()
+
+export function killAll (): void {
+  for (const child of live) child.kill('SIGKILL')
+  live.clear()
+}
+
+/** A fresh DATA_DIR; removeDirs() deletes every one handed out. */
+const dirs: string[] = []
+export function dataDir (): string {
+  const dir = tempDir('agentry-cli-')
+  dirs.push(dir)
+  return dir
+}
+export function removeDirs (): void {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true })
+}
+
+export interface CliResult {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs `agentry args...` to completion (SIGKILL after timeoutMs) and collects what it printed. */
+export async function runCli (args: string[], env: Record<string, string>, timeoutMs = 15_000): Promise<CliResult> {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
+  live.add(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s })
+  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s })
+  const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)
+  try {
+    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+      child.once('error', reject)
+      child.once('close', (c, s) => { resolve([c, s]) })
+    })
+    return { code, signal, stdout, stderr }
+  } finally {
+    clearTimeout(timer)
+    live.delete(child)
+  }
+}
+
+/** The last whitespace-separated word of the last non-empty line. */
+export function lastWord (text: string): string {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l !== '')
+  return lines.at(-1)?.split(/\s+/).at(-1) ?? ''
+}
+
+export interface LogLine {
+  level: number
+  msg: string
+  reqId?: string
+  [key: string]: unknown
+}
+
+export interface ServeProcess {
+  child: ChildProcess
+  url: string
+  port: number
+  stdout: () => string
+  stderr: () => string
+  /** Every stdout line that starts with '{', parsed (throws if one is not JSON). */
+  logs: () => LogLine[]
+  /** Waits (bounded) until a log line matches; returns it. */
+  waitForLog: (match: (line: LogLine) => boolean, timeoutMs?: number) => Promise<LogLine>
+  /** Resolves with the exit code (or the signal's name) once the process has exited; bounded. */
+  exited: (timeoutMs?: number) => Promise<number | string>
+  /** Asks the process to stop (SIGTERM) and waits for it; SIGKILL if it takes longer than timeoutMs. */
+  stop: (timeoutMs?: number) => Promise<number | string>
+}
+
+export async function until<T> (what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs: number, intervalMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await probe()
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, intervalMs))
+  }
+}
+
+/**
+ * Starts `agentry serve` on a free loopback port and waits (bounded) for its 'Server listening' log line.
+ * Resolves even when the process exits early, so the caller can inspect what it printed.
+ */
+export async function startServe (env: Record<string, string>, timeoutMs = 10_000): Promise<ServeProcess> {
+  const port = await freePort()
+  const child = spawn(process.execPath, [BIN, 'serve'], { cwd: ROOT, env: childEnv({ PORT: String(port), ...env }), stdio: ['ignore', 'pipe', 'pipe'] })
+  live.add(child)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout += s })
+  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr += s })
+  let exit: number | string | undefined
+  const closed = new Promise<number | string>((resolve) => {
+    child.once('close', (code, signal) => {
+      live.delete(child)
+      exit = code ?? signal ?? 'unknown'
+      resolve(exit)
+    })
+  })
+  const logs = () => stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine)
+  const exited = async (ms = 10_000) => await until('the server process to exit', () => exit, ms)
+  const waitForLog = async (match: (line: LogLine) => boolean, ms = 5_000) =>
+    await until('a log line', () => logs().find(match), ms)
+  const proc: ServeProcess = {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    port,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    logs,
+    waitForLog,
+    exited,
+    stop: async (ms = 10_000) => {
+      if (exit !== undefined) return exit
+      child.kill('SIGTERM')
+      try {
+        return await exited(ms)
+      } catch (err) {
+        child.kill('SIGKILL')
+        throw err
+      }
+    }
+  }
+  await Promise.race([
+    waitForLog((l) => l.msg.startsWith('Server listening'), timeoutMs),
+    closed
+  ]).catch(async (err) => {
+    child.kill('SIGKILL')
+    throw new Error(`agentry serve did not start: ${(err as Error).message}\nstdout:\n${stdout}\nstderr:\n${stderr}`)
+  })
+  return proc
+}
+
+export interface Reply {
+  status: number
+  headers: Headers
+  text: string
+  // The parsed JSON envelope; tests assert on its fields.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  body: any
+}
+
+/** One HTTP call; the body is parsed as JSON when it is JSON. */
+export async function call (url: string, init: RequestInit = {}): Promise<Reply> {
+  const res = await fetch(url, { ...init, signal: init.signal ?? AbortSignal.timeout(10_000) })
+  const text = await res.text()
+  let body: unknown = text
+  try { body = JSON.parse(text) } catch { /* not JSON: the assertion will say so */ }
+  return { status: res.status, headers: res.headers, text, body }
+}
+
+/**
+ * A GET on a brand-new TCP connection (no pooled keep-alive socket): what a new client sees.
+ * Resolves with the status code, or with the error code when the connection fails.
+ */
+export async function freshGet (url: string, timeoutMs = 3_000): Promise<number | string> {
+  return await new Promise((resolve) => {
+    const req = http.get(url, { agent: false, headers: { connection: 'close' }, timeout: timeoutMs }, (res) => {
+      res.resume()
+      res.once('end', () => { resolve(res.statusCode ?? 0) })
+    })
+    req.once('timeout', () => { req.destroy(new Error('timeout')) })
+    req.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code ?? err.message) })
+  })
+}

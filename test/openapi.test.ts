@@ -1,0 +1,46 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { startTestServer, type TestServer } from './helpers/server.js'
+
+describe('OpenAPI and docs', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  it('/openapi.json documents the four endpoints from the same schemas that validate requests', async () => {
+    const res = await fetch(`${srv.url}/openapi.json`)
+    assert.equal(res.status, 200)
+    const doc = await res.json() as {
+      openapi: string
+      paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: { required?: string[], properties: Record<string, unknown> } }> }, security?: unknown[], responses: Record<string, unknown> }>>
+      components: { securitySchemes: Record<string, unknown> }
+    }
+    assert.match(doc.openapi, /^3\.1/)
+    assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents'] ?? {}).sort(), ['get', 'post'])
+    assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents/{id}'] ?? {}).sort(), ['get', 'put'])
+    const post = doc.paths['/api/external/v1/agents']!.post!
+    const json = post.requestBody!.content['application/json']!.schema
+    assert.deepEqual(json.required, ['serviceUserId', 'name'])
+    assert.deepEqual(Object.keys(json.properties).sort(), ['active', 'avatar', 'name', 'serviceUserId', 'status'])
+    assert.ok(post.requestBody!.content['application/x-www-form-urlencoded'])
+    assert.ok(post.responses['200'] && post.responses['422'] && post.responses['409'])
+    assert.deepEqual(post.security, [{ token: [] }])
+    assert.ok(doc.components.securitySchemes.token)
+    assert.ok(doc.paths['/healthz'] && doc.paths['/readyz'])
+  })
+
+  it('/docs is a readable page', async () => {
+    const res = await fetch(`${srv.url}/docs`)
+    assert.equal(res.status, 200)
+    assert.match(res.headers.get('content-type') ?? '', /text\/html/)
+    assert.match(await res.text(), /swagger/i)
+  })
+
+  it('/healthz and /readyz answer without a token', async () => {
+    for (const path of ['/healthz', '/readyz']) {
+      const res = await fetch(`${srv.url}${path}`)
+      assert.equal(res.status, 200)
+      assert.deepEqual(await res.json(), { status: 200, data: { ok: true } })
+    }
+  })
+})
