@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { Ajv, type Options as AjvOptions } from 'ajv'
 import type { Config } from '../config/index.js'
+import { AppError } from '../errors/index.js'
 import type { AgentService } from '../agents/service.js'
 import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
@@ -47,15 +48,22 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       const given = req.headers['x-request-id']
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID()
     },
-    return503OnClosing: true,
+    // Our own hook below answers 503 during shutdown, in the envelope rather than Fastify's body.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 }
   })
 
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodyAjv : otherAjv).compile(schema))
+  let closing = false
+  app.addHook('preClose', async () => { closing = true })
   app.addHook('onRequest', async (request, reply) => {
     void reply.header('x-request-id', request.id)
+    if (closing) {
+      void reply.header('connection', 'close')
+      throw new AppError('service_unavailable', 'The service is shutting down; retry the request, another instance (or this one, restarted) will answer.')
+    }
   })
 
   app.addSchema(ErrorEnvelope)
