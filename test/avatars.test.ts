@@ -118,11 +118,11 @@ describe('avatar pipeline', () => {
 
   it('is content addressed: the same image from two URLs shares one set of files', async () => {
     const a = await create(`${fx.url}/photo.jpg`)
-    const filesBefore = listFiles(srv.services.config.storageDir)
+    const filesBefore = await srv.storedFiles()
     const b = await create(`${fx.url}/photo-copy.jpg`)
     assert.equal(a.body.data.avatar.info.path, b.body.data.avatar.info.path)
     assert.notEqual(a.body.data.avatar.id, b.body.data.avatar.id, 'each agent has its own avatar record')
-    assert.deepEqual(listFiles(srv.services.config.storageDir), filesBefore)
+    assert.deepEqual(await srv.storedFiles(), filesBefore)
   })
 
   it('serves files with immutable cache headers and ETags', async () => {
@@ -185,7 +185,9 @@ describe('avatar pipeline', () => {
     ]
     for (const [what, url, code] of cases) {
       it(`${what} → ${code}`, async () => {
-        const filesBefore = listFiles(srv.services.config.dataDir).filter((f) => !f.endsWith('-wal') && !f.endsWith('-shm'))
+        // Local files include temporary (dot-named) ones; the store's listing covers a bucket too.
+        const files = async () => [...listFiles(srv.dataDir).filter((f) => !f.endsWith('-wal') && !f.endsWith('-shm')), ...await srv.storedFiles()]
+        const filesBefore = await files()
         const countBefore = (await srv.call('GET', '/agents')).body.data.length
         const res = await create(url())
         assert.equal(res.status, 422, JSON.stringify(res.body))
@@ -194,8 +196,7 @@ describe('avatar pipeline', () => {
         assert.ok(res.body.error.message.length > 20)
         assert.deepEqual(res.body.error.details, [{ field: 'avatar', message: res.body.error.message }])
         assert.equal((await srv.call('GET', '/agents')).body.data.length, countBefore, 'no agent row')
-        const filesAfter = listFiles(srv.services.config.dataDir).filter((f) => !f.endsWith('-wal') && !f.endsWith('-shm'))
-        assert.deepEqual(filesAfter, filesBefore, 'no file, not even a temporary one')
+        assert.deepEqual(await files(), filesBefore, 'no file, not even a temporary one')
       })
     }
 

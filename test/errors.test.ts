@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { listFiles, startTestServer, type TestServer } from './helpers/server.js'
+import { startTestServer, type TestServer } from './helpers/server.js'
 
 describe('bad input: a 4xx envelope a person can act on, and nothing left behind', () => {
   let srv: TestServer
@@ -12,10 +12,10 @@ describe('bad input: a 4xx envelope a person can act on, and nothing left behind
 
   async function assertNothingChanged<T> (fn: () => Promise<T>): Promise<T> {
     const agents = (await srv.call('GET', '/agents')).body.data.length
-    const files = listFiles(srv.services.config.storageDir)
+    const files = await srv.storedFiles()
     const result = await fn()
     assert.equal((await srv.call('GET', '/agents')).body.data.length, agents)
-    assert.deepEqual(listFiles(srv.services.config.storageDir), files)
+    assert.deepEqual(await srv.storedFiles(), files)
     return result
   }
 

@@ -6,6 +6,8 @@ import { avatarKeys, contentPath, type BlobStore } from '../storage/blob-store.j
 import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from './guard.js'
 import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
+import { isAppError } from '../errors/index.js'
+import type { AvatarObserver } from '../metrics/index.js'
 
 /** An avatar image whose files are all in the store, ready for a database row to point at. */
 export interface StoredImage {
@@ -24,32 +26,53 @@ export interface AvatarServiceOptions {
   limits: Config['avatar']
   /** Overrides the address policy derived from limits.allowPrivateNetworks (tests of the guard itself). */
   isAllowedAddress?: AddressPolicy
+  observer?: AvatarObserver
+}
+
+const noObserver: AvatarObserver = { stage: () => {}, failed: () => {} }
+
+async function timed<T> (observer: AvatarObserver, stage: Parameters<AvatarObserver['stage']>[0], fn: () => Promise<T>): Promise<T> {
+  const start = process.hrtime.bigint()
+  try {
+    return await fn()
+  } finally {
+    observer.stage(stage, Number(process.hrtime.bigint() - start) / 1e9)
+  }
 }
 
 /** The avatar pipeline: guarded download, decode, orient, strip, variants, content-addressed files. */
 export class AvatarService {
   private readonly isAllowedAddress: AddressPolicy
+  private readonly observer: AvatarObserver
 
   constructor (private readonly options: AvatarServiceOptions) {
     this.isAllowedAddress = options.isAllowedAddress ?? addressPolicy(options.limits.allowPrivateNetworks)
+    this.observer = options.observer ?? noObserver
   }
 
   /** Downloads and stores the image at url. Every file is complete in the store when this resolves. */
   async ingestUrl (url: string): Promise<StoredImage> {
-    const { limits } = this.options
-    const download = await fetchAvatar(url, { ...limits, isAllowedAddress: this.isAllowedAddress })
-    const image = await processAvatar(download.bytes, limits)
-    const sha256 = createHash('sha256').update(image.original).digest('hex')
-    const keys = avatarKeys(contentPath(sha256, image.format))
-    const mimeType = MIME_TYPES[image.format]
-    const { store } = this.options
-    // Variants first, original last: once the original exists, so does everything derived from it.
-    await Promise.all([
-      store.put(keys['120x120'], image.variants['120x120'], mimeType),
-      store.put(keys['520x400'], image.variants['520x400'], mimeType)
-    ])
-    await store.put(keys.original, image.original, mimeType)
-    return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl: url }
+    const { limits, store } = this.options
+    const observer = this.observer
+    try {
+      const download = await timed(observer, 'download', () => fetchAvatar(url, { ...limits, isAllowedAddress: this.isAllowedAddress }))
+      const image = await timed(observer, 'process', () => processAvatar(download.bytes, limits))
+      const sha256 = createHash('sha256').update(image.original).digest('hex')
+      const keys = avatarKeys(contentPath(sha256, image.format))
+      const mimeType = MIME_TYPES[image.format]
+      await timed(observer, 'store', async () => {
+        // Variants first, original last: once the original exists, so does everything derived from it.
+        await Promise.all([
+          store.put(keys['120x120'], image.variants['120x120'], mimeType),
+          store.put(keys['520x400'], image.variants['520x400'], mimeType)
+        ])
+        await store.put(keys.original, image.original, mimeType)
+      })
+      return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl: url }
+    } catch (err) {
+      observer.failed(isAppError(err) ? err.code : 'internal_error')
+      throw err
+    }
   }
 
   /** The seed's avatar object for a stored row. */

@@ -11,6 +11,15 @@ const EnvSchema = Type.Object({
   PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
   DATA_DIR: Type.String({ default: './data', minLength: 1 }),
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
+  DATABASE_POOL_SIZE: Type.Integer({ default: 10, minimum: 1, maximum: 1000 }),
+  DATABASE_STATEMENT_TIMEOUT_MS: Type.Integer({ default: 5000, minimum: 0, maximum: 3600000 }),
+  STORAGE_URL: Type.Optional(Type.String({ pattern: '^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:.+)$' })),
+  S3_FORCE_PATH_STYLE: Type.Optional(Type.Boolean()),
+  AWS_ENDPOINT_URL_S3: Type.Optional(Type.String({ pattern: '^https?://' })),
+  AWS_ENDPOINT_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
+  AWS_REGION: Type.Optional(Type.String({ minLength: 1 })),
+  AWS_DEFAULT_REGION: Type.Optional(Type.String({ minLength: 1 })),
+  METRICS_TOKEN: Type.Optional(Type.String({ minLength: 8 })),
   STATIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   BOOTSTRAP_TOKEN: Type.Optional(Type.String({ minLength: 16, maxLength: 256, pattern: '^[\\x21-\\x7e]+$' })),
   LOG_LEVEL: Type.Unsafe<'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'>({
@@ -30,15 +39,27 @@ type Env = Static<typeof EnvSchema>
 
 export type DatabaseTarget =
   | { kind: 'sqlite', file: string }
-  | { kind: 'postgres', url: string }
+  | { kind: 'postgres', url: string, poolSize: number, statementTimeoutMs: number }
+
+export type StorageTarget =
+  | { kind: 'local', dir: string }
+  | {
+    kind: 's3'
+    bucket: string
+    /** Key prefix inside the bucket, without leading or trailing slash; may be empty. */
+    prefix: string
+    /** Custom endpoint of an S3-compatible server; undefined means AWS itself. */
+    endpoint: string | undefined
+    region: string
+    forcePathStyle: boolean
+  }
 
 export interface Config {
   readonly host: string
   readonly port: number
   readonly dataDir: string
   readonly database: DatabaseTarget
-  /** Root folder of locally stored avatar files. */
-  readonly storageDir: string
+  readonly storage: StorageTarget
   /** Base of the avatar URLs the API returns; no trailing slash. */
   readonly staticBaseUrl: string
   readonly bootstrapToken: string | undefined
@@ -52,6 +73,8 @@ export interface Config {
     readonly maxRedirects: number
   }
   readonly shutdownTimeoutMs: number
+  /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
+  readonly metricsToken: string | undefined
 }
 
 export class ConfigError extends Error {
@@ -68,8 +91,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     const value = env[key]
     if (value !== undefined && value !== '') raw[key] = value
   }
-  if (typeof raw.AVATAR_ALLOW_PRIVATE_NETWORKS === 'string') {
-    raw.AVATAR_ALLOW_PRIVATE_NETWORKS = parseBoolean(raw.AVATAR_ALLOW_PRIVATE_NETWORKS)
+  for (const key of ['AVATAR_ALLOW_PRIVATE_NETWORKS', 'S3_FORCE_PATH_STYLE']) {
+    if (typeof raw[key] === 'string') raw[key] = parseBoolean(raw[key])
   }
   if (!validateEnv(raw)) {
     const problems = (validateEnv.errors ?? []).map((e) => {
@@ -84,8 +107,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     host: e.HOST,
     port: e.PORT,
     dataDir,
-    database: parseDatabaseUrl(e.DATABASE_URL, dataDir),
-    storageDir: path.join(dataDir, 'avatars'),
+    database: parseDatabaseUrl(e, dataDir),
+    storage: parseStorageUrl(e, dataDir),
     staticBaseUrl: (e.STATIC_BASE_URL ?? `http://localhost:${e.PORT}/static`).replace(/\/+$/, ''),
     bootstrapToken: e.BOOTSTRAP_TOKEN,
     logLevel: e.LOG_LEVEL,
@@ -97,7 +120,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       timeoutMs: e.AVATAR_TIMEOUT_MS,
       maxRedirects: e.AVATAR_MAX_REDIRECTS
     },
-    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    metricsToken: e.METRICS_TOKEN
   })
 }
 
@@ -108,12 +132,32 @@ function parseBoolean (value: string): boolean | string {
   return value // left as a string so validation names the variable
 }
 
-function parseDatabaseUrl (url: string | undefined, dataDir: string): DatabaseTarget {
+function parseDatabaseUrl (e: Env, dataDir: string): DatabaseTarget {
+  const url = e.DATABASE_URL
   if (url === undefined) return { kind: 'sqlite', file: path.join(dataDir, 'agentry.db') }
-  if (/^postgres(ql)?:\/\//.test(url)) return { kind: 'postgres', url }
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    return { kind: 'postgres', url, poolSize: e.DATABASE_POOL_SIZE, statementTimeoutMs: e.DATABASE_STATEMENT_TIMEOUT_MS }
+  }
   const sqlite = /^sqlite:(?:\/\/)?(.+)$/.exec(url)
   if (sqlite?.[1] !== undefined) return { kind: 'sqlite', file: sqlite[1] === ':memory:' ? ':memory:' : path.resolve(sqlite[1]) }
   throw new ConfigError(`Invalid configuration: DATABASE_URL must start with postgres:// or sqlite: (got ${JSON.stringify(url.replace(/\/\/[^@/]*@/, '//***@'))})`)
+}
+
+function parseStorageUrl (e: Env, dataDir: string): StorageTarget {
+  const url = e.STORAGE_URL
+  if (url === undefined) return { kind: 'local', dir: path.join(dataDir, 'avatars') }
+  if (url.startsWith('file:')) return { kind: 'local', dir: path.resolve(url.replace(/^file:(\/\/)?/, '')) }
+  const parsed = new URL(url)
+  const endpoint = e.AWS_ENDPOINT_URL_S3 ?? e.AWS_ENDPOINT_URL
+  return {
+    kind: 's3',
+    bucket: parsed.hostname,
+    prefix: parsed.pathname.replace(/^\/+|\/+$/g, ''),
+    endpoint,
+    region: e.AWS_REGION ?? e.AWS_DEFAULT_REGION ?? 'us-east-1',
+    // S3-compatible servers (MinIO, Ceph, s3rver...) generally want path-style addressing.
+    forcePathStyle: e.S3_FORCE_PATH_STYLE ?? endpoint !== undefined
+  }
 }
 
 function deepFreeze<T extends object> (value: T): T {

@@ -10,9 +10,17 @@ export type Db = Kysely<Database>
 export type DbOrTrx = Kysely<Database> | Transaction<Database>
 export type DialectName = DatabaseTarget['kind']
 
+export interface PoolStats {
+  total: number
+  idle: number
+  waiting: number
+}
+
 export interface DbHandle {
   db: Db
   dialect: DialectName
+  /** Connections of the PostgreSQL pool; SQLite has a single connection and no pool. */
+  poolStats: () => PoolStats | undefined
   close: () => Promise<void>
 }
 
@@ -27,13 +35,29 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
     sqlite.pragma('foreign_keys = ON')
     sqlite.pragma('busy_timeout = 5000')
     const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) })
-    return { db, dialect: 'sqlite', close: () => db.destroy() }
+    return { db, dialect: 'sqlite', poolStats: () => undefined, close: () => db.destroy() }
   }
-  // int8 (bigint) columns hold unix seconds and sequence numbers, all well inside 2^53.
-  pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v))
-  const pool = new pg.Pool({ connectionString: target.url })
+  const pool = new pg.Pool({
+    connectionString: target.url,
+    max: target.poolSize,
+    statement_timeout: target.statementTimeoutMs === 0 ? undefined : target.statementTimeoutMs,
+    application_name: 'agentry',
+    types: { getTypeParser: pgTypeParser as typeof pg.types.getTypeParser }
+  })
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
-  return { db, dialect: 'postgres', close: () => db.destroy() }
+  return {
+    db,
+    dialect: 'postgres',
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+    close: () => db.destroy()
+  }
+}
+
+// int8 (bigint) columns hold unix seconds, sizes and sequence numbers, all well inside 2^53.
+const INT8_OID: number = pg.types.builtins.INT8
+const parseInt8 = (value: string): number => Number(value)
+function pgTypeParser (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown {
+  return oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format) as (value: string) => unknown
 }
 
 /** Cheap round trip used by /readyz. */

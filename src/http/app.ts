@@ -6,9 +6,10 @@ import { AppError } from '../errors/index.js'
 import type { AgentService } from '../agents/service.js'
 import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
-import { LocalBlobStore } from '../storage/local.js'
+import type { Metrics } from '../metrics/index.js'
 import { registerErrorHandling } from './error-handler.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
+import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
 import { registerStaticFiles } from './plugins/static.js'
 import { agentRoutes } from './routes/agents/index.js'
@@ -20,6 +21,7 @@ export interface AppDeps {
   agents: AgentService
   tokens: TokenService
   store: BlobStore
+  metrics: Metrics
   checkReady: () => Promise<void>
   version: string
   /** Pino options, or false for silence; defaults to JSON lines at config.logLevel. */
@@ -68,11 +70,12 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
 
   app.addSchema(ErrorEnvelope)
   registerErrorHandling(app)
+  registerMetrics(app, deps.metrics, config.metricsToken)
   await registerBodyParsers(app)
   await registerOpenApi(app, deps.version)
 
   await app.register(healthRoutes, { checkReady: deps.checkReady })
   await app.register(agentRoutes, { prefix: '/api/external/v1', agents: deps.agents, tokens: deps.tokens })
-  if (deps.store instanceof LocalBlobStore) await registerStaticFiles(app, deps.store.root)
+  await registerStaticFiles(app, deps.store)
   return app
 }

@@ -7,6 +7,7 @@ import { migrateToLatest } from '../db/migrate.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import type { AddressPolicy } from '../avatars/guard.js'
+import { createMetrics, type Metrics } from '../metrics/index.js'
 
 export interface Services {
   config: Config
@@ -15,6 +16,7 @@ export interface Services {
   tokens: TokenService
   avatars: AvatarService
   agents: AgentService
+  metrics: Metrics
   checkReady: () => Promise<void>
   version: string
   close: () => Promise<void>
@@ -32,8 +34,15 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     throw err
   }
   const store = createBlobStore(config)
+  const metrics = createMetrics(database.poolStats)
   const tokens = new TokenService(database.db)
-  const avatars = new AvatarService({ store, staticBaseUrl: config.staticBaseUrl, limits: config.avatar, isAllowedAddress: overrides.isAllowedAddress })
+  const avatars = new AvatarService({
+    store,
+    staticBaseUrl: config.staticBaseUrl,
+    limits: config.avatar,
+    isAllowedAddress: overrides.isAllowedAddress,
+    observer: metrics.avatars
+  })
   const agents = new AgentService(database.db, avatars)
   return {
     config,
@@ -42,8 +51,12 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     tokens,
     avatars,
     agents,
+    metrics,
     version: VERSION,
     checkReady: async () => { await Promise.all([pingDatabase(database.db), store.checkReady()]) },
-    close: () => database.close()
+    close: async () => {
+      await database.close()
+      store.close?.()
+    }
   }
 }

@@ -11,9 +11,26 @@ export interface BlobStore {
   put: (key: string, data: Buffer, contentType: string) => Promise<boolean>
   exists: (key: string) => Promise<boolean>
   delete: (key: string) => Promise<void>
+  /** Every key in the store (files in progress excluded), in no particular order. */
+  keys: () => AsyncIterable<string>
   /** Throws when the store cannot take writes; used by /readyz. */
   checkReady: () => Promise<void>
+  /**
+   * Opens a stored file for streaming; undefined when there is none. Stores served by the
+   * service's own static file handler (local disk) need not have it.
+   */
+  read?: (key: string, ifNoneMatch?: string) => Promise<StoredFile | undefined>
+  /** Frees connections, if the store holds any. */
+  close?: () => void
 }
+
+export type StoredFile =
+  | { notModified: true, etag: string }
+  | { notModified: false, etag: string | undefined, contentType: string, contentLength: number | undefined, body: NodeJS.ReadableStream }
+
+
+/** Files are content-addressed and never change: caches may keep them for a year without asking. */
+export const IMMUTABLE = 'public, max-age=31536000, immutable'
 
 export const VARIANTS = ['120x120', '520x400'] as const
 export type Variant = typeof VARIANTS[number]

@@ -56,6 +56,18 @@ export class LocalBlobStore implements BlobStore {
     await fs.rm(mustResolveUnder(this.root, key), { force: true })
   }
 
+  async * keys (): AsyncIterable<string> {
+    let entries: Array<{ name: string, parentPath: string, isFile: () => boolean }>
+    try {
+      entries = await fs.readdir(this.root, { recursive: true, withFileTypes: true })
+    } catch {
+      return
+    }
+    for (const e of entries) {
+      if (e.isFile() && !e.name.startsWith('.')) yield path.relative(this.root, path.join(e.parentPath, e.name)).split(path.sep).join('/')
+    }
+  }
+
   async checkReady (): Promise<void> {
     await fs.mkdir(this.root, { recursive: true })
     await fs.access(this.root, fs.constants.W_OK)

@@ -9,6 +9,11 @@ export function hashToken (token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex')
 }
 
+/** Compares two secrets in constant time, whatever their lengths. */
+export function secretsEqual (a: string, b: string): boolean {
+  return timingSafeEqual(Buffer.from(hashToken(a), 'hex'), Buffer.from(hashToken(b), 'hex'))
+}
+
 /** 256 random bits, URL-safe, with a prefix that secret scanners can recognise. */
 export function generateToken (): string {
   return `agt_${randomBytes(32).toString('base64url')}`

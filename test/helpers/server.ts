@@ -7,6 +7,7 @@ import { loadConfig } from '../../src/config/index.js'
 import { buildApp } from '../../src/http/app.js'
 import { createServices, type Services } from '../../src/start/services.js'
 import type { AddressPolicy } from '../../src/avatars/guard.js'
+import { provisionStores } from './stores.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
 
@@ -16,6 +17,8 @@ export interface TestServer {
   token: string
   dataDir: string
   services: Services
+  /** Keys of every file in the avatar store (local folder or bucket), sorted. */
+  storedFiles: () => Promise<string[]>
   /** Calls the API with the test token unless headers say otherwise; parses the JSON envelope. */
   call: (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<ApiResponse>
   close: () => Promise<void>
@@ -61,6 +64,7 @@ export function listFiles (dir: string): string[] {
 export async function startTestServer (env: Record<string, string> = {}, overrides: { isAllowedAddress?: AddressPolicy } = {}): Promise<TestServer> {
   const dataDir = tempDir()
   const port = await freePort()
+  const stores = await provisionStores()
   const config = loadConfig({
     HOST: '127.0.0.1',
     PORT: String(port),
@@ -70,7 +74,7 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
     AVATAR_ALLOW_PRIVATE_NETWORKS: 'true',
     AVATAR_TIMEOUT_MS: '1500',
     AVATAR_MAX_BYTES: '2097152',
-    ...(process.env.TEST_DATABASE_URL === undefined ? {} : { DATABASE_URL: process.env.TEST_DATABASE_URL }),
+    ...stores.env,
     ...env
   })
   const services = await createServices(config, overrides)
@@ -99,11 +103,17 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
     token: TEST_TOKEN,
     dataDir,
     services,
+    storedFiles: async () => {
+      const keys: string[] = []
+      for await (const key of services.store.keys()) keys.push(key)
+      return keys.sort()
+    },
     // `/agents...` is short for the API path; anything else is used as given.
     call: (method, p, body, headers) => call(method, p.startsWith('/agents') ? `/api/external/v1${p}` : p, body, headers),
     close: async () => {
       await app.close()
       await services.close()
+      await stores.drop()
       fs.rmSync(dataDir, { recursive: true, force: true })
     }
   }

@@ -1,29 +1,54 @@
 import fs from 'node:fs'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply } from 'fastify'
 import fastifyStatic from '@fastify/static'
-import { AVATAR_KEY_PATTERN } from '../../storage/blob-store.js'
+import { AVATAR_KEY_PATTERN, IMMUTABLE, type BlobStore } from '../../storage/blob-store.js'
+import { LocalBlobStore } from '../../storage/local.js'
+
+function securityHeaders (reply: FastifyReply): void {
+  void reply.header('x-content-type-options', 'nosniff')
+  void reply.header('content-security-policy', "default-src 'none'")
+}
+
+const isAvatarKey = (key: string) => AVATAR_KEY_PATTERN.test(key)
 
 /**
- * Serves locally stored avatar files at /static/... Files are content-addressed, so they never change:
- * cached for a year as immutable, with ETags. Only paths shaped like an avatar key are ever served.
+ * Serves avatar files at /static/... Files are content-addressed, so they never change: cached for a
+ * year as immutable, with ETags. Only paths shaped like an avatar key are ever served.
+ * Local disk is served by @fastify/static (sendfile, ranges); a bucket is streamed through, so the
+ * default STATIC_BASE_URL keeps working with a private bucket. At scale, point STATIC_BASE_URL at a
+ * CDN in front of the bucket and this route sees no traffic.
  */
-export async function registerStaticFiles (app: FastifyInstance, root: string): Promise<void> {
-  fs.mkdirSync(root, { recursive: true })
-  await app.register(fastifyStatic, {
-    root,
-    prefix: '/static/',
-    decorateReply: false,
-    index: false,
-    list: false,
-    dotfiles: 'deny',
-    etag: true,
-    lastModified: true,
-    immutable: true,
-    maxAge: '365d',
-    allowedPath: (pathName) => AVATAR_KEY_PATTERN.test(pathName.replace(/^\//, '')),
-    setHeaders: (reply) => {
-      void reply.header('x-content-type-options', 'nosniff')
-      void reply.header('content-security-policy', "default-src 'none'")
-    }
+export async function registerStaticFiles (app: FastifyInstance, store: BlobStore): Promise<void> {
+  if (store instanceof LocalBlobStore) {
+    fs.mkdirSync(store.root, { recursive: true })
+    await app.register(fastifyStatic, {
+      root: store.root,
+      prefix: '/static/',
+      decorateReply: false,
+      index: false,
+      list: false,
+      dotfiles: 'deny',
+      etag: true,
+      lastModified: true,
+      immutable: true,
+      maxAge: '365d',
+      allowedPath: (pathName) => isAvatarKey(pathName.replace(/^\//, '')),
+      setHeaders: securityHeaders
+    })
+    return
+  }
+  const read = store.read?.bind(store)
+  if (read === undefined) return
+  app.get('/static/*', { schema: { hide: true } }, async (request, reply) => {
+    const key = (request.params as { '*': string })['*']
+    const file = isAvatarKey(key) ? await read(key, request.headers['if-none-match']) : undefined
+    if (file === undefined) return reply.callNotFound()
+    securityHeaders(reply)
+    void reply.header('cache-control', IMMUTABLE)
+    if (file.etag !== undefined) void reply.header('etag', file.etag)
+    if (file.notModified) return reply.code(304).send()
+    void reply.header('content-type', file.contentType)
+    if (file.contentLength !== undefined) void reply.header('content-length', file.contentLength)
+    return reply.send(file.body)
   })
 }

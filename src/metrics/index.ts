@@ -1,0 +1,71 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { PoolStats } from '../db/index.js'
+
+/** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
+export interface AvatarObserver {
+  stage: (stage: 'download' | 'process' | 'store', seconds: number) => void
+  failed: (reason: string) => void
+}
+
+export interface Metrics {
+  registry: Registry
+  httpRequests: Counter<'method' | 'route' | 'status_code'>
+  httpDuration: Histogram<'method' | 'route' | 'status_code'>
+  avatars: AvatarObserver
+}
+
+/** One registry per service instance (tests run several in one process), Prometheus text format. */
+export function createMetrics (poolStats: () => PoolStats | undefined): Metrics {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
+
+  const httpRequests = new Counter({
+    name: 'agentry_http_requests_total',
+    help: 'HTTP requests answered, by method, route template and status code.',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    registers: [registry]
+  })
+  const httpDuration = new Histogram({
+    name: 'agentry_http_request_duration_seconds',
+    help: 'Time to answer HTTP requests, by method, route template and status code.',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry]
+  })
+  const avatarStage = new Histogram({
+    name: 'agentry_avatar_stage_duration_seconds',
+    help: 'Time spent in each avatar pipeline stage: download, process (decode, orient, variants), store.',
+    labelNames: ['stage'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [registry]
+  })
+  const avatarFailures = new Counter({
+    name: 'agentry_avatar_failures_total',
+    help: 'Avatar ingests refused or failed, by reason (the error code clients see).',
+    labelNames: ['reason'] as const,
+    registers: [registry]
+  })
+  new Gauge({
+    name: 'agentry_db_pool_connections',
+    help: 'Database pool connections by state (PostgreSQL only; SQLite uses one connection).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    collect () {
+      const stats = poolStats()
+      if (stats === undefined) return
+      this.set({ state: 'total' }, stats.total)
+      this.set({ state: 'idle' }, stats.idle)
+      this.set({ state: 'waiting' }, stats.waiting)
+    }
+  })
+
+  return {
+    registry,
+    httpRequests,
+    httpDuration,
+    avatars: {
+      stage: (stage, seconds) => { avatarStage.observe({ stage }, seconds) },
+      failed: (reason) => { avatarFailures.inc({ reason }) }
+    }
+  }
+}

@@ -1,0 +1,99 @@
+import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
+import type { Readable } from 'node:stream'
+import type { StorageTarget } from '../config/index.js'
+import { IMMUTABLE, type BlobStore, type StoredFile } from './blob-store.js'
+
+type S3Target = Extract<StorageTarget, { kind: 's3' }>
+
+function statusOf (err: unknown): number | undefined {
+  return err instanceof S3ServiceException ? err.$metadata.httpStatusCode : (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode
+}
+
+/**
+ * Avatar files in an S3-compatible bucket. A PutObject is a single request that either stores the
+ * whole object or nothing, so a row never points at a partial file. Credentials come from the
+ * AWS SDK's usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+ */
+export class S3BlobStore implements BlobStore {
+  readonly kind = 's3'
+  readonly client: S3Client
+
+  constructor (private readonly target: S3Target) {
+    this.client = new S3Client({
+      region: target.region,
+      endpoint: target.endpoint,
+      forcePathStyle: target.forcePathStyle,
+      // Some S3-compatible servers store streamed uploads with checksum trailers corrupted.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED'
+    })
+  }
+
+  private objectKey (key: string): string {
+    if (key.includes('..') || key.startsWith('/')) throw new Error(`invalid key ${JSON.stringify(key)}`)
+    return this.target.prefix === '' ? key : `${this.target.prefix}/${key}`
+  }
+
+  async put (key: string, data: Buffer, contentType: string): Promise<boolean> {
+    if (await this.exists(key)) return false
+    await this.client.send(new PutObjectCommand({
+      Bucket: this.target.bucket,
+      Key: this.objectKey(key),
+      Body: data,
+      ContentType: contentType,
+      ContentLength: data.length,
+      CacheControl: IMMUTABLE
+    }))
+    return true
+  }
+
+  async exists (key: string): Promise<boolean> {
+    try {
+      await this.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }))
+      return true
+    } catch (err) {
+      if (statusOf(err) === 404) return false
+      throw err
+    }
+  }
+
+  async delete (key: string): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }))
+  }
+
+  async * keys (): AsyncIterable<string> {
+    const prefix = this.target.prefix === '' ? '' : `${this.target.prefix}/`
+    let token: string | undefined
+    do {
+      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.target.bucket, Prefix: prefix, ContinuationToken: token }))
+      for (const o of page.Contents ?? []) if (o.Key !== undefined) yield o.Key.slice(prefix.length)
+      token = page.IsTruncated === true ? page.NextContinuationToken : undefined
+    } while (token !== undefined)
+  }
+
+  async checkReady (): Promise<void> {
+    await this.client.send(new HeadBucketCommand({ Bucket: this.target.bucket }))
+  }
+
+  async read (key: string, ifNoneMatch?: string): Promise<StoredFile | undefined> {
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key), IfNoneMatch: ifNoneMatch }))
+      return {
+        notModified: false,
+        etag: res.ETag,
+        contentType: res.ContentType ?? 'application/octet-stream',
+        contentLength: res.ContentLength,
+        body: res.Body as Readable
+      }
+    } catch (err) {
+      const status = statusOf(err)
+      if (status === 304 && ifNoneMatch !== undefined) return { notModified: true, etag: ifNoneMatch }
+      if (status === 404) return undefined
+      throw err
+    }
+  }
+
+  close (): void {
+    this.client.destroy()
+  }
+}
