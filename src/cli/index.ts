@@ -103,7 +103,7 @@ export async function run (argv: string[]): Promise<void> {
     if (err instanceof UsageError) {
       console.error(`agentry: ${err.message}\n\n${USAGE}`)
       process.exitCode = 2
-    } else if (err instanceof ConfigError || (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    } else if (err instanceof ConfigError || String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS_')) {
       console.error(`agentry: ${(err as Error).message}`)
       process.exitCode = 2
     } else {

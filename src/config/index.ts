@@ -81,6 +81,8 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
+const SECRET_VARIABLES = new Set(['BOOTSTRAP_TOKEN', 'DATABASE_URL', 'METRICS_TOKEN'])
+
 const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: true, strict: false })
 const validateEnv = ajv.compile<Env>(EnvSchema)
 
@@ -97,7 +99,9 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   if (!validateEnv(raw)) {
     const problems = (validateEnv.errors ?? []).map((e) => {
       const name = e.instancePath.replace(/^\//, '') || String(e.params.missingProperty ?? '')
-      return `${name} ${e.message ?? 'is invalid'} (got ${JSON.stringify(raw[name])})`
+      // Secrets are named, never echoed: a rejected value may still be a real credential.
+      const shown = SECRET_VARIABLES.has(name) ? 'value not shown' : `got ${JSON.stringify(raw[name])}`
+      return `${name} ${e.message ?? 'is invalid'} (${shown})`
     })
     throw new ConfigError(`Invalid configuration: ${problems.join('; ')}`)
   }

@@ -29,12 +29,21 @@ function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<Migra
 }
 
 /**
- * Brings the schema up to date. Kysely's migrator takes a lock (a table lock on SQLite,
- * an advisory lock on PostgreSQL), so instances starting together migrate once.
+ * Brings the schema up to date, safely when several processes start at once. On PostgreSQL,
+ * Kysely's migrator holds an advisory lock. On SQLite its lock is a no-op (it assumes a single
+ * connection), but each migration runs in a transaction: when another process migrated first, our
+ * attempt rolls back whole, and trying again finds nothing left to do.
  */
 export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
-  return mustSucceed(await migrator.migrateToLatest()).map((r) => r.migrationName)
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return mustSucceed(await migrator.migrateToLatest()).map((r) => r.migrationName)
+    } catch (err) {
+      if (dialect !== 'sqlite' || attempt >= 5) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50 + Math.random() * 200))
+    }
+  }
 }
 
 export async function migrateDown (db: Db, dialect: DialectName): Promise<string[]> {

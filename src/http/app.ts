@@ -60,6 +60,11 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     (httpPart === 'body' ? bodyAjv : otherAjv).compile(schema))
   let closing = false
   app.addHook('preClose', async () => { closing = true })
+  // Requests in flight when shutdown starts finish, and their keep-alive connections close with
+  // them, so close() does not wait on idle clients.
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) void reply.header('connection', 'close')
+  })
   app.addHook('onRequest', async (request, reply) => {
     void reply.header('x-request-id', request.id)
     if (closing) {

@@ -21,8 +21,15 @@ export async function startServer (config: Config): Promise<RunningServer> {
     await services.close()
     throw err
   }
+  try {
+    await app.listen({ host: config.host, port: config.port })
+  } catch (err) {
+    await app.close()
+    await services.close()
+    throw err
+  }
+  // After listen: a first token generated here is never lost to a start that fails (port taken).
   const created = await services.tokens.bootstrap(config.bootstrapToken)
-  await app.listen({ host: config.host, port: config.port })
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.port
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`

@@ -182,16 +182,25 @@ export async function call (url: string, init: RequestInit = {}): Promise<Reply>
 }
 
 /**
- * A GET on a brand-new TCP connection (no pooled keep-alive socket): what a new client sees.
- * Resolves with the status code, or with the error code when the connection fails.
+ * One request on a brand-new TCP connection that closes after the response (no pooled keep-alive
+ * socket): what a new client sees. Resolves with the reply, or with the error code when the connection fails.
  */
-export async function freshGet (url: string, timeoutMs = 3_000): Promise<number | string> {
+export async function oneShot (url: string, init: { method?: string, headers?: Record<string, string>, body?: string } = {}, timeoutMs = 10_000): Promise<Reply | string> {
   return await new Promise((resolve) => {
-    const req = http.get(url, { agent: false, headers: { connection: 'close' }, timeout: timeoutMs }, (res) => {
-      res.resume()
-      res.once('end', () => { resolve(res.statusCode ?? 0) })
+    const req = http.request(url, { method: init.method ?? 'GET', agent: false, headers: { ...init.headers, connection: 'close' }, timeout: timeoutMs }, (res) => {
+      let text = ''
+      res.setEncoding('utf8').on('data', (s: string) => { text += s })
+      res.once('end', () => {
+        let body: unknown = text
+        try { body = JSON.parse(text) } catch { /* not JSON: the assertion will say so */ }
+        const headers = new Headers()
+        for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') headers.set(k, v)
+        resolve({ status: res.statusCode ?? 0, headers, text, body })
+      })
+      res.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code ?? err.message) })
     })
     req.once('timeout', () => { req.destroy(new Error('timeout')) })
     req.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code ?? err.message) })
+    req.end(init.body)
   })
 }
