@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util'
 import { ConfigError, loadConfig, type Config } from '../config/index.js'
 import { openDatabase } from '../db/index.js'
-import { migrateDown, migrateToLatest } from '../db/migrate.js'
+import { MigrationError, migrateDown, migrateToLatest } from '../db/migrate.js'
 import { serve } from '../start/server.js'
 import { TokenService } from '../tokens/service.js'
 
@@ -106,6 +106,9 @@ export async function run (argv: string[]): Promise<void> {
     } else if (err instanceof ConfigError || String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS_')) {
       console.error(`agentry: ${(err as Error).message}`)
       process.exitCode = 2
+    } else if (err instanceof MigrationError) {
+      console.error(`agentry: ${err.message}`)
+      process.exitCode = 1
     } else {
       console.error('agentry: failed:', err)
       process.exitCode = 1

@@ -23,7 +23,10 @@ export class MigrationError extends Error {
 function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<MigrationResultSet['results']> {
   if (error !== undefined) {
     const failed = results?.find((r) => r.status === 'Error')
-    throw new MigrationError(`Migration ${failed?.migrationName ?? '(unknown)'} failed: ${error instanceof Error ? error.message : JSON.stringify(error)}`, { cause: error })
+    const reason = error instanceof Error ? error.message : JSON.stringify(error)
+    throw new MigrationError(failed === undefined
+      ? `Could not read or lock the database schema (is the database reachable, and DATABASE_URL right?): ${reason}`
+      : `Migration ${failed.migrationName} failed: ${reason}`, { cause: error })
   }
   return results ?? []
 }
