@@ -115,9 +115,13 @@ describe('bad input: a 4xx envelope a person can act on, and nothing left behind
   })
 
   it('an unsupported content type → 415', async () => {
-    for (const type of ['text/plain', 'application/xml', 'multipart/form-data; boundary=x']) {
+    for (const type of ['text/plain', 'application/xml', 'image/png']) {
       assertEnvelope(await raw('serviceUserId=a', type), 415, 'unsupported_media_type')
     }
+  })
+
+  it('a multipart body that cannot be read → 400 invalid_multipart', async () => {
+    assertEnvelope(await assertNothingChanged(() => raw('serviceUserId=a', 'multipart/form-data; boundary=x')), 400, 'invalid_multipart')
   })
 
   it('unknown routes and methods → 404 JSON envelope, never an HTML page', async () => {

@@ -7,7 +7,7 @@ describe('OpenAPI and docs', () => {
   before(async () => { srv = await startTestServer() })
   after(async () => { await srv.close() })
 
-  it('/openapi.json documents the four endpoints from the same schemas that validate requests', async () => {
+  it('/openapi.json documents the endpoints from the same schemas that validate requests', async () => {
     const res = await fetch(`${srv.url}/openapi.json`)
     assert.equal(res.status, 200)
     const doc = await res.json() as {
@@ -17,7 +17,10 @@ describe('OpenAPI and docs', () => {
     }
     assert.match(doc.openapi, /^3\.1/)
     assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents'] ?? {}).sort(), ['get', 'post'])
-    assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents/{id}'] ?? {}).sort(), ['get', 'put'])
+    assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents/{id}'] ?? {}).sort(), ['delete', 'get', 'put'])
+    for (const path of ['/api/external/v1/agents/by-service-user-id/{serviceUserId}', '/api/external/v1/agents/{id}/heartbeat', '/api/external/v1/agents/availability']) {
+      assert.ok(doc.paths[path], path)
+    }
     const post = doc.paths['/api/external/v1/agents']!.post!
     const json = post.requestBody!.content['application/json']!.schema
     assert.deepEqual(json.required, ['serviceUserId', 'name'])

@@ -18,7 +18,7 @@ describe(`the store leg under test is really in use (${storeLeg()})`, () => {
   it('the database enforces serviceUserId uniqueness per widget itself, not only the code', async () => {
     const { db } = srv.services.database
     const widget = await db.selectFrom('widgets').select('id').executeTakeFirstOrThrow()
-    const row = { widget_id: widget.id, service_user_id: 'same', name: 'x', status: 'offline' as const, active: 1, avatar_id: null, created_at: 1, updated_at: 1 }
+    const row = { widget_id: widget.id, service_user_id: 'same', name: 'x', name_search: 'x', status: 'offline' as const, active: 1, avatar_id: null, created_at: 1, updated_at: 1 }
     await db.insertInto('agents').values({ ...row, id: '00000000-0000-4000-8000-000000000001' }).execute()
     await assert.rejects(db.insertInto('agents').values({ ...row, id: '00000000-0000-4000-8000-000000000002' }).execute())
   })

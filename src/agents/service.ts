@@ -1,40 +1,223 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbOrTrx } from '../db/index.js'
-import { findAgent, findAgentByServiceUserId, insertAgent, listAgents, updateAgent } from '../db/repositories/agents.js'
-import { deleteAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
+import {
+  countAvailable, deleteAgentAtVersion, expirePresence, findAgent, findAgentByServiceUserId, insertAgent, listAgents,
+  updateAgentAtVersion
+} from '../db/repositories/agents.js'
+import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar, isContentReferenced } from '../db/repositories/avatars.js'
+import { clearBlobGc, dueBlobGc, scheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
-import { errors } from '../errors/index.js'
-import type { Agent, CreateAgentInput, UpdateAgentInput } from '../http/schemas/agent.js'
+import { AppError, errors } from '../errors/index.js'
+import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
+import { decodeCursor, encodeCursor } from './cursor.js'
+import { containsPattern, searchableName } from './search.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+export const DEFAULT_PAGE_SIZE = 50
 
 export type Clock = () => number
 const unixSeconds: Clock = () => Math.floor(Date.now() / 1000)
 
-/** The agent domain: the seed's four operations, scoped to one widget, rows mapped to API shapes. */
+export interface AgentServiceOptions {
+  /** How long a heartbeat keeps an agent online. */
+  presenceTtlSeconds: number
+  /** How long unreferenced avatar content waits before its files are deleted. */
+  blobGcGraceSeconds: number
+  now?: Clock
+}
+
+/** An avatar given with a write: a URL to download, an uploaded file, or removal (null or ""). */
+export type AvatarInput = { url: string } | { upload: Buffer } | null
+
+export interface WriteOptions {
+  /** The If-Match header: the write happens only if the agent's current ETag matches. */
+  ifMatch?: string
+  /** An uploaded file, in place of an avatar URL. */
+  upload?: Buffer
+}
+
+export interface Page {
+  agents: Agent[]
+  /** Present when pagination was asked for; null on the last page. */
+  nextCursor?: string | null
+  limit?: number
+}
+
+/** A strong ETag over the agent's representation: equal JSON, equal tag. */
+export function agentEtag (agent: Agent): string {
+  return `"${createHash('sha256').update(JSON.stringify(agent)).digest('base64url').slice(0, 32)}"`
+}
+
+/** True when an If-Match / If-None-Match header value names this ETag (or is `*`). */
+export function etagMatches (header: string, etag: string): boolean {
+  return header.split(',').map((t) => t.trim().replace(/^W\//, '')).some((t) => t === '*' || t === etag)
+}
+
+interface Changes {
+  /** Changes a client can see: they move updatedAt. */
+  visible: AgentRowUpdate
+  /** Bookkeeping only (presence expiry cleared): written, but updatedAt stays. */
+  hidden: AgentRowUpdate
+  image?: StoredImage
+  removeAvatar: boolean
+}
+
+/**
+ * The agent domain: the seed's four operations and what integrators need beyond them, scoped to
+ * one widget, rows mapped to API shapes. Every write is conditional on the row's version, so
+ * concurrent writers never lose each other's changes.
+ */
 export class AgentService {
+  private readonly now: Clock
+
   constructor (
     private readonly db: Db,
     private readonly avatars: AvatarService,
-    private readonly now: Clock = unixSeconds
-  ) {}
+    private readonly options: AgentServiceOptions
+  ) {
+    this.now = options.now ?? unixSeconds
+  }
 
-  async list (widgetId: string): Promise<Agent[]> {
-    const rows = await listAgents(this.db, widgetId)
-    return await this.toApi(this.db, rows)
+  async list (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
+    const paginated = query.limit !== undefined || query.cursor !== undefined
+    const limit = query.limit ?? DEFAULT_PAGE_SIZE
+    const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
+    // Presence is decided in the database before filtering on status or updatedSince.
+    await expirePresence(this.db, this.now(), widgetId)
+    const rows = await listAgents(this.db, widgetId, {
+      status: query.status,
+      active: query.active,
+      serviceUserId: query.serviceUserId,
+      namePattern: query.q === undefined ? undefined : containsPattern(query.q),
+      updatedSince: query.updatedSince,
+      after,
+      limit: paginated ? limit + 1 : undefined
+    })
+    if (!paginated) return { agents: await this.toApi(rows) }
+    const page = rows.slice(0, limit)
+    const last = page[page.length - 1]
+    const nextCursor = rows.length > limit && last !== undefined ? encodeCursor({ createdAt: last.created_at, seq: last.seq }) : null
+    return { agents: await this.toApi(page), nextCursor, limit }
   }
 
   async get (widgetId: string, id: string): Promise<Agent> {
-    const row = await this.mustFind(this.db, widgetId, id)
-    return (await this.toApi(this.db, [row]))[0] as Agent
+    return await this.represent(await this.mustFind(widgetId, id))
   }
 
-  async create (widgetId: string, input: CreateAgentInput): Promise<Agent> {
+  async getByServiceUserId (widgetId: string, serviceUserId: string): Promise<Agent> {
+    const row = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+    if (row === undefined) throw notFoundByServiceUserId(serviceUserId)
+    return await this.represent(row)
+  }
+
+  async create (widgetId: string, input: CreateAgentInput, options: WriteOptions = {}): Promise<Agent> {
+    const avatar = avatarInput(input.avatar, options.upload)
     // Checked before the avatar download so a duplicate costs nothing; the unique index decides races.
     await this.mustBeFreeServiceUserId(widgetId, input.serviceUserId)
-    const image = isAvatarRemoval(input.avatar) ? undefined : await this.avatars.ingestUrl(input.avatar)
+    const image = avatar === null ? undefined : await this.ingest(avatar)
+    return await this.insert(widgetId, input, image)
+  }
+
+  /** Changes only the fields given; a request that changes nothing leaves updatedAt as it was. */
+  async update (widgetId: string, id: string, input: UpdateAgentInput, options: WriteOptions = {}): Promise<Agent> {
+    const avatar = input.avatar === undefined && options.upload === undefined ? undefined : avatarInput(input.avatar, options.upload)
+    const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
+    return await this.applyUpdate(() => this.mustFind(widgetId, id), input, avatar === null, image, options.ifMatch)
+  }
+
+  /**
+   * Creates or updates the agent with this serviceUserId, idempotently: the same input again changes
+   * nothing. An unchanged avatar URL is not downloaded again unless refreshAvatar is set.
+   */
+  async upsertByServiceUserId (
+    widgetId: string, serviceUserId: string, input: UpsertAgentInput, options: WriteOptions & { refreshAvatar?: boolean } = {}
+  ): Promise<{ agent: Agent, created: boolean }> {
+    if (input.serviceUserId !== undefined && input.serviceUserId !== serviceUserId) {
+      throw errors.validation([{ field: 'serviceUserId', message: 'must equal the serviceUserId in the path (or be left out)' }])
+    }
+    const existing = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+    if (existing === undefined) {
+      if (options.ifMatch !== undefined && options.ifMatch.trim() !== '*') throw errors.preconditionFailed()
+      if (input.name === undefined) throw errors.validation([{ field: 'name', message: 'is required to create an agent' }])
+      try {
+        return { agent: await this.create(widgetId, { ...input, serviceUserId, name: input.name }, options), created: true }
+      } catch (err) {
+        // Another sync created it meanwhile: fall through to updating it.
+        if (!(err instanceof AppError && err.code === 'service_user_id_taken')) throw err
+      }
+    }
+    let avatar = input.avatar === undefined && options.upload === undefined ? undefined : avatarInput(input.avatar, options.upload)
+    if (avatar !== undefined && avatar !== null && 'url' in avatar && options.refreshAvatar !== true) {
+      const current = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+      const currentAvatar = current?.avatar_id == null ? undefined : await findAvatar(this.db, current.avatar_id)
+      if (currentAvatar?.source_url === avatar.url) avatar = undefined
+    }
+    const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
+    const agent = await this.applyUpdate(async () => {
+      const row = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+      if (row === undefined) throw notFoundByServiceUserId(serviceUserId)
+      return row
+    }, { ...input, avatar: undefined }, avatar === null, image, options.ifMatch)
+    return { agent, created: false }
+  }
+
+  /** Deletes the agent; its avatar files go once no other avatar refers to their content. */
+  async delete (widgetId: string, id: string, options: Pick<WriteOptions, 'ifMatch'> = {}): Promise<Agent> {
+    for (;;) {
+      const row = await this.mustFind(widgetId, id)
+      const agent = await this.represent(row)
+      if (options.ifMatch !== undefined && !etagMatches(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
+      const deleted = await this.db.transaction().execute(async (trx) => {
+        if (!await deleteAgentAtVersion(trx, row)) return false
+        if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
+        return true
+      })
+      if (deleted) return agent
+      if (options.ifMatch !== undefined) throw errors.preconditionFailed()
+    }
+  }
+
+  /** Marks the agent online until now + presenceTtlSeconds; it goes offline by itself when beats stop. */
+  async heartbeat (widgetId: string, id: string): Promise<{ agent: Agent, onlineUntil: number }> {
+    for (;;) {
+      const now = this.now()
+      const row = effective(await this.mustFind(widgetId, id), now)
+      const onlineUntil = now + this.options.presenceTtlSeconds
+      const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
+      if (row.status !== 'online') changes.updated_at = now
+      const updated = await updateAgentAtVersion(this.db, row, changes)
+      if (updated !== undefined) return { agent: await this.represent(updated), onlineUntil }
+    }
+  }
+
+  /** The widget's question in one call: how many agents are online and active, and is anyone. */
+  async availability (widgetId: string): Promise<{ online: number, available: boolean }> {
+    const online = await countAvailable(this.db, widgetId, this.now())
+    return { online, available: online > 0 }
+  }
+
+  /** Periodic upkeep, safe on every instance at once: lapse presence, delete unreferenced avatar files. */
+  async maintain (): Promise<{ expired: number, filesCollected: number }> {
+    const now = this.now()
+    const expired = await expirePresence(this.db, now)
+    let filesCollected = 0
+    for (const due of await dueBlobGc(this.db, now, 100)) {
+      if (!await isContentReferenced(this.db, due.sha256)) {
+        await this.avatars.deleteFiles(due.sha256, due.ext)
+        filesCollected++
+      }
+      await clearBlobGc(this.db, due.sha256, due.ext)
+    }
+    return { expired, filesCollected }
+  }
+
+  private async ingest (avatar: NonNullable<AvatarInput>): Promise<StoredImage> {
+    return 'url' in avatar ? await this.avatars.ingestUrl(avatar.url) : await this.avatars.ingestUpload(avatar.upload)
+  }
+
+  private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
     const now = this.now()
     try {
       return await this.db.transaction().execute(async (trx) => {
@@ -44,9 +227,11 @@ export class AgentService {
           widget_id: widgetId,
           service_user_id: input.serviceUserId,
           name: input.name,
+          name_search: searchableName(input.name),
           status: input.status ?? 'offline',
           active: (input.active ?? true) ? 1 : 0,
           avatar_id: avatar?.id ?? null,
+          presence_expires_at: null,
           created_at: now,
           updated_at: now
         })
@@ -58,59 +243,80 @@ export class AgentService {
     }
   }
 
-  /** Changes only the fields given; a request that changes nothing leaves updatedAt as it was. */
-  async update (widgetId: string, id: string, input: UpdateAgentInput): Promise<Agent> {
-    const current = await this.mustFind(this.db, widgetId, id)
-    const [currentAvatar] = current.avatar_id === null ? [] : await findAvatarsByIds(this.db, [current.avatar_id])
-    const changes: AgentRowUpdate = {}
-    if (input.serviceUserId !== undefined && input.serviceUserId !== current.service_user_id) {
-      await this.mustBeFreeServiceUserId(widgetId, input.serviceUserId)
-      changes.service_user_id = input.serviceUserId
-    }
-    if (input.name !== undefined && input.name !== current.name) changes.name = input.name
-    if (input.status !== undefined && input.status !== current.status) changes.status = input.status
-    if (input.active !== undefined && (input.active ? 1 : 0) !== current.active) changes.active = input.active ? 1 : 0
+  /** Reads the row, works out what changes, writes it if the row is still as read; retries otherwise. */
+  private async applyUpdate (
+    load: () => Promise<AgentRow>, input: UpdateAgentInput, removeAvatar: boolean, image: StoredImage | undefined, ifMatch: string | undefined
+  ): Promise<Agent> {
+    for (;;) {
+      const now = this.now()
+      const stored = await load()
+      const current = effective(stored, now)
+      const currentAvatar = current.avatar_id === null ? undefined : await findAvatar(this.db, current.avatar_id)
+      if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shape(current, currentAvatar)))) throw errors.preconditionFailed()
 
-    let image: StoredImage | undefined
-    let removeAvatar = false
-    if (input.avatar !== undefined) {
-      if (isAvatarRemoval(input.avatar)) {
-        removeAvatar = currentAvatar !== undefined
-      } else {
-        image = await this.avatars.ingestUrl(input.avatar)
-        // The same picture again (same bytes after processing) is no change.
-        if (currentAvatar !== undefined && currentAvatar.sha256 === image.sha256) image = undefined
+      const changes = await this.changesFor(current, currentAvatar, input, removeAvatar, image)
+      // A lapsed heartbeat is written down with any other change, so the row says what the API said.
+      if (stored.status !== current.status) Object.assign(changes.hidden, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
+      const visible = Object.keys(changes.visible).length > 0 || changes.image !== undefined || changes.removeAvatar
+      if (!visible && Object.keys(changes.hidden).length === 0) return this.shape(current, currentAvatar)
+
+      try {
+        const result = await this.db.transaction().execute(async (trx) => {
+          let avatar = currentAvatar
+          const update: AgentRowUpdate = { ...changes.hidden, ...changes.visible }
+          if (changes.image !== undefined) {
+            avatar = await this.insertAvatarRow(trx, current.widget_id, changes.image, now)
+            update.avatar_id = avatar.id
+          } else if (changes.removeAvatar) {
+            avatar = undefined
+            update.avatar_id = null
+          }
+          if (visible) update.updated_at = now
+          const row = await updateAgentAtVersion(trx, stored, update)
+          if (row === undefined) return undefined
+          if (currentAvatar !== undefined && update.avatar_id !== undefined) await this.dropAvatar(trx, currentAvatar.id, currentAvatar)
+          return this.shape(row, avatar)
+        })
+        if (result !== undefined) return result
+      } catch (err) {
+        if (isUniqueViolation(err) && changes.visible.service_user_id != null) throw errors.serviceUserIdTaken(changes.visible.service_user_id)
+        throw err
       }
-    }
-    if (Object.keys(changes).length === 0 && image === undefined && !removeAvatar) {
-      return this.shape(current, currentAvatar)
-    }
-
-    const now = this.now()
-    try {
-      return await this.db.transaction().execute(async (trx) => {
-        let avatar = currentAvatar
-        if (image !== undefined) {
-          avatar = await this.insertAvatarRow(trx, widgetId, image, now)
-          changes.avatar_id = avatar.id
-        } else if (removeAvatar) {
-          avatar = undefined
-          changes.avatar_id = null
-        }
-        changes.updated_at = now
-        const row = await updateAgent(trx, widgetId, id, changes)
-        if (row === undefined) throw errors.agentNotFound(id)
-        if (currentAvatar !== undefined && changes.avatar_id !== undefined) await deleteAvatar(trx, currentAvatar.id)
-        return this.shape(row, avatar)
-      })
-    } catch (err) {
-      if (isUniqueViolation(err) && changes.service_user_id !== undefined) throw errors.serviceUserIdTaken(changes.service_user_id)
-      throw err
+      // Someone else wrote first: with If-Match that is a failed precondition, otherwise read again.
+      if (ifMatch !== undefined) throw errors.preconditionFailed()
     }
   }
 
-  private async mustFind (db: DbOrTrx, widgetId: string, id: string): Promise<AgentRow> {
-    const row = UUID.test(id) ? await findAgent(db, widgetId, id.toLowerCase()) : undefined
+  private async changesFor (
+    current: AgentRow, currentAvatar: AvatarRow | undefined, input: UpdateAgentInput, removeAvatar: boolean, image: StoredImage | undefined
+  ): Promise<Changes> {
+    const visible: AgentRowUpdate = {}
+    const hidden: AgentRowUpdate = {}
+    if (input.serviceUserId !== undefined && input.serviceUserId !== current.service_user_id) {
+      await this.mustBeFreeServiceUserId(current.widget_id, input.serviceUserId)
+      visible.service_user_id = input.serviceUserId
+    }
+    if (input.name !== undefined && input.name !== current.name) {
+      visible.name = input.name
+      visible.name_search = searchableName(input.name)
+    }
+    if (input.status !== undefined) {
+      if (input.status !== current.status) visible.status = input.status
+      // A status set directly holds until it is changed: it ends any heartbeat expiry.
+      if (current.presence_expires_at !== null) hidden.presence_expires_at = null
+    }
+    if (input.active !== undefined && (input.active ? 1 : 0) !== current.active) visible.active = input.active ? 1 : 0
+    return {
+      visible,
+      hidden,
+      // The same picture again (same bytes after processing) is no change.
+      image: image !== undefined && currentAvatar?.sha256 === image.sha256 ? undefined : image,
+      removeAvatar: removeAvatar && currentAvatar !== undefined
+    }
+  }
+
+  private async mustFind (widgetId: string, id: string): Promise<AgentRow> {
+    const row = UUID.test(id) ? await findAgent(this.db, widgetId, id.toLowerCase()) : undefined
     if (row === undefined) throw errors.agentNotFound(id)
     return row
   }
@@ -140,13 +346,26 @@ export class AgentService {
     return row
   }
 
-  private async toApi (db: DbOrTrx, rows: AgentRow[]): Promise<Agent[]> {
+  /** Deletes an avatar record and queues its content for collection once nothing refers to it. */
+  private async dropAvatar (trx: DbOrTrx, avatarId: string, known?: AvatarRow): Promise<void> {
+    const avatar = known ?? await findAvatar(trx, avatarId)
+    await deleteAvatar(trx, avatarId)
+    if (avatar !== undefined) await scheduleBlobGc(trx, avatar.sha256, avatar.ext, this.now() + this.options.blobGcGraceSeconds)
+  }
+
+  private async represent (row: AgentRow): Promise<Agent> {
+    const avatar = row.avatar_id === null ? undefined : await findAvatar(this.db, row.avatar_id)
+    return this.shape(row, avatar)
+  }
+
+  private async toApi (rows: AgentRow[]): Promise<Agent[]> {
     const avatarIds = rows.flatMap((r) => r.avatar_id === null ? [] : [r.avatar_id])
-    const avatars = new Map((await findAvatarsByIds(db, avatarIds)).map((a) => [a.id, a]))
+    const avatars = new Map((await findAvatarsByIds(this.db, avatarIds)).map((a) => [a.id, a]))
     return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : avatars.get(r.avatar_id)))
   }
 
-  private shape (row: AgentRow, avatar: AvatarRow | undefined): Agent {
+  private shape (stored: AgentRow, avatar: AvatarRow | undefined): Agent {
+    const row = effective(stored, this.now())
     return {
       id: row.id,
       serviceUserId: row.service_user_id,
@@ -160,6 +379,24 @@ export class AgentService {
   }
 }
 
-function isAvatarRemoval (avatar: string | null | undefined): avatar is null | undefined | '' {
-  return avatar === undefined || avatar === null || avatar === ''
+/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
+function effective (row: AgentRow, now: number): AgentRow {
+  if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
+    return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }
+  }
+  return row
+}
+
+function avatarInput (avatar: string | null | undefined, upload: Buffer | undefined): AvatarInput {
+  if (upload !== undefined) {
+    if (avatar !== undefined && avatar !== null && avatar !== '') {
+      throw errors.validation([{ field: 'avatar', message: 'give either an avatar URL or an avatar file, not both' }])
+    }
+    return { upload }
+  }
+  return avatar === undefined || avatar === null || avatar === '' ? null : { url: avatar }
+}
+
+function notFoundByServiceUserId (serviceUserId: string): AppError {
+  return new AppError('not_found', `No agent with serviceUserId ${JSON.stringify(serviceUserId)} exists for this widget.`)
 }

@@ -6,7 +6,7 @@ import { avatarKeys, contentPath, type BlobStore } from '../storage/blob-store.j
 import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from './guard.js'
 import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
-import { isAppError } from '../errors/index.js'
+import { errors, isAppError } from '../errors/index.js'
 import type { AvatarObserver } from '../metrics/index.js'
 
 /** An avatar image whose files are all in the store, ready for a database row to point at. */
@@ -17,7 +17,8 @@ export interface StoredImage {
   size: number
   width: number
   height: number
-  sourceUrl: string
+  /** Where it was downloaded from; null for an upload. */
+  sourceUrl: string | null
 }
 
 export interface AvatarServiceOptions {
@@ -52,11 +53,28 @@ export class AvatarService {
 
   /** Downloads and stores the image at url. Every file is complete in the store when this resolves. */
   async ingestUrl (url: string): Promise<StoredImage> {
+    return await this.ingest(url, async () => {
+      const download = await timed(this.observer, 'download', () => fetchAvatar(url, { ...this.options.limits, isAllowedAddress: this.isAllowedAddress }))
+      return download.bytes
+    })
+  }
+
+  /** Stores an uploaded image, through the same checks as a downloaded one. */
+  async ingestUpload (bytes: Buffer): Promise<StoredImage> {
+    return await this.ingest(null, async () => {
+      if (bytes.length > this.options.limits.maxBytes) {
+        throw errors.avatar('avatar_too_large', `The avatar is larger than ${this.options.limits.maxBytes} bytes; use a smaller image.`)
+      }
+      return bytes
+    })
+  }
+
+  private async ingest (sourceUrl: string | null, obtain: () => Promise<Buffer>): Promise<StoredImage> {
     const { limits, store } = this.options
     const observer = this.observer
     try {
-      const download = await timed(observer, 'download', () => fetchAvatar(url, { ...limits, isAllowedAddress: this.isAllowedAddress }))
-      const image = await timed(observer, 'process', () => processAvatar(download.bytes, limits))
+      const bytes = await obtain()
+      const image = await timed(observer, 'process', () => processAvatar(bytes, limits))
       const sha256 = createHash('sha256').update(image.original).digest('hex')
       const keys = avatarKeys(contentPath(sha256, image.format))
       const mimeType = MIME_TYPES[image.format]
@@ -68,11 +86,19 @@ export class AvatarService {
         ])
         await store.put(keys.original, image.original, mimeType)
       })
-      return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl: url }
+      return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl }
     } catch (err) {
       observer.failed(isAppError(err) ? err.code : 'internal_error')
       throw err
     }
+  }
+
+  /** Removes an avatar's files from the store (the caller has made sure nothing refers to them). */
+  async deleteFiles (sha256: string, ext: string): Promise<void> {
+    const keys = avatarKeys(contentPath(sha256, ext))
+    // Original first: once it is gone, nothing counts the content as present any more.
+    await this.options.store.delete(keys.original)
+    await Promise.all([this.options.store.delete(keys['120x120']), this.options.store.delete(keys['520x400'])])
   }
 
   /** The seed's avatar object for a stored row. */

@@ -10,7 +10,9 @@ const USAGE = `Usage: agentry <command>
 Commands:
   serve                          start the HTTP service (the default)
   migrate [--down]               bring the database schema up to date (or undo the last migration)
-  tokens create --widget NAME    create a token for widget NAME (created if new); prints the token last
+  tokens create --widget NAME [--scope read|write]
+                                 create a token for widget NAME (created if new); prints the token last.
+                                 read tokens may only GET; write (the default) may do everything
   tokens list                    list token ids, widgets and states (never the tokens)
   tokens revoke ID_OR_TOKEN      revoke a token by id or by the token itself; takes effect within a second
 
@@ -35,6 +37,7 @@ export async function main (argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       widget: { type: 'string' },
+      scope: { type: 'string', default: 'write' },
       down: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
     }
@@ -64,8 +67,10 @@ export async function main (argv: string[]): Promise<number> {
       if (sub === 'create') {
         const widget = values.widget?.trim()
         if (widget === undefined || widget === '') throw new UsageError('tokens create needs --widget NAME')
-        const created = await withTokens(config, (t) => t.create(widget))
-        console.log(`Created token ${created.id} for widget "${created.widgetName}". Keep it secret; it is shown only now:`)
+        const scope = values.scope
+        if (scope !== 'read' && scope !== 'write') throw new UsageError('--scope must be read or write')
+        const created = await withTokens(config, (t) => t.create(widget, { scope }))
+        console.log(`Created ${created.scope} token ${created.id} for widget "${created.widgetName}". Keep it secret; it is shown only now:`)
         console.log(created.token)
         return 0
       }
@@ -73,7 +78,7 @@ export async function main (argv: string[]): Promise<number> {
         const rows = await withTokens(config, (t) => t.list())
         if (rows.length === 0) console.log('No tokens.')
         for (const r of rows) {
-          console.log(`${r.id}  widget=${r.widgetName}  created=${time(r.createdAt)}  ${r.revokedAt === null ? 'active' : `revoked=${time(r.revokedAt)}`}`)
+          console.log(`${r.id}  widget=${r.widgetName}  scope=${r.scope}  created=${time(r.createdAt)}  ${r.revokedAt === null ? 'active' : `revoked=${time(r.revokedAt)}`}`)
         }
         return 0
       }

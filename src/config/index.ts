@@ -33,7 +33,13 @@ const EnvSchema = Type.Object({
   AVATAR_MAX_PIXELS: Type.Integer({ default: 40000000, minimum: 1, maximum: 1000000000 }),
   AVATAR_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 300000 }),
   AVATAR_MAX_REDIRECTS: Type.Integer({ default: 3, minimum: 0, maximum: 10 }),
-  SHUTDOWN_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 })
+  SHUTDOWN_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 }),
+  PRESENCE_TTL_SECONDS: Type.Integer({ default: 60, minimum: 1, maximum: 86400 }),
+  AVATAR_GC_GRACE_SECONDS: Type.Integer({ default: 300, minimum: 0, maximum: 2592000 }),
+  MAINTENANCE_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 50, maximum: 3600000 }),
+  IDEMPOTENCY_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60, maximum: 2592000 }),
+  RATE_LIMIT_MAX: Type.Integer({ default: 1000, minimum: 0, maximum: 100000000 }),
+  RATE_LIMIT_WINDOW_MS: Type.Integer({ default: 10000, minimum: 1000, maximum: 86400000 })
 })
 type Env = Static<typeof EnvSchema>
 
@@ -73,6 +79,12 @@ export interface Config {
     readonly maxRedirects: number
   }
   readonly shutdownTimeoutMs: number
+  readonly presenceTtlSeconds: number
+  readonly avatarGcGraceSeconds: number
+  readonly maintenanceIntervalMs: number
+  readonly idempotencyTtlSeconds: number
+  /** Requests per token per window; 0 turns rate limiting off. */
+  readonly rateLimit: { readonly max: number, readonly windowMs: number }
   /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
   readonly metricsToken: string | undefined
 }
@@ -125,6 +137,11 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       maxRedirects: e.AVATAR_MAX_REDIRECTS
     },
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
+    avatarGcGraceSeconds: e.AVATAR_GC_GRACE_SECONDS,
+    maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
+    idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
+    rateLimit: { max: e.RATE_LIMIT_MAX, windowMs: e.RATE_LIMIT_WINDOW_MS },
     metricsToken: e.METRICS_TOKEN
   })
 }

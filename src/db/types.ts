@@ -12,9 +12,13 @@ export interface TokenTable {
   widget_id: string
   /** sha256 hex of the token; the token itself is never stored. */
   token_hash: string
+  scope: Generated<TokenScope>
   created_at: number
   revoked_at: number | null
 }
+
+/** `read` tokens may only GET; `write` tokens may do everything. */
+export type TokenScope = 'read' | 'write'
 
 export interface AgentTable {
   /** Internal insertion order: breaks ties between agents created in the same second. */
@@ -26,8 +30,31 @@ export interface AgentTable {
   status: 'online' | 'offline'
   active: number
   avatar_id: string | null
+  /** searchableName(name): what `q` matches. */
+  name_search: string
+  /** While status is online because of heartbeats: when it lapses to offline (unix seconds). */
+  presence_expires_at: number | null
+  /** Bumped by every write; writes are conditional on it (optimistic concurrency). */
+  version: Generated<number>
   created_at: number
   updated_at: number
+}
+
+export interface IdempotencyKeyTable {
+  widget_id: string
+  key: string
+  /** sha256 of the request body: a retry must send the same. */
+  request_hash: string
+  /** null while the first request is still being answered. */
+  status_code: number | null
+  response: string | null
+  created_at: number
+}
+
+export interface BlobGcTable {
+  sha256: string
+  ext: string
+  eligible_at: number
 }
 
 export interface AvatarTable {
@@ -50,10 +77,14 @@ export interface Database {
   tokens: TokenTable
   agents: AgentTable
   avatars: AvatarTable
+  idempotency_keys: IdempotencyKeyTable
+  blob_gc: BlobGcTable
 }
 
 export type WidgetRow = Selectable<WidgetTable>
 export type TokenRow = Selectable<TokenTable>
+export type NewTokenRow = Insertable<TokenTable>
+export type IdempotencyKeyRow = Selectable<IdempotencyKeyTable>
 export type AgentRow = Selectable<AgentTable>
 export type NewAgentRow = Insertable<AgentTable>
 export type AgentRowUpdate = Updateable<AgentTable>

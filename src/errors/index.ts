@@ -4,13 +4,19 @@
  */
 export const ErrorCodes = {
   unauthorized: 401,
+  forbidden: 403,
   not_found: 404,
   route_not_found: 404,
   validation_failed: 400,
   invalid_json: 400,
+  invalid_multipart: 400,
   payload_too_large: 413,
   unsupported_media_type: 415,
   service_user_id_taken: 409,
+  idempotency_key_in_progress: 409,
+  idempotency_key_reused: 422,
+  precondition_failed: 412,
+  rate_limited: 429,
   avatar_url_invalid: 422,
   avatar_host_forbidden: 422,
   avatar_unreachable: 422,
@@ -55,6 +61,8 @@ export function isAppError (err: unknown): err is AppError {
 
 export const errors = {
   unauthorized: (message: string) => new AppError('unauthorized', message),
+  readOnlyToken: () => new AppError('forbidden', 'This token is read-only (scope "read"); use a token with scope "write" for changes.'),
+  preconditionFailed: () => new AppError('precondition_failed', 'The agent has changed since you read it (If-Match does not match its current ETag); read it again and retry.'),
   agentNotFound: (id: string) => new AppError('not_found', `No agent with id ${JSON.stringify(id)} exists for this widget.`),
   serviceUserIdTaken: (serviceUserId: string) => new AppError(
     'service_user_id_taken',

@@ -4,6 +4,7 @@ import { Ajv, type Options as AjvOptions } from 'ajv'
 import type { Config } from '../config/index.js'
 import { AppError } from '../errors/index.js'
 import type { AgentService } from '../agents/service.js'
+import type { DbHandle } from '../db/index.js'
 import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
@@ -20,6 +21,7 @@ export interface AppDeps {
   config: Config
   agents: AgentService
   tokens: TokenService
+  database: DbHandle
   store: BlobStore
   metrics: Metrics
   checkReady: () => Promise<void>
@@ -80,7 +82,14 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   await registerOpenApi(app, deps.version)
 
   await app.register(healthRoutes, { checkReady: deps.checkReady })
-  await app.register(agentRoutes, { prefix: '/api/external/v1', agents: deps.agents, tokens: deps.tokens })
+  await app.register(agentRoutes, {
+    prefix: '/api/external/v1',
+    agents: deps.agents,
+    tokens: deps.tokens,
+    db: deps.database.db,
+    rateLimit: config.rateLimit,
+    maxUploadBytes: config.avatar.maxBytes
+  })
   await registerStaticFiles(app, deps.store)
   return app
 }

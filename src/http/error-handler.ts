@@ -40,10 +40,16 @@ const FASTIFY_CODES: Record<string, (err: FastifyError) => AppError> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: () => new AppError('invalid_json', 'The request says Content-Type: application/json but its body is empty; send a JSON object.'),
   FST_ERR_CTP_BODY_TOO_LARGE: () => new AppError('payload_too_large', 'The request body is larger than this service accepts; send only the agent fields.'),
   FST_ERR_CTP_INVALID_MEDIA_TYPE: (err) => new AppError('unsupported_media_type', `${err.message.replace(/^Unsupported Media Type:?\s*/i, 'Content-Type ')} is not supported; send application/json or application/x-www-form-urlencoded.`),
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new AppError('validation_failed', 'The Content-Length header does not match the body.')
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new AppError('validation_failed', 'The Content-Length header does not match the body.'),
+  // @fastify/multipart
+  FST_REQ_FILE_TOO_LARGE: () => errors.avatar('avatar_too_large', 'The uploaded avatar file is larger than this service accepts (AVATAR_MAX_BYTES); use a smaller image.'),
+  FST_FILES_LIMIT: () => new AppError('payload_too_large', 'Send at most one file (the avatar) per request.'),
+  FST_PARTS_LIMIT: () => new AppError('payload_too_large', 'The multipart body has more parts than the agent fields.'),
+  FST_FIELDS_LIMIT: () => new AppError('payload_too_large', 'The multipart body has more fields than the agent fields.'),
+  FST_PROTO_VIOLATION: () => new AppError('invalid_multipart', 'The multipart body uses a field name that is not allowed.')
 }
 
-function toAppError (err: FastifyError, knownFields: readonly string[]): AppError {
+function toAppError (err: FastifyError, knownFields: readonly string[], multipart: boolean): AppError {
   if (isAppError(err)) return err
   if (err.validation !== undefined) {
     const details = validationDetails(err.validation, err.validationContext === 'body' ? knownFields : [])
@@ -53,6 +59,10 @@ function toAppError (err: FastifyError, knownFields: readonly string[]): AppErro
   if (mapped !== undefined) return mapped(err)
   if (err instanceof SyntaxError && err.statusCode === 400) return FASTIFY_CODES.FST_ERR_CTP_INVALID_JSON_BODY!(err)
   if (err.statusCode === 413) return FASTIFY_CODES.FST_ERR_CTP_BODY_TOO_LARGE!(err)
+  // The multipart parser (busboy) throws plain errors for a body it cannot read.
+  if (multipart && err.statusCode === undefined) {
+    return new AppError('invalid_multipart', `The multipart/form-data body could not be read (${err.message}); check the boundary and the parts.`)
+  }
   if (err.statusCode === 415) return FASTIFY_CODES.FST_ERR_CTP_INVALID_MEDIA_TYPE!(err)
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
     return new AppError('validation_failed', err.message)
@@ -64,7 +74,8 @@ function toAppError (err: FastifyError, knownFields: readonly string[]): AppErro
 export function registerErrorHandling (app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     const known = (request.routeOptions.schema?.body as { properties?: Record<string, unknown> } | undefined)?.properties
-    const appErr = toAppError(err, known === undefined ? [] : Object.keys(known))
+    const multipart = request.headers['content-type']?.toLowerCase().startsWith('multipart/') === true
+    const appErr = toAppError(err, known === undefined ? [] : Object.keys(known), multipart)
     if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
     if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')

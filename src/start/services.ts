@@ -4,6 +4,7 @@ import { AgentService } from '../agents/service.js'
 import { AvatarService } from '../avatars/service.js'
 import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
+import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import type { AddressPolicy } from '../avatars/guard.js'
@@ -20,6 +21,29 @@ export interface Services {
   checkReady: () => Promise<void>
   version: string
   close: () => Promise<void>
+}
+
+/**
+ * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
+ * unreferenced avatar files are deleted, old idempotency keys are forgotten.
+ */
+function startMaintenance (config: Config, database: DbHandle, agents: AgentService): () => Promise<void> {
+  let running: Promise<void> | undefined
+  const tick = () => {
+    running ??= (async () => {
+      await agents.maintain()
+      await purgeIdempotencyKeys(database.db, Math.floor(Date.now() / 1000) - config.idempotencyTtlSeconds)
+    })().catch((err: unknown) => {
+      // Logged by nobody else; the next tick tries again.
+      process.emitWarning(`agentry maintenance failed: ${err instanceof Error ? err.message : String(err)}`)
+    }).finally(() => { running = undefined })
+  }
+  const timer = setInterval(tick, config.maintenanceIntervalMs)
+  timer.unref()
+  return async () => {
+    clearInterval(timer)
+    await running
+  }
 }
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
@@ -43,7 +67,11 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     isAllowedAddress: overrides.isAllowedAddress,
     observer: metrics.avatars
   })
-  const agents = new AgentService(database.db, avatars)
+  const agents = new AgentService(database.db, avatars, {
+    presenceTtlSeconds: config.presenceTtlSeconds,
+    blobGcGraceSeconds: config.avatarGcGraceSeconds
+  })
+  const stopMaintenance = startMaintenance(config, database, agents)
   return {
     config,
     database,
@@ -55,6 +83,7 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     version: VERSION,
     checkReady: async () => { await Promise.all([pingDatabase(database.db), store.checkReady()]) },
     close: async () => {
+      await stopMaintenance()
       await database.close()
       store.close?.()
     }

@@ -2,6 +2,7 @@ import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 import { isUniqueViolation, type Db } from '../db/index.js'
 import { countTokens, findActiveTokenByHash, findTokenByHash, insertToken, listTokens, revokeToken, type TokenListing } from '../db/repositories/tokens.js'
 import { ensureWidget } from '../db/repositories/widgets.js'
+import type { TokenScope } from '../db/types.js'
 
 export const DEFAULT_WIDGET = 'default'
 
@@ -23,6 +24,14 @@ export interface CreatedToken {
   id: string
   token: string
   widgetName: string
+  scope: TokenScope
+}
+
+export interface TokenIdentity {
+  widgetId: string
+  scope: TokenScope
+  /** sha256 of the token: a stable key for per-token rate limits that is not the secret. */
+  tokenHash: string
 }
 
 const nowSeconds = () => Math.floor(Date.now() / 1000)
@@ -32,15 +41,17 @@ const nowSeconds = () => Math.floor(Date.now() / 1000)
  * how long a revoked token keeps working on a running instance.
  */
 export class TokenService {
-  private readonly cache = new Map<string, { widgetId: string | null, expires: number }>()
+  private readonly cache = new Map<string, { identity: TokenIdentity | null, expires: number }>()
 
   constructor (private readonly db: Db, private readonly cacheTtlMs = 1000) {}
 
-  async create (widgetName: string, token = generateToken()): Promise<CreatedToken> {
+  async create (widgetName: string, options: { token?: string, scope?: TokenScope } = {}): Promise<CreatedToken> {
+    const token = options.token ?? generateToken()
+    const scope = options.scope ?? 'write'
     const widget = await ensureWidget(this.db, widgetName, nowSeconds())
     const id = randomUUID()
-    await insertToken(this.db, { id, widget_id: widget.id, token_hash: hashToken(token), created_at: nowSeconds(), revoked_at: null })
-    return { id, token, widgetName }
+    await insertToken(this.db, { id, widget_id: widget.id, token_hash: hashToken(token), scope, created_at: nowSeconds(), revoked_at: null })
+    return { id, token, widgetName, scope }
   }
 
   async list (): Promise<TokenListing[]> {
@@ -54,18 +65,20 @@ export class TokenService {
     return n
   }
 
-  /** The widget id a token belongs to, or undefined for an unknown or revoked token. */
-  async authenticate (token: string): Promise<string | undefined> {
+  /** The widget and scope of a token, or undefined for an unknown or revoked token. */
+  async authenticate (token: string): Promise<TokenIdentity | undefined> {
     const hash = hashToken(token)
     const now = Date.now()
     const cached = this.cache.get(hash)
-    if (cached !== undefined && cached.expires > now) return cached.widgetId ?? undefined
+    if (cached !== undefined && cached.expires > now) return cached.identity ?? undefined
     const row = await findActiveTokenByHash(this.db, hash)
     // The hash was found by an index lookup; the final comparison is constant-time all the same.
-    const widgetId = row !== undefined && timingSafeEqual(Buffer.from(row.token_hash, 'hex'), Buffer.from(hash, 'hex')) ? row.widget_id : null
+    const identity = row !== undefined && timingSafeEqual(Buffer.from(row.token_hash, 'hex'), Buffer.from(hash, 'hex'))
+      ? { widgetId: row.widget_id, scope: row.scope, tokenHash: hash }
+      : null
     if (this.cache.size >= 10_000) this.cache.clear()
-    this.cache.set(hash, { widgetId, expires: now + this.cacheTtlMs })
-    return widgetId ?? undefined
+    this.cache.set(hash, { identity, expires: now + this.cacheTtlMs })
+    return identity ?? undefined
   }
 
   /**
@@ -77,7 +90,7 @@ export class TokenService {
     if (bootstrapToken !== undefined) {
       if (await findTokenByHash(this.db, hashToken(bootstrapToken)) !== undefined) return undefined
       try {
-        await this.create(DEFAULT_WIDGET, bootstrapToken)
+        await this.create(DEFAULT_WIDGET, { token: bootstrapToken })
       } catch (err) {
         // Another instance starting at the same moment inserted it first.
         if (!isUniqueViolation(err)) throw err

@@ -1,3 +1,4 @@
+import { sql } from 'kysely'
 import type { DbOrTrx } from '../index.js'
 import type { AgentRow, AgentRowUpdate, NewAgentRow } from '../types.js'
 
@@ -15,23 +16,86 @@ export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, s
     .executeTakeFirst()
 }
 
-/** The widget's agents, newest first; agents created in the same second newest first too. */
-export async function listAgents (db: DbOrTrx, widgetId: string): Promise<AgentRow[]> {
-  return await db.selectFrom('agents').selectAll()
-    .where('widget_id', '=', widgetId)
-    .orderBy('created_at', 'desc')
-    .orderBy('seq', 'desc')
-    .execute()
+export interface AgentFilter {
+  status?: 'online' | 'offline'
+  active?: boolean
+  serviceUserId?: string
+  /** LIKE pattern over name_search (see agents/search.ts). */
+  namePattern?: string
+  updatedSince?: number
+  /** Keyset position: rows strictly after this one in list order. */
+  after?: { createdAt: number, seq: number }
+  limit?: number
+}
+
+/**
+ * The widget's agents, newest first; agents created in the same second newest first too.
+ * Keyset pagination on (created_at, seq), which never change, so pages stay correct while agents
+ * are created or updated in between. Presence must be swept before filtering by status.
+ */
+export async function listAgents (db: DbOrTrx, widgetId: string, filter: AgentFilter = {}): Promise<AgentRow[]> {
+  let q = db.selectFrom('agents').selectAll().where('widget_id', '=', widgetId)
+  if (filter.status !== undefined) q = q.where('status', '=', filter.status)
+  if (filter.active !== undefined) q = q.where('active', '=', filter.active ? 1 : 0)
+  if (filter.serviceUserId !== undefined) q = q.where('service_user_id', '=', filter.serviceUserId)
+  if (filter.namePattern !== undefined) q = q.where(sql<boolean>`name_search like ${filter.namePattern} escape '\\'`)
+  if (filter.updatedSince !== undefined) q = q.where('updated_at', '>=', filter.updatedSince)
+  const after = filter.after
+  if (after !== undefined) {
+    q = q.where((eb) => eb.or([
+      eb('created_at', '<', after.createdAt),
+      eb.and([eb('created_at', '=', after.createdAt), eb('seq', '<', after.seq)])
+    ]))
+  }
+  q = q.orderBy('created_at', 'desc').orderBy('seq', 'desc')
+  if (filter.limit !== undefined) q = q.limit(filter.limit)
+  return await q.execute()
 }
 
 export async function insertAgent (db: DbOrTrx, row: NewAgentRow): Promise<AgentRow> {
   return await db.insertInto('agents').values(row).returningAll().executeTakeFirstOrThrow()
 }
 
-export async function updateAgent (db: DbOrTrx, widgetId: string, id: string, changes: AgentRowUpdate): Promise<AgentRow | undefined> {
-  return await db.updateTable('agents').set(changes)
-    .where('widget_id', '=', widgetId)
-    .where('id', '=', id)
+/** Updates the row only if it is still at `version`; undefined when someone else wrote first. */
+export async function updateAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'widget_id' | 'id' | 'version'>, changes: AgentRowUpdate): Promise<AgentRow | undefined> {
+  return await db.updateTable('agents').set({ ...changes, version: row.version + 1 })
+    .where('widget_id', '=', row.widget_id)
+    .where('id', '=', row.id)
+    .where('version', '=', row.version)
     .returningAll()
     .executeTakeFirst()
+}
+
+export async function deleteAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'widget_id' | 'id' | 'version'>): Promise<boolean> {
+  const result = await db.deleteFrom('agents')
+    .where('widget_id', '=', row.widget_id)
+    .where('id', '=', row.id)
+    .where('version', '=', row.version)
+    .executeTakeFirst()
+  return Number(result.numDeletedRows) > 0
+}
+
+/**
+ * Agents online by heartbeat whose presence lapsed go offline, stamped with the moment they lapsed.
+ * Idempotent, so every instance may run it.
+ */
+export async function expirePresence (db: DbOrTrx, now: number, widgetId?: string): Promise<number> {
+  let q = db.updateTable('agents')
+    .set((eb) => ({ status: 'offline', updated_at: eb.ref('presence_expires_at').$castTo<number>(), presence_expires_at: null, version: eb('version', '+', 1) }))
+    .where('status', '=', 'online')
+    .where('presence_expires_at', '<=', now)
+  if (widgetId !== undefined) q = q.where('widget_id', '=', widgetId)
+  const result = await q.executeTakeFirst()
+  return Number(result.numUpdatedRows)
+}
+
+export async function countAvailable (db: DbOrTrx, widgetId: string, now: number): Promise<number> {
+  const row = await db.selectFrom('agents')
+    .select((eb) => eb.fn.countAll<number>().as('n'))
+    .where('widget_id', '=', widgetId)
+    .where('status', '=', 'online')
+    .where('active', '=', 1)
+    .where((eb) => eb.or([eb('presence_expires_at', 'is', null), eb('presence_expires_at', '>', now)]))
+    .executeTakeFirstOrThrow()
+  return Number(row.n)
 }

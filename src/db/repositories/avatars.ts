@@ -23,3 +23,7 @@ export async function isContentReferenced (db: DbOrTrx, sha256: string): Promise
   const row = await db.selectFrom('avatars').select('id').where('sha256', '=', sha256).limit(1).executeTakeFirst()
   return row !== undefined
 }
+
+export async function findAvatar (db: DbOrTrx, id: string): Promise<AvatarRow | undefined> {
+  return await db.selectFrom('avatars').selectAll().where('id', '=', id).executeTakeFirst()
+}

@@ -1,20 +1,21 @@
 import type { DbOrTrx } from '../index.js'
-import type { TokenRow } from '../types.js'
+import type { NewTokenRow, TokenRow } from '../types.js'
 
 export interface TokenListing {
   id: string
   widgetName: string
+  scope: TokenRow['scope']
   createdAt: number
   revokedAt: number | null
 }
 
-export async function insertToken (db: DbOrTrx, row: TokenRow): Promise<void> {
+export async function insertToken (db: DbOrTrx, row: NewTokenRow): Promise<void> {
   await db.insertInto('tokens').values(row).execute()
 }
 
-export async function findActiveTokenByHash (db: DbOrTrx, tokenHash: string): Promise<Pick<TokenRow, 'widget_id' | 'token_hash'> | undefined> {
+export async function findActiveTokenByHash (db: DbOrTrx, tokenHash: string): Promise<Pick<TokenRow, 'widget_id' | 'token_hash' | 'scope'> | undefined> {
   return await db.selectFrom('tokens')
-    .select(['widget_id', 'token_hash'])
+    .select(['widget_id', 'token_hash', 'scope'])
     .where('token_hash', '=', tokenHash)
     .where('revoked_at', 'is', null)
     .executeTakeFirst()
@@ -33,11 +34,11 @@ export async function countTokens (db: DbOrTrx): Promise<number> {
 export async function listTokens (db: DbOrTrx): Promise<TokenListing[]> {
   const rows = await db.selectFrom('tokens')
     .innerJoin('widgets', 'widgets.id', 'tokens.widget_id')
-    .select(['tokens.id', 'widgets.name', 'tokens.created_at', 'tokens.revoked_at'])
+    .select(['tokens.id', 'widgets.name', 'tokens.scope', 'tokens.created_at', 'tokens.revoked_at'])
     .orderBy('tokens.created_at', 'asc')
     .orderBy('tokens.id', 'asc')
     .execute()
-  return rows.map((r) => ({ id: r.id, widgetName: r.name, createdAt: r.created_at, revokedAt: r.revoked_at }))
+  return rows.map((r) => ({ id: r.id, widgetName: r.name, scope: r.scope, createdAt: r.created_at, revokedAt: r.revoked_at }))
 }
 
 /** Revokes by token id or by token hash; returns how many tokens were revoked now. */

@@ -10,7 +10,11 @@ const FORM_BOOLEANS: Record<string, boolean> = { true: true, false: false, 1: tr
  * booleans stay strings, so the schema reports them as it would in JSON.
  */
 export function parseForm (body: string): Record<string, unknown> {
-  const fields: Record<string, unknown> = { ...parse(body) }
+  return coerceFormBooleans({ ...parse(body) })
+}
+
+/** Turns true|false|1|0 into booleans for the boolean fields of a form (URL-encoded or multipart). */
+export function coerceFormBooleans (fields: Record<string, unknown>): Record<string, unknown> {
   for (const [key, value] of Object.entries(fields)) {
     if (BOOLEAN_FIELDS.has(key) && typeof value === 'string' && value in FORM_BOOLEANS) fields[key] = FORM_BOOLEANS[value]
   }

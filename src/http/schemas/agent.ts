@@ -77,3 +77,41 @@ export type UpdateAgentInput = Static<typeof UpdateAgentBody>
 export const AgentParams = Type.Object({
   id: Type.String({ description: 'ID of the agent.' })
 })
+
+export const ServiceUserIdParams = Type.Object({
+  serviceUserId: Type.String({ minLength: 1, maxLength: 255, description: "The integrator's own id of the agent." })
+})
+
+export const UpsertAgentBody = Type.Object({
+  active: Type.Optional(fields.active),
+  serviceUserId: Type.Optional(text('If given, must equal the serviceUserId in the path.')),
+  name: Type.Optional(text("Agent's name; required when the agent does not exist yet.")),
+  avatar: Type.Optional(fields.avatar),
+  status: Type.Optional(fields.status)
+}, { additionalProperties: false })
+export type UpsertAgentInput = Static<typeof UpsertAgentBody>
+
+export const UpsertQuery = Type.Object({
+  refreshAvatar: Type.Optional(Type.Boolean({ description: 'Download the avatar again even when its URL is unchanged.' }))
+})
+
+export const ListQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200, description: 'Page size (default 50, at most 200). Giving limit or cursor turns pagination on; without either the whole list comes back, as in the seed.' })),
+  cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'meta.nextCursor of the previous page.' })),
+  status: Type.Optional(Status),
+  active: Type.Optional(Type.Boolean()),
+  serviceUserId: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
+  q: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Name contains this, ignoring case (Unicode-aware).' })),
+  updatedSince: Type.Optional(Type.Integer({ minimum: 0, description: 'Only agents whose updatedAt is at or after this unix time (incremental sync).' }))
+}, { additionalProperties: false })
+export type ListQueryInput = Static<typeof ListQuery>
+
+export const ListMeta = Type.Object({
+  nextCursor: Type.Union([Type.String(), Type.Null()], { description: 'Pass as cursor for the next page; null on the last page.' }),
+  limit: Type.Integer()
+})
+
+export const Availability = Type.Object({
+  online: Type.Integer({ description: 'Agents that are online and active right now.' }),
+  available: Type.Boolean({ description: 'Whether anyone is (online > 0).' })
+})
