@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { rawGet, startTestServer, type TestServer } from './helpers/server.js'
+
+describe('ETags and conditional requests', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  it('single-agent responses carry a strong ETag; If-None-Match gives 304', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'etag-1', name: 'E' })
+    const etag = created.headers.get('etag')
+    assert.match(etag ?? '', /^"[\w-]+"$/, 'strong: no W/ prefix')
+    const got = await srv.call('GET', `/agents/${created.body.data.id}`)
+    assert.equal(got.headers.get('etag'), etag)
+    const byUserId = await srv.call('GET', '/agents/by-service-user-id/etag-1')
+    assert.equal(byUserId.headers.get('etag'), etag)
+
+    const conditional = await rawGet(`${srv.api}/agents/${created.body.data.id}`, { authorization: `Bearer ${srv.token}`, 'if-none-match': etag! })
+    assert.equal(conditional.status, 304)
+    assert.equal(conditional.body.length, 0)
+    const stale = await rawGet(`${srv.api}/agents/${created.body.data.id}`, { authorization: `Bearer ${srv.token}`, 'if-none-match': '"nope"' })
+    assert.equal(stale.status, 200)
+
+    const changed = await srv.call('PUT', `/agents/${created.body.data.id}`, { name: 'Changed' })
+    assert.notEqual(changed.headers.get('etag'), etag)
+    const unchanged = await srv.call('PUT', `/agents/${created.body.data.id}`, { name: 'Changed' })
+    assert.equal(unchanged.headers.get('etag'), changed.headers.get('etag'), 'no change, same ETag')
+  })
+
+  it('If-Match on PUT and DELETE: 412 on a stale version, success on the current one', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'etag-2', name: 'Before' })
+    const id = created.body.data.id as string
+    const v1 = created.headers.get('etag')!
+    const ok = await srv.call('PUT', `/agents/${id}`, { name: 'After' }, { 'if-match': v1 })
+    assert.equal(ok.status, 200)
+    const v2 = ok.headers.get('etag')!
+
+    const stale = await srv.call('PUT', `/agents/${id}`, { name: 'Lost update' }, { 'if-match': v1 })
+    assert.equal(stale.status, 412)
+    assert.equal(stale.body.error.code, 'precondition_failed')
+    assert.equal((await srv.call('GET', `/agents/${id}`)).body.data.name, 'After')
+
+    const staleDelete = await srv.call('DELETE', `/agents/${id}`, undefined, { 'if-match': v1 })
+    assert.equal(staleDelete.status, 412)
+    assert.equal((await srv.call('GET', `/agents/${id}`)).status, 200)
+    assert.equal((await srv.call('DELETE', `/agents/${id}`, undefined, { 'if-match': v2 })).status, 200)
+  })
+
+  it('concurrent PUTs without If-Match lose nothing: each field written by someone sticks', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'etag-3', name: 'N' })
+    const id = created.body.data.id as string
+    await Promise.all([
+      srv.call('PUT', `/agents/${id}`, { name: 'Renamed' }),
+      srv.call('PUT', `/agents/${id}`, { status: 'online' }),
+      srv.call('PUT', `/agents/${id}`, { active: false })
+    ])
+    const { body: { data } } = await srv.call('GET', `/agents/${id}`)
+    assert.deepEqual([data.name, data.status, data.active], ['Renamed', 'online', false])
+  })
+})
+
+describe('Idempotency-Key on POST', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  it('a retry with the same key and body returns the first response and creates nothing', async () => {
+    const body = { serviceUserId: 'idem-1', name: 'Once' }
+    const first = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-1' })
+    assert.equal(first.status, 200)
+    assert.equal(first.headers.get('idempotent-replayed'), null)
+    const retry = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-1' })
+    assert.equal(retry.status, 200)
+    assert.deepEqual(retry.body, first.body)
+    assert.equal(retry.headers.get('idempotent-replayed'), 'true')
+    assert.equal(retry.headers.get('etag'), first.headers.get('etag'))
+    const list = await srv.call('GET', '/agents?serviceUserId=idem-1')
+    assert.equal(list.body.data.length, 1)
+    // Without the key the duplicate is what it always was: a 409.
+    assert.equal((await srv.call('POST', '/agents', body)).status, 409)
+  })
+
+  it('the same key with another body is a 422', async () => {
+    await srv.call('POST', '/agents', { serviceUserId: 'idem-2', name: 'A' }, { 'idempotency-key': 'key-2' })
+    const other = await srv.call('POST', '/agents', { serviceUserId: 'idem-2b', name: 'B' }, { 'idempotency-key': 'key-2' })
+    assert.equal(other.status, 422)
+    assert.equal(other.body.error.code, 'idempotency_key_reused')
+    assert.equal((await srv.call('GET', '/agents?serviceUserId=idem-2b')).body.data.length, 0)
+  })
+
+  it('concurrent retries with one key create one agent', async () => {
+    const body = { serviceUserId: 'idem-3', name: 'Race' }
+    const results = await Promise.all(Array.from({ length: 5 }, () => srv.call('POST', '/agents', body, { 'idempotency-key': 'key-3' })))
+    for (const r of results) assert.ok(r.status === 200 || (r.status === 409 && r.body.error.code === 'idempotency_key_in_progress'), JSON.stringify(r.body))
+    const ok = results.filter((r) => r.status === 200)
+    assert.ok(ok.length >= 1)
+    assert.equal(new Set(ok.map((r) => r.body.data.id)).size, 1)
+    assert.equal((await srv.call('GET', '/agents?serviceUserId=idem-3')).body.data.length, 1)
+  })
+
+  it('a failed request does not burn its key, and keys are per widget', async () => {
+    const bad = await srv.call('POST', '/agents', { serviceUserId: 'idem-4', name: 'X', avatar: 'ftp://nope' }, { 'idempotency-key': 'key-4' })
+    assert.equal(bad.status, 422)
+    const fixed = await srv.call('POST', '/agents', { serviceUserId: 'idem-4', name: 'X', avatar: 'ftp://nope' }, { 'idempotency-key': 'key-4' })
+    assert.equal(fixed.status, 422, 'ran again, not replayed')
+    const other = await srv.services.tokens.create('another-widget')
+    const theirs = await srv.call('POST', '/agents', { serviceUserId: 'idem-1', name: 'Once' }, { 'idempotency-key': 'key-1', authorization: other.token })
+    assert.equal(theirs.status, 200)
+    assert.equal(theirs.headers.get('idempotent-replayed'), null)
+  })
+
+  it('an unusable key is a 400', async () => {
+    const res = await srv.call('POST', '/agents', { serviceUserId: 'idem-5', name: 'X' }, { 'idempotency-key': 'x'.repeat(300) })
+    assert.equal(res.status, 400)
+    assert.equal(res.body.error.details[0].field, 'Idempotency-Key')
+  })
+})

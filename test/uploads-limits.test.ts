@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { SVG, decompressionBomb, makeImages, type FixtureImages } from './helpers/fixtures.js'
+
+function form (fields: Record<string, string>, file?: { bytes: Buffer, name: string, type: string }): FormData {
+  const data = new FormData()
+  for (const [k, v] of Object.entries(fields)) data.append(k, v)
+  if (file !== undefined) data.append('avatar', new Blob([file.bytes], { type: file.type }), file.name)
+  return data
+}
+
+describe('avatar uploads (multipart/form-data)', () => {
+  let srv: TestServer
+  let images: FixtureImages
+  const send = async (method: string, path: string, body: FormData) => {
+    const res = await fetch(`${srv.api}${path}`, { method, headers: { authorization: `Bearer ${srv.token}` }, body })
+    return { status: res.status, headers: res.headers, body: await res.json() as ApiResponse['body'] }
+  }
+  before(async () => {
+    images = await makeImages()
+    srv = await startTestServer({ AVATAR_MAX_BYTES: '200000' })
+  })
+  after(async () => { await srv.close() })
+
+  it('creates an agent with an uploaded avatar through the same pipeline', async () => {
+    const res = await send('POST', '/agents', form({ serviceUserId: 'up-1', name: 'Uploaded', active: 'false', status: 'online' }, { bytes: images.rotatedJpeg, name: 'me.jpg', type: 'image/jpeg' }))
+    assert.equal(res.status, 200, JSON.stringify(res.body))
+    const a = res.body.data
+    assert.equal(a.active, false)
+    assert.equal(a.status, 'online')
+    assert.equal(a.avatar.info.ext, 'jpeg')
+    assert.deepEqual(a.avatar.meta, { width: 200, height: 300 }, 'EXIF orientation applied')
+    assert.equal((await fetch(a.avatar.url['120x120'])).status, 200)
+  })
+
+  it('replaces the avatar on update with a file; fields alone work too', async () => {
+    const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId: 'up-2', name: 'Two' })
+    const res = await send('PUT', `/agents/${a.id}`, form({ name: 'Two b' }, { bytes: images.png, name: 'x.bin', type: 'application/octet-stream' }))
+    assert.equal(res.status, 200)
+    assert.equal(res.body.data.avatar.info.ext, 'png', 'the type comes from the bytes, not the file name or part type')
+    assert.equal(res.body.data.name, 'Two b')
+    const fieldsOnly = await send('PUT', `/agents/${a.id}`, form({ status: 'online' }))
+    assert.equal(fieldsOnly.status, 200)
+    assert.equal(fieldsOnly.body.data.avatar.info.ext, 'png')
+  })
+
+  it('refuses bad files with the same codes as bad downloads, leaving nothing behind', async () => {
+    const before = await srv.storedFiles()
+    for (const [bytes, code] of [
+      [SVG, 'avatar_unsupported_format'],
+      [Buffer.from('just text'), 'avatar_not_an_image'],
+      [images.jpeg.subarray(0, 2000), 'avatar_corrupt'],
+      [decompressionBomb(), 'avatar_too_many_pixels'],
+      [Buffer.alloc(300_000, 1), 'avatar_too_large']
+    ] as const) {
+      const res = await send('POST', '/agents', form({ serviceUserId: `bad-${code}`, name: 'Bad' }, { bytes, name: 'a.png', type: 'image/png' }))
+      assert.equal(res.status, 422, `${code}: ${JSON.stringify(res.body)}`)
+      assert.equal(res.body.error.code, code)
+    }
+    assert.deepEqual(await srv.storedFiles(), before)
+    assert.equal((await srv.call('GET', '/agents?q=bad')).body.data.length, 0)
+  })
+
+  it('a URL and a file at once is a 400; so are unknown fields', async () => {
+    const both = await send('POST', '/agents', form({ serviceUserId: 'up-3', name: 'X', avatar: 'http://example.com/a.jpg' }, { bytes: images.jpeg, name: 'a.jpg', type: 'image/jpeg' }))
+    // Two parts named avatar: the file and the URL field.
+    assert.equal(both.status, 400, JSON.stringify(both.body))
+    const unknown = await send('POST', '/agents', form({ serviceUserId: 'up-4', name: 'X', colour: 'blue' }))
+    assert.equal(unknown.status, 400)
+    assert.equal(unknown.body.error.details[0].field, 'colour')
+  })
+})
+
+describe('rate limits per token', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '60000' }) })
+  after(async () => { await srv.close() })
+
+  it('answers 429 with Retry-After and RateLimit-* headers, per token; health and static are not limited', async () => {
+    const statuses: number[] = []
+    let last: Awaited<ReturnType<TestServer['call']>> | undefined
+    for (let i = 0; i < 7; i++) {
+      last = await srv.call('GET', '/agents')
+      statuses.push(last.status)
+      if (i === 0) {
+        assert.equal(last.headers.get('ratelimit-limit'), '5')
+        assert.equal(last.headers.get('ratelimit-remaining'), '4')
+        assert.ok(last.headers.get('ratelimit-reset'))
+      }
+    }
+    assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429])
+    assert.equal(last!.body.status, 429)
+    assert.equal(last!.body.error.code, 'rate_limited')
+    assert.ok(Number(last!.headers.get('retry-after')) > 0)
+
+    const other = await srv.services.tokens.create('other-widget')
+    assert.equal((await srv.call('GET', '/agents', undefined, { authorization: other.token })).status, 200, 'another token has its own budget')
+    for (let i = 0; i < 10; i++) {
+      assert.equal((await fetch(`${srv.url}/healthz`)).status, 200)
+      assert.equal((await fetch(`${srv.url}/readyz`)).status, 200)
+    }
+    assert.equal((await fetch(`${srv.url}/static/00/00/00/${'0'.repeat(64)}.jpeg`)).status, 404, 'static files are never limited (404, not 429)')
+  })
+})
+
+describe('token scopes', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  it('a read token reads, and gets 403 on every write', async () => {
+    const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId: 'scoped', name: 'S' })
+    const reader = await srv.services.tokens.create('default', { scope: 'read' })
+    const auth = { authorization: `Bearer ${reader.token}` }
+    assert.equal((await srv.call('GET', '/agents', undefined, auth)).status, 200)
+    assert.equal((await srv.call('GET', `/agents/${a.id}`, undefined, auth)).status, 200)
+    assert.equal((await srv.call('GET', '/agents/availability', undefined, auth)).status, 200)
+    for (const [method, path, body] of [
+      ['POST', '/agents', { serviceUserId: 'r', name: 'R' }],
+      ['PUT', `/agents/${a.id}`, { name: 'R' }],
+      ['PUT', '/agents/by-service-user-id/r', { name: 'R' }],
+      ['DELETE', `/agents/${a.id}`, undefined],
+      ['POST', `/agents/${a.id}/heartbeat`, undefined]
+    ] as const) {
+      const res = await srv.call(method, path, body, auth)
+      assert.equal(res.status, 403, `${method} ${path}`)
+      assert.equal(res.body.error.code, 'forbidden')
+    }
+    assert.equal((await srv.call('GET', `/agents/${a.id}`)).body.data.name, 'S')
+  })
+})
