@@ -3,7 +3,7 @@ import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbOrTrx } from '../db/index.js'
 import {
-  countAvailable, deleteAgentAtVersion, expirePresence, findAgent, findAgentByServiceUserId, insertAgent, listAgents,
+  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar, isContentReferenced } from '../db/repositories/avatars.js'
@@ -11,6 +11,7 @@ import { clearBlobGc, dueBlobGc, scheduleBlobGc } from '../db/repositories/blob-
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
+import { recordEvents, updateEvents } from '../events/record.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
 import { containsPattern, searchableName } from './search.js'
 
@@ -85,7 +86,7 @@ export class AgentService {
     const limit = query.limit ?? DEFAULT_PAGE_SIZE
     const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
     // Presence is decided in the database before filtering on status or updatedSince.
-    await expirePresence(this.db, this.now(), widgetId)
+    await this.lapsePresence(widgetId)
     const rows = await listAgents(this.db, widgetId, {
       status: query.status,
       active: query.active,
@@ -172,6 +173,7 @@ export class AgentService {
       const deleted = await this.db.transaction().execute(async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
         if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
+        await recordEvents(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
         return true
       })
       if (deleted) return agent
@@ -183,12 +185,20 @@ export class AgentService {
   async heartbeat (widgetId: string, id: string): Promise<{ agent: Agent, onlineUntil: number }> {
     for (;;) {
       const now = this.now()
-      const row = effective(await this.mustFind(widgetId, id), now)
+      const stored = await this.mustFind(widgetId, id)
+      const row = effective(stored, now)
       const onlineUntil = now + this.options.presenceTtlSeconds
       const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
       if (row.status !== 'online') changes.updated_at = now
-      const updated = await updateAgentAtVersion(this.db, row, changes)
-      if (updated !== undefined) return { agent: await this.represent(updated), onlineUntil }
+      const avatar = row.avatar_id === null ? undefined : await findAvatar(this.db, row.avatar_id)
+      const agent = await this.db.transaction().execute(async (trx) => {
+        const updated = await updateAgentAtVersion(trx, row, changes)
+        if (updated === undefined) return undefined
+        const after = this.shape(updated, avatar)
+        await recordEvents(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), ...updateEvents(this.shape(row, avatar), after)], now)
+        return after
+      })
+      if (agent !== undefined) return { agent, onlineUntil }
     }
   }
 
@@ -201,7 +211,7 @@ export class AgentService {
   /** Periodic upkeep, safe on every instance at once: lapse presence, delete unreferenced avatar files. */
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
-    const expired = await expirePresence(this.db, now)
+    const expired = await this.lapsePresence()
     let filesCollected = 0
     for (const due of await dueBlobGc(this.db, now, 100)) {
       if (!await isContentReferenced(this.db, due.sha256)) {
@@ -211,6 +221,27 @@ export class AgentService {
       await clearBlobGc(this.db, due.sha256, due.ext)
     }
     return { expired, filesCollected }
+  }
+
+  /**
+   * Agents online by heartbeat whose presence lapsed go offline, stamped with the moment they
+   * lapsed, each with its events. Conditional on the row's version, so every instance may run it.
+   */
+  private async lapsePresence (widgetId?: string): Promise<number> {
+    const now = this.now()
+    let lapsed = 0
+    for (const stored of await findLapsedPresence(this.db, now, widgetId, 500)) {
+      const current = effective(stored, now)
+      const avatar = stored.avatar_id === null ? undefined : await findAvatar(this.db, stored.avatar_id)
+      const done = await this.db.transaction().execute(async (trx) => {
+        const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
+        if (row === undefined) return false
+        await recordEvents(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
+        return true
+      })
+      if (done) lapsed++
+    }
+    return lapsed
   }
 
   private async ingest (avatar: NonNullable<AvatarInput>): Promise<StoredImage> {
@@ -235,7 +266,9 @@ export class AgentService {
           created_at: now,
           updated_at: now
         })
-        return this.shape(row, avatar)
+        const agent = this.shape(row, avatar)
+        await recordEvents(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
+        return agent
       })
     } catch (err) {
       if (isUniqueViolation(err)) throw errors.serviceUserIdTaken(input.serviceUserId)
@@ -275,7 +308,11 @@ export class AgentService {
           const row = await updateAgentAtVersion(trx, stored, update)
           if (row === undefined) return undefined
           if (currentAvatar !== undefined && update.avatar_id !== undefined) await this.dropAvatar(trx, currentAvatar.id, currentAvatar)
-          return this.shape(row, avatar)
+          const before = this.shape(current, currentAvatar)
+          const after = this.shape(row, avatar)
+          // A lapse written down here gets its events first, then the change itself.
+          await recordEvents(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
+          return after
         })
         if (result !== undefined) return result
       } catch (err) {
@@ -364,8 +401,13 @@ export class AgentService {
     return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : avatars.get(r.avatar_id)))
   }
 
+  /** The agent as the API shows it now (a lapsed heartbeat reads as offline). */
   private shape (stored: AgentRow, avatar: AvatarRow | undefined): Agent {
-    const row = effective(stored, this.now())
+    return this.rawShape(effective(stored, this.now()), avatar)
+  }
+
+  /** The agent exactly as the row says. */
+  private rawShape (row: AgentRow, avatar: AvatarRow | undefined): Agent {
     return {
       id: row.id,
       serviceUserId: row.service_user_id,

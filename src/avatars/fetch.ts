@@ -1,10 +1,7 @@
-import dns from 'node:dns'
-import http from 'node:http'
-import https from 'node:https'
-import net from 'node:net'
-import type { LookupFunction } from 'node:net'
+import type http from 'node:http'
 import { errors, isAppError, type AppError } from '../errors/index.js'
-import type { AddressPolicy } from './guard.js'
+import type { AddressPolicy } from '../net/guard.js'
+import { ForbiddenAddressError, guardedRequest } from '../net/request.js'
 
 export interface FetchLimits {
   maxBytes: number
@@ -20,10 +17,6 @@ export interface Downloaded {
   bytes: Buffer
   /** The URL the bytes finally came from, after redirects. */
   url: string
-}
-
-class ForbiddenAddressError extends Error {
-  readonly code = 'EFORBIDDENADDRESS'
 }
 
 /** Parses an avatar URL, accepting only absolute http(s) URLs. */
@@ -51,7 +44,11 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
   const timer = setTimeout(() => { controller.abort() }, options.timeoutMs)
   try {
     for (let redirects = 0; ; redirects++) {
-      const res = await requestOnce(url, options.isAllowedAddress, controller.signal)
+      const res = await guardedRequest(url, {
+        signal: controller.signal,
+        isAllowedAddress: options.isAllowedAddress,
+        headers: { accept: 'image/jpeg, image/png, image/webp, image/gif;q=0.9, */*;q=0.1', 'user-agent': 'Agentry-avatar-fetcher/1' }
+      })
       const status = res.statusCode ?? 0
       if (status >= 300 && status < 400 && res.headers.location !== undefined) {
         res.resume()
@@ -71,40 +68,6 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
     throw toAvatarError(err, url, options, controller.signal.aborted)
   } finally {
     clearTimeout(timer)
-  }
-}
-
-function requestOnce (url: URL, isAllowed: AddressPolicy, signal: AbortSignal): Promise<http.IncomingMessage> {
-  const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
-  // A literal IP never goes through lookup, so it is checked here.
-  if (net.isIP(host) !== 0 && !isAllowed(host)) {
-    return Promise.reject(new ForbiddenAddressError(host))
-  }
-  const client = url.protocol === 'https:' ? https : http
-  return new Promise((resolve, reject) => {
-    const req = client.get(url, {
-      lookup: guardedLookup(isAllowed),
-      signal,
-      agent: false,
-      headers: { accept: 'image/jpeg, image/png, image/webp, image/gif;q=0.9, */*;q=0.1', 'user-agent': 'Agentry-avatar-fetcher/1' }
-    }, resolve)
-    req.on('error', reject)
-  })
-}
-
-function guardedLookup (isAllowed: AddressPolicy): LookupFunction {
-  return (hostname, options, callback) => {
-    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
-      if (err !== null) { callback(err, '', 4); return }
-      const allowed = addresses.filter((a) => isAllowed(a.address))
-      const first = allowed[0]
-      if (first === undefined) {
-        callback(new ForbiddenAddressError(`${hostname} resolves to ${addresses.map((a) => a.address).join(', ')}`), '', 4)
-        return
-      }
-      if (options.all === true) (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, allowed)
-      else callback(null, first.address, first.family)
-    })
   }
 }
 

@@ -2,12 +2,14 @@ import { Migrator, type Migration, type MigrationProvider, type MigrationResultS
 import type { Db, DialectName } from './index.js'
 import { initial } from './migrations/001_initial.js'
 import { syncPresenceScopes } from './migrations/002_sync_presence_scopes.js'
+import { eventsWebhooks } from './migrations/003_events_webhooks.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 function migrations (dialect: DialectName): Record<string, Migration> {
   return {
     '001_initial': initial(dialect),
-    '002_sync_presence_scopes': syncPresenceScopes()
+    '002_sync_presence_scopes': syncPresenceScopes(),
+    '003_events_webhooks': eventsWebhooks(dialect)
   }
 }
 

@@ -57,6 +57,53 @@ export interface BlobGcTable {
   eligible_at: number
 }
 
+export interface EventTable {
+  /** Orders events; per widget it is the event id clients see (SSE id, Last-Event-ID). */
+  seq: Generated<number>
+  widget_id: string
+  type: string
+  agent_id: string
+  /** JSON: { agent, changes }. */
+  payload: string
+  created_at: number
+}
+
+export interface WebhookEndpointTable {
+  id: string
+  widget_id: string
+  url: string
+  /** `whsec_<base64>`, as in the Standard Webhooks specification. */
+  secret: string
+  /** JSON array of event types, or ["*"]. */
+  event_types: string
+  created_at: number
+}
+
+export interface WebhookDeliveryTable {
+  id: string
+  endpoint_id: string
+  event_seq: number
+  status: 'pending' | 'succeeded' | 'failed'
+  attempts: Generated<number>
+  /** Unix milliseconds. */
+  next_attempt_at: number
+  /** Unix milliseconds; an instance sending this delivery holds it until then. */
+  locked_until: Generated<number>
+  created_at: number
+  updated_at: number
+}
+
+export interface WebhookAttemptTable {
+  delivery_id: string
+  attempt: number
+  /** Unix milliseconds. */
+  at: number
+  status_code: number | null
+  error: string | null
+  duration_ms: number
+  response_body: string | null
+}
+
 export interface AvatarTable {
   id: string
   widget_id: string
@@ -79,6 +126,10 @@ export interface Database {
   avatars: AvatarTable
   idempotency_keys: IdempotencyKeyTable
   blob_gc: BlobGcTable
+  events: EventTable
+  webhook_endpoints: WebhookEndpointTable
+  webhook_deliveries: WebhookDeliveryTable
+  webhook_attempts: WebhookAttemptTable
 }
 
 export type WidgetRow = Selectable<WidgetTable>
@@ -90,3 +141,7 @@ export type NewAgentRow = Insertable<AgentTable>
 export type AgentRowUpdate = Updateable<AgentTable>
 export type AvatarRow = Selectable<AvatarTable>
 export type NewAvatarRow = Insertable<AvatarTable>
+export type EventRow = Selectable<EventTable>
+export type WebhookEndpointRow = Selectable<WebhookEndpointTable>
+export type WebhookDeliveryRow = Selectable<WebhookDeliveryTable>
+export type WebhookAttemptRow = Selectable<WebhookAttemptTable>

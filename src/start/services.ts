@@ -7,7 +7,7 @@ import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
-import type { AddressPolicy } from '../avatars/guard.js'
+import type { AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
 
 export interface Services {

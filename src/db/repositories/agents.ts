@@ -75,18 +75,13 @@ export async function deleteAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'wi
   return Number(result.numDeletedRows) > 0
 }
 
-/**
- * Agents online by heartbeat whose presence lapsed go offline, stamped with the moment they lapsed.
- * Idempotent, so every instance may run it.
- */
-export async function expirePresence (db: DbOrTrx, now: number, widgetId?: string): Promise<number> {
-  let q = db.updateTable('agents')
-    .set((eb) => ({ status: 'offline', updated_at: eb.ref('presence_expires_at').$castTo<number>(), presence_expires_at: null, version: eb('version', '+', 1) }))
+/** Agents online by heartbeat whose presence has lapsed by now (they are due to go offline). */
+export async function findLapsedPresence (db: DbOrTrx, now: number, widgetId: string | undefined, limit: number): Promise<AgentRow[]> {
+  let q = db.selectFrom('agents').selectAll()
     .where('status', '=', 'online')
     .where('presence_expires_at', '<=', now)
   if (widgetId !== undefined) q = q.where('widget_id', '=', widgetId)
-  const result = await q.executeTakeFirst()
-  return Number(result.numUpdatedRows)
+  return await q.orderBy('presence_expires_at').limit(limit).execute()
 }
 
 export async function countAvailable (db: DbOrTrx, widgetId: string, now: number): Promise<number> {

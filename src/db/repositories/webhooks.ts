@@ -1,0 +1,84 @@
+import type { Insertable } from 'kysely'
+import type { DbOrTrx } from '../index.js'
+import type { WebhookAttemptRow, WebhookAttemptTable, WebhookDeliveryRow, WebhookDeliveryTable, WebhookEndpointRow } from '../types.js'
+
+export async function insertEndpoint (db: DbOrTrx, row: WebhookEndpointRow): Promise<void> {
+  await db.insertInto('webhook_endpoints').values(row).execute()
+}
+
+export async function listEndpoints (db: DbOrTrx, widgetId: string): Promise<WebhookEndpointRow[]> {
+  return await db.selectFrom('webhook_endpoints').selectAll().where('widget_id', '=', widgetId).orderBy('created_at').orderBy('id').execute()
+}
+
+export async function findEndpoint (db: DbOrTrx, widgetId: string, id: string): Promise<WebhookEndpointRow | undefined> {
+  return await db.selectFrom('webhook_endpoints').selectAll().where('widget_id', '=', widgetId).where('id', '=', id).executeTakeFirst()
+}
+
+export async function findEndpointById (db: DbOrTrx, id: string): Promise<WebhookEndpointRow | undefined> {
+  return await db.selectFrom('webhook_endpoints').selectAll().where('id', '=', id).executeTakeFirst()
+}
+
+export async function deleteEndpoint (db: DbOrTrx, widgetId: string, id: string): Promise<boolean> {
+  await db.deleteFrom('webhook_attempts').where('delivery_id', 'in', db.selectFrom('webhook_deliveries').select('id').where('endpoint_id', '=', id)).execute()
+  await db.deleteFrom('webhook_deliveries').where('endpoint_id', '=', id).execute()
+  const result = await db.deleteFrom('webhook_endpoints').where('widget_id', '=', widgetId).where('id', '=', id).executeTakeFirst()
+  return Number(result.numDeletedRows) > 0
+}
+
+export async function insertDeliveries (db: DbOrTrx, rows: Array<Insertable<WebhookDeliveryTable>>): Promise<void> {
+  if (rows.length > 0) await db.insertInto('webhook_deliveries').values(rows).execute()
+}
+
+/**
+ * Deliveries due now that head their endpoint's queue: per endpoint only the oldest pending event
+ * is sent, so a receiver gets events in order even across retries.
+ */
+export async function dueDeliveries (db: DbOrTrx, nowMs: number, limit: number): Promise<WebhookDeliveryRow[]> {
+  return await db.selectFrom('webhook_deliveries as d').selectAll()
+    .where('d.status', '=', 'pending')
+    .where('d.next_attempt_at', '<=', nowMs)
+    .where('d.locked_until', '<', nowMs)
+    .where('d.event_seq', '=', (eb) => eb.selectFrom('webhook_deliveries as h')
+      .select((e) => e.fn.min('h.event_seq').as('seq'))
+      .whereRef('h.endpoint_id', '=', 'd.endpoint_id')
+      .where('h.status', '=', 'pending'))
+    .orderBy('d.next_attempt_at')
+    .limit(limit)
+    .execute()
+}
+
+/** Takes the delivery for this instance until lockUntil; false when another instance took it first. */
+export async function claimDelivery (db: DbOrTrx, id: string, nowMs: number, lockUntil: number): Promise<boolean> {
+  const result = await db.updateTable('webhook_deliveries').set({ locked_until: lockUntil })
+    .where('id', '=', id).where('status', '=', 'pending').where('locked_until', '<', nowMs)
+    .executeTakeFirst()
+  return Number(result.numUpdatedRows) > 0
+}
+
+export async function recordAttempt (db: DbOrTrx, attempt: Insertable<WebhookAttemptTable>): Promise<void> {
+  await db.insertInto('webhook_attempts').values(attempt).execute()
+}
+
+export async function finishDelivery (db: DbOrTrx, id: string, changes: { status: WebhookDeliveryRow['status'], attempts: number, next_attempt_at: number, updated_at: number }): Promise<void> {
+  await db.updateTable('webhook_deliveries').set({ ...changes, locked_until: 0 }).where('id', '=', id).execute()
+}
+
+export async function listDeliveries (db: DbOrTrx, endpointId: string, limit: number): Promise<WebhookDeliveryRow[]> {
+  return await db.selectFrom('webhook_deliveries').selectAll().where('endpoint_id', '=', endpointId)
+    .orderBy('event_seq', 'desc').orderBy('created_at', 'desc').limit(limit).execute()
+}
+
+export async function findDelivery (db: DbOrTrx, endpointId: string, id: string): Promise<WebhookDeliveryRow | undefined> {
+  return await db.selectFrom('webhook_deliveries').selectAll().where('endpoint_id', '=', endpointId).where('id', '=', id).executeTakeFirst()
+}
+
+export async function attemptsOf (db: DbOrTrx, deliveryIds: readonly string[]): Promise<WebhookAttemptRow[]> {
+  if (deliveryIds.length === 0) return []
+  return await db.selectFrom('webhook_attempts').selectAll().where('delivery_id', 'in', deliveryIds).orderBy('attempt').execute()
+}
+
+/** Puts a delivery back in the queue to be sent again as soon as possible (a manual re-send). */
+export async function requeueDelivery (db: DbOrTrx, id: string, nowMs: number): Promise<void> {
+  await db.updateTable('webhook_deliveries').set({ status: 'pending', next_attempt_at: nowMs, locked_until: 0, updated_at: nowMs }).where('id', '=', id).execute()
+}
+

@@ -1,0 +1,63 @@
+import { randomUUID } from 'node:crypto'
+import type { DbOrTrx } from '../db/index.js'
+import { insertEvent } from '../db/repositories/events.js'
+import { insertDeliveries, listEndpoints } from '../db/repositories/webhooks.js'
+import type { EventRow } from '../db/types.js'
+import type { Agent } from '../http/schemas/agent.js'
+import type { AgentEvent, Changes, EventType } from './types.js'
+
+export interface NewEvent {
+  type: EventType
+  agent: Agent
+  changes: Changes
+}
+
+const COMPARED = ['serviceUserId', 'name', 'status', 'active', 'avatar'] as const
+
+/** What changed between two representations of one agent, field by field. */
+export function diffAgents (before: Agent, after: Agent): Changes {
+  const changes: Changes = {}
+  for (const key of COMPARED) {
+    const from = before[key]
+    const to = after[key]
+    const same = key === 'avatar' ? before.avatar?.id === after.avatar?.id : from === to
+    if (!same) changes[key] = { from, to }
+  }
+  return changes
+}
+
+/** The events one write produces: updated for any visible change, status_changed too when status moved. */
+export function updateEvents (before: Agent, after: Agent): NewEvent[] {
+  const changes = diffAgents(before, after)
+  if (Object.keys(changes).length === 0) return []
+  const events: NewEvent[] = [{ type: 'agent.updated', agent: after, changes }]
+  if (changes.status !== undefined) events.push({ type: 'agent.status_changed', agent: after, changes: { status: changes.status } })
+  return events
+}
+
+/**
+ * Writes events in the caller's transaction, with a pending delivery for every webhook endpoint
+ * that wants them: no change without its event, no event without its change, no event unsent.
+ */
+export async function recordEvents (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
+  if (events.length === 0) return
+  const endpoints = await listEndpoints(trx, widgetId)
+  for (const event of events) {
+    const seq = await insertEvent(trx, {
+      widget_id: widgetId,
+      type: event.type,
+      agent_id: event.agent.id,
+      payload: JSON.stringify({ agent: event.agent, changes: event.changes }),
+      created_at: now
+    })
+    const nowMs = now * 1000
+    await insertDeliveries(trx, endpoints
+      .filter((e) => { const types = JSON.parse(e.event_types) as string[]; return types.includes('*') || types.includes(event.type) })
+      .map((e) => ({ id: `msg_${randomUUID().replace(/-/g, '')}`, endpoint_id: e.id, event_seq: seq, status: 'pending' as const, next_attempt_at: nowMs, created_at: nowMs, updated_at: nowMs })))
+  }
+}
+
+export function toApiEvent (row: EventRow): AgentEvent {
+  const data = JSON.parse(row.payload) as AgentEvent['data']
+  return { id: String(row.seq), type: row.type as EventType, createdAt: row.created_at, data }
+}
