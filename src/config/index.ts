@@ -39,7 +39,15 @@ const EnvSchema = Type.Object({
   MAINTENANCE_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 50, maximum: 3600000 }),
   IDEMPOTENCY_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60, maximum: 2592000 }),
   RATE_LIMIT_MAX: Type.Integer({ default: 1000, minimum: 0, maximum: 100000000 }),
-  RATE_LIMIT_WINDOW_MS: Type.Integer({ default: 10000, minimum: 1000, maximum: 86400000 })
+  RATE_LIMIT_WINDOW_MS: Type.Integer({ default: 10000, minimum: 1000, maximum: 86400000 }),
+  EVENTS_RETENTION_SECONDS: Type.Integer({ default: 604800, minimum: 60, maximum: 31536000 }),
+  EVENTS_POLL_MS: Type.Integer({ default: 250, minimum: 20, maximum: 60000 }),
+  EVENTS_HEARTBEAT_MS: Type.Integer({ default: 15000, minimum: 100, maximum: 300000 }),
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: Type.Boolean({ default: false }),
+  WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 120000 }),
+  WEBHOOK_RETRY_BASE_MS: Type.Integer({ default: 5000, minimum: 10, maximum: 3600000 }),
+  WEBHOOK_RETRY_MAX_MS: Type.Integer({ default: 3600000, minimum: 10, maximum: 86400000 }),
+  WEBHOOK_RETRY_WINDOW_SECONDS: Type.Integer({ default: 259200, minimum: 1, maximum: 2592000 })
 })
 type Env = Static<typeof EnvSchema>
 
@@ -83,6 +91,14 @@ export interface Config {
   readonly avatarGcGraceSeconds: number
   readonly maintenanceIntervalMs: number
   readonly idempotencyTtlSeconds: number
+  readonly events: { readonly retentionSeconds: number, readonly pollMs: number, readonly heartbeatMs: number }
+  readonly webhooks: {
+    readonly allowPrivateNetworks: boolean
+    readonly timeoutMs: number
+    readonly retryBaseMs: number
+    readonly retryMaxMs: number
+    readonly retryWindowSeconds: number
+  }
   /** Requests per token per window; 0 turns rate limiting off. */
   readonly rateLimit: { readonly max: number, readonly windowMs: number }
   /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
@@ -105,7 +121,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     const value = env[key]
     if (value !== undefined && value !== '') raw[key] = value
   }
-  for (const key of ['AVATAR_ALLOW_PRIVATE_NETWORKS', 'S3_FORCE_PATH_STYLE']) {
+  for (const key of ['AVATAR_ALLOW_PRIVATE_NETWORKS', 'S3_FORCE_PATH_STYLE', 'WEBHOOK_ALLOW_PRIVATE_NETWORKS']) {
     if (typeof raw[key] === 'string') raw[key] = parseBoolean(raw[key])
   }
   if (!validateEnv(raw)) {
@@ -142,6 +158,14 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
     rateLimit: { max: e.RATE_LIMIT_MAX, windowMs: e.RATE_LIMIT_WINDOW_MS },
+    events: { retentionSeconds: e.EVENTS_RETENTION_SECONDS, pollMs: e.EVENTS_POLL_MS, heartbeatMs: e.EVENTS_HEARTBEAT_MS },
+    webhooks: {
+      allowPrivateNetworks: e.WEBHOOK_ALLOW_PRIVATE_NETWORKS,
+      timeoutMs: e.WEBHOOK_TIMEOUT_MS,
+      retryBaseMs: e.WEBHOOK_RETRY_BASE_MS,
+      retryMaxMs: e.WEBHOOK_RETRY_MAX_MS,
+      retryWindowSeconds: e.WEBHOOK_RETRY_WINDOW_SECONDS
+    },
     metricsToken: e.METRICS_TOKEN
   })
 }

@@ -15,6 +15,7 @@ export const ErrorCodes = {
   service_user_id_taken: 409,
   idempotency_key_in_progress: 409,
   idempotency_key_reused: 422,
+  webhook_url_forbidden: 422,
   precondition_failed: 412,
   rate_limited: 429,
   avatar_url_invalid: 422,

@@ -5,6 +5,8 @@ import type { Config } from '../config/index.js'
 import { AppError } from '../errors/index.js'
 import type { AgentService } from '../agents/service.js'
 import type { DbHandle } from '../db/index.js'
+import type { EventStreams } from '../events/stream.js'
+import type { WebhookService } from '../webhooks/service.js'
 import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
@@ -13,7 +15,7 @@ import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
 import { registerStaticFiles } from './plugins/static.js'
-import { agentRoutes } from './routes/agents/index.js'
+import { apiRoutes } from './routes/api.js'
 import { healthRoutes } from './routes/health.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
@@ -21,6 +23,8 @@ export interface AppDeps {
   config: Config
   agents: AgentService
   tokens: TokenService
+  webhooks: WebhookService
+  streams: EventStreams
   database: DbHandle
   store: BlobStore
   metrics: Metrics
@@ -61,7 +65,11 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   app.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodyAjv : otherAjv).compile(schema))
   let closing = false
-  app.addHook('preClose', async () => { closing = true })
+  app.addHook('preClose', async () => {
+    closing = true
+    // Open event streams would hold close() forever; clients reconnect with their Last-Event-ID.
+    deps.streams.closeAll()
+  })
   // Requests in flight when shutdown starts finish, and their keep-alive connections close with
   // them, so close() does not wait on idle clients.
   app.addHook('onSend', async (_request, reply) => {
@@ -82,10 +90,12 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   await registerOpenApi(app, deps.version)
 
   await app.register(healthRoutes, { checkReady: deps.checkReady })
-  await app.register(agentRoutes, {
+  await app.register(apiRoutes, {
     prefix: '/api/external/v1',
     agents: deps.agents,
     tokens: deps.tokens,
+    webhooks: deps.webhooks,
+    streams: deps.streams,
     db: deps.database.db,
     rateLimit: config.rateLimit,
     maxUploadBytes: config.avatar.maxBytes

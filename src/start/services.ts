@@ -5,9 +5,12 @@ import { AvatarService } from '../avatars/service.js'
 import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
+import { purgeEvents } from '../db/repositories/events.js'
+import { EventStreams } from '../events/stream.js'
+import { WebhookService } from '../webhooks/service.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
-import type { AddressPolicy } from '../net/guard.js'
+import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
 
 export interface Services {
@@ -17,6 +20,8 @@ export interface Services {
   tokens: TokenService
   avatars: AvatarService
   agents: AgentService
+  webhooks: WebhookService
+  streams: EventStreams
   metrics: Metrics
   checkReady: () => Promise<void>
   version: string
@@ -27,20 +32,34 @@ export interface Services {
  * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
  * unreferenced avatar files are deleted, old idempotency keys are forgotten.
  */
-function startMaintenance (config: Config, database: DbHandle, agents: AgentService): () => Promise<void> {
+function startMaintenance (config: Config, database: DbHandle, agents: AgentService, webhooks: WebhookService): () => Promise<void> {
+  const upkeep = every(config.maintenanceIntervalMs, async () => {
+    const now = Math.floor(Date.now() / 1000)
+    await agents.maintain()
+    await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds)
+    await purgeEvents(database.db, now - config.events.retentionSeconds)
+  })
+  // Webhook deliveries are polled often: a due delivery goes out within one poll on some instance.
+  const dispatch = every(config.events.pollMs, async () => {
+    while (await webhooks.dispatchDue() > 0) { /* drain what is due */ }
+  })
+  return async () => { await Promise.all([upkeep(), dispatch()]) }
+}
+
+/** Runs task every ms, never two at once; returns a stop function that waits for a running one. */
+function every (ms: number, task: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | undefined
-  const tick = () => {
-    running ??= (async () => {
-      await agents.maintain()
-      await purgeIdempotencyKeys(database.db, Math.floor(Date.now() / 1000) - config.idempotencyTtlSeconds)
-    })().catch((err: unknown) => {
-      // Logged by nobody else; the next tick tries again.
-      process.emitWarning(`agentry maintenance failed: ${err instanceof Error ? err.message : String(err)}`)
+  let stopped = false
+  const timer = setInterval(() => {
+    if (stopped) return
+    running ??= task().catch((err: unknown) => {
+      // Nobody else would hear of it; the next tick tries again.
+      process.emitWarning(`agentry background task failed: ${err instanceof Error ? err.message : String(err)}`)
     }).finally(() => { running = undefined })
-  }
-  const timer = setInterval(tick, config.maintenanceIntervalMs)
+  }, ms)
   timer.unref()
   return async () => {
+    stopped = true
     clearInterval(timer)
     await running
   }
@@ -71,7 +90,12 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     presenceTtlSeconds: config.presenceTtlSeconds,
     blobGcGraceSeconds: config.avatarGcGraceSeconds
   })
-  const stopMaintenance = startMaintenance(config, database, agents)
+  const webhooks = new WebhookService(database.db, {
+    ...config.webhooks,
+    isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
+  })
+  const streams = new EventStreams(database.db, config.events)
+  const stopMaintenance = startMaintenance(config, database, agents, webhooks)
   return {
     config,
     database,
@@ -79,10 +103,13 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     tokens,
     avatars,
     agents,
+    webhooks,
+    streams,
     metrics,
     version: VERSION,
     checkReady: async () => { await Promise.all([pingDatabase(database.db), store.checkReady()]) },
     close: async () => {
+      streams.closeAll()
       await stopMaintenance()
       await database.close()
       store.close?.()

@@ -1,0 +1,77 @@
+import type { ServerResponse } from 'node:http'
+import type { Db } from '../db/index.js'
+import { latestEventSeq, listEventsAfter } from '../db/repositories/events.js'
+import { toApiEvent } from './record.js'
+
+export interface StreamSettings {
+  pollMs: number
+  heartbeatMs: number
+}
+
+/**
+ * Server-Sent Events of a widget's event log. Each stream polls the log (so it sees changes made
+ * through any instance), sends `id:` lines that a reconnecting client echoes as Last-Event-ID,
+ * and comment lines as heartbeats so proxies keep idle streams open.
+ */
+export class EventStreams {
+  private readonly open = new Set<() => void>()
+
+  constructor (private readonly db: Db, private readonly settings: StreamSettings) {}
+
+  /** Streams to res from after lastEventId (from now when undefined) until the client or the server closes. */
+  async stream (widgetId: string, lastEventId: number | undefined, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+    let last = lastEventId ?? await latestEventSeq(this.db, widgetId)
+    res.writeHead(200, {
+      ...headers,
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no'
+    })
+    res.write('retry: 2000\n\n')
+    let busy = false
+    let closed = false
+    const poll = async () => {
+      if (busy || closed || res.writableNeedDrain) return
+      busy = true
+      try {
+        for (;;) {
+          const rows = await listEventsAfter(this.db, widgetId, last, 200)
+          for (const row of rows) {
+            const event = toApiEvent(row)
+            res.write(`id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`)
+            last = row.seq
+          }
+          if (rows.length < 200 || closed) break
+        }
+      } catch {
+        // The database hiccuped: the next poll tries again from the same place.
+      } finally {
+        busy = false
+      }
+    }
+    const pollTimer = setInterval(() => { void poll() }, this.settings.pollMs)
+    const beatTimer = setInterval(() => { res.write(': keep-alive\n\n') }, this.settings.heartbeatMs)
+    const close = () => {
+      if (closed) return
+      closed = true
+      clearInterval(pollTimer)
+      clearInterval(beatTimer)
+      this.open.delete(close)
+      res.end()
+    }
+    this.open.add(close)
+    res.on('close', close)
+    await poll()
+  }
+
+  /** How many streams are open now. */
+  get size (): number {
+    return this.open.size
+  }
+
+  /** Ends every open stream (at shutdown): clients reconnect elsewhere with their Last-Event-ID. */
+  closeAll (): void {
+    for (const close of [...this.open]) close()
+  }
+}

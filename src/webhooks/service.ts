@@ -1,0 +1,211 @@
+import { randomUUID } from 'node:crypto'
+import net from 'node:net'
+import type { Db } from '../db/index.js'
+import { findEvent } from '../db/repositories/events.js'
+import {
+  attemptsOf, claimDelivery, deleteEndpoint, dueDeliveries, findDelivery, findEndpoint, findEndpointById, finishDelivery, insertEndpoint,
+  listDeliveries, listEndpoints, recordAttempt, requeueDelivery
+} from '../db/repositories/webhooks.js'
+import type { WebhookDeliveryRow, WebhookEndpointRow } from '../db/types.js'
+import { AppError } from '../errors/index.js'
+import { toApiEvent } from '../events/record.js'
+import { EVENT_TYPES } from '../events/types.js'
+import type { AddressPolicy } from '../net/guard.js'
+import { ForbiddenAddressError, guardedRequest } from '../net/request.js'
+import { generateSecret, sign } from './signing.js'
+
+export interface WebhookSettings {
+  timeoutMs: number
+  retryBaseMs: number
+  retryMaxMs: number
+  retryWindowSeconds: number
+  isAllowedAddress: AddressPolicy
+}
+
+export interface Endpoint {
+  id: string
+  url: string
+  eventTypes: string[]
+  createdAt: number
+}
+
+export interface Delivery {
+  id: string
+  eventId: string
+  eventType: string
+  status: WebhookDeliveryRow['status']
+  attempts: Array<{ attempt: number, at: number, statusCode: number | null, error: string | null, durationMs: number, responseBody: string | null }>
+  nextAttemptAt: number | null
+  createdAt: number
+}
+
+const ENDPOINT_ID = /^wh_[0-9a-f]{32}$/
+
+function endpointOf (row: WebhookEndpointRow): Endpoint {
+  return { id: row.id, url: row.url, eventTypes: JSON.parse(row.event_types) as string[], createdAt: row.created_at }
+}
+
+function webhookNotFound (): AppError {
+  return new AppError('not_found', 'No such webhook endpoint for this widget.')
+}
+
+/**
+ * Webhook endpoints and the delivery of events to them: signed, retried with exponential backoff
+ * and jitter, in order per endpoint, at least once, from whichever instance claims the delivery.
+ */
+export class WebhookService {
+  constructor (private readonly db: Db, private readonly settings: WebhookSettings) {}
+
+  async create (widgetId: string, input: { url: string, eventTypes?: string[] }): Promise<Endpoint & { secret: string }> {
+    const url = mustBeWebhookUrl(input.url, this.settings.isAllowedAddress)
+    const eventTypes = input.eventTypes === undefined || input.eventTypes.length === 0 ? ['*'] : [...new Set(input.eventTypes)]
+    const row: WebhookEndpointRow = {
+      id: `wh_${randomUUID().replace(/-/g, '')}`,
+      widget_id: widgetId,
+      url: url.href,
+      secret: generateSecret(),
+      event_types: JSON.stringify(eventTypes),
+      created_at: Math.floor(Date.now() / 1000)
+    }
+    await insertEndpoint(this.db, row)
+    return { ...endpointOf(row), secret: row.secret }
+  }
+
+  async list (widgetId: string): Promise<Endpoint[]> {
+    return (await listEndpoints(this.db, widgetId)).map(endpointOf)
+  }
+
+  async delete (widgetId: string, id: string): Promise<void> {
+    if (!ENDPOINT_ID.test(id) || !await this.db.transaction().execute((trx) => deleteEndpoint(trx, widgetId, id))) throw webhookNotFound()
+  }
+
+  /** The delivery log of an endpoint, newest events first, with every attempt and its response. */
+  async deliveries (widgetId: string, endpointId: string, limit = 50): Promise<Delivery[]> {
+    await this.mustFindEndpoint(widgetId, endpointId)
+    const rows = await listDeliveries(this.db, endpointId, limit)
+    const attempts = await attemptsOf(this.db, rows.map((r) => r.id))
+    const events = new Map<number, string>()
+    for (const r of rows) events.set(r.event_seq, (await findEvent(this.db, r.event_seq))?.type ?? 'unknown')
+    return rows.map((r) => ({
+      id: r.id,
+      eventId: String(r.event_seq),
+      eventType: events.get(r.event_seq) ?? 'unknown',
+      status: r.status,
+      attempts: attempts.filter((a) => a.delivery_id === r.id).map((a) => ({
+        attempt: a.attempt, at: a.at, statusCode: a.status_code, error: a.error, durationMs: a.duration_ms, responseBody: a.response_body
+      })),
+      nextAttemptAt: r.status === 'pending' ? r.next_attempt_at : null,
+      createdAt: r.created_at
+    }))
+  }
+
+  /** Sends a delivery again as soon as possible, whatever became of it. */
+  async resend (widgetId: string, endpointId: string, deliveryId: string): Promise<void> {
+    await this.mustFindEndpoint(widgetId, endpointId)
+    if (await findDelivery(this.db, endpointId, deliveryId) === undefined) throw new AppError('not_found', 'No such delivery for this webhook endpoint.')
+    await requeueDelivery(this.db, deliveryId, Date.now())
+  }
+
+  /** Sends every delivery that is due now; returns how many were attempted. Safe on every instance. */
+  async dispatchDue (): Promise<number> {
+    const now = Date.now()
+    const due = await dueDeliveries(this.db, now, 50)
+    const claimed: WebhookDeliveryRow[] = []
+    for (const d of due) {
+      if (await claimDelivery(this.db, d.id, now, now + this.settings.timeoutMs + 5000)) claimed.push(d)
+    }
+    await Promise.all(claimed.map((d) => this.attempt(d)))
+    return claimed.length
+  }
+
+  private async attempt (delivery: WebhookDeliveryRow): Promise<void> {
+    const endpoint = await findEndpointById(this.db, delivery.endpoint_id)
+    const event = await findEvent(this.db, delivery.event_seq)
+    const started = Date.now()
+    const attemptNo = delivery.attempts + 1
+    if (endpoint === undefined || event === undefined) {
+      await finishDelivery(this.db, delivery.id, { status: 'failed', attempts: attemptNo, next_attempt_at: started, updated_at: started })
+      return
+    }
+    const body = JSON.stringify(toApiEvent(event))
+    const timestamp = Math.floor(started / 1000)
+    let statusCode: number | null = null
+    let error: string | null = null
+    let responseBody: string | null = null
+    const controller = new AbortController()
+    const timer = setTimeout(() => { controller.abort() }, this.settings.timeoutMs)
+    try {
+      const res = await guardedRequest(new URL(endpoint.url), {
+        method: 'POST',
+        signal: controller.signal,
+        isAllowedAddress: this.settings.isAllowedAddress,
+        body,
+        headers: {
+          'content-type': 'application/json',
+          'user-agent': 'Agentry-webhooks/1',
+          'webhook-id': delivery.id,
+          'webhook-timestamp': String(timestamp),
+          'webhook-signature': sign(endpoint.secret, delivery.id, timestamp, body)
+        }
+      })
+      statusCode = res.statusCode ?? 0
+      responseBody = await readSnippet(res, 1024)
+    } catch (err) {
+      error = controller.signal.aborted
+        ? `timed out after ${this.settings.timeoutMs} ms`
+        : err instanceof ForbiddenAddressError ? `refused: the endpoint resolves to a private or loopback address (${err.message})` : (err as Error).message
+    } finally {
+      clearTimeout(timer)
+    }
+    const finished = Date.now()
+    await recordAttempt(this.db, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error, duration_ms: finished - started, response_body: responseBody })
+    const ok = statusCode !== null && statusCode >= 200 && statusCode < 300
+    const expired = finished - delivery.created_at > this.settings.retryWindowSeconds * 1000
+    await finishDelivery(this.db, delivery.id, {
+      status: ok ? 'succeeded' : expired ? 'failed' : 'pending',
+      attempts: attemptNo,
+      next_attempt_at: ok || expired ? finished : finished + this.backoff(attemptNo),
+      updated_at: finished
+    })
+  }
+
+  /** Exponential backoff with full jitter over the upper half: base·2^(n-1), capped, times 0.5–1. */
+  private backoff (attempt: number): number {
+    const ceiling = Math.min(this.settings.retryMaxMs, this.settings.retryBaseMs * 2 ** Math.min(attempt - 1, 30))
+    return Math.round(ceiling * (0.5 + Math.random() / 2))
+  }
+
+  private async mustFindEndpoint (widgetId: string, id: string): Promise<WebhookEndpointRow> {
+    const row = ENDPOINT_ID.test(id) ? await findEndpoint(this.db, widgetId, id) : undefined
+    if (row === undefined) throw webhookNotFound()
+    return row
+  }
+}
+
+export const KNOWN_EVENT_TYPES: readonly string[] = ['*', ...EVENT_TYPES]
+
+function mustBeWebhookUrl (raw: string, isAllowed: AddressPolicy): URL {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw new AppError('validation_failed', 'url must be an absolute http:// or https:// URL.', [{ field: 'url', message: 'must be an absolute http(s) URL' }])
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new AppError('validation_failed', 'url must be an http:// or https:// URL.', [{ field: 'url', message: 'must be an http(s) URL' }])
+  }
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1')
+  if ((net.isIP(host) !== 0 && !isAllowed(host)) || (host === 'localhost' && !isAllowed('127.0.0.1'))) {
+    throw new AppError('webhook_url_forbidden', 'The webhook URL points at a private, loopback or link-local address, which is never called; use a public URL.', [{ field: 'url', message: 'points at a private address' }])
+  }
+  return url
+}
+
+async function readSnippet (res: NodeJS.ReadableStream & { destroy: () => void }, max: number): Promise<string> {
+  let text = ''
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    text += chunk.toString('utf8')
+    if (text.length >= max) { res.destroy(); break }
+  }
+  return text.slice(0, max)
+}
