@@ -1,0 +1,125 @@
+import assert from 'node:assert/strict'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { after, before, describe, it } from 'node:test'
+import { AgentryClient, AgentryError, type AgentEvent } from '../src/client/index.js'
+import { startTestServer, type TestServer } from './helpers/server.js'
+import { makeImages, startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+
+describe('typed client (agentry/client) against a live server', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  let client: AgentryClient
+  before(async () => {
+    fx = await startFixtureServer()
+    srv = await startTestServer({ EVENTS_POLL_MS: '50' })
+    client = new AgentryClient({ baseUrl: srv.url, token: srv.token })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  it('is what the package exports as agentry/client', async () => {
+    const mod = await import('agentry/client') as { AgentryClient: unknown, AgentryError: unknown }
+    assert.equal(typeof mod.AgentryClient, 'function')
+    assert.equal(typeof mod.AgentryError, 'function')
+  })
+
+  it('creates, reads, updates, syncs and deletes agents', async () => {
+    const a = await client.createAgent({ serviceUserId: 'c-1', name: 'Client One', avatar: `${fx.url}/photo.jpg` })
+    assert.equal(a.name, 'Client One')
+    assert.equal(a.avatar?.info.ext, 'jpeg')
+    assert.deepEqual(await client.getAgent(a.id), a)
+    assert.deepEqual(await client.getAgentByServiceUserId('c-1'), a)
+    const b = await client.updateAgent(a.id, { status: 'online' })
+    assert.equal(b.status, 'online')
+    const synced = await client.upsertAgent('c-2', { name: 'Synced' })
+    assert.equal(synced.created, true)
+    assert.equal((await client.upsertAgent('c-2', { name: 'Synced' })).created, false)
+    const beat = await client.heartbeat(synced.agent.id)
+    assert.equal(beat.agent.status, 'online')
+    assert.ok(beat.onlineUntil > Date.now() / 1000)
+    assert.deepEqual(await client.availability(), { online: 2, available: true })
+    const deleted = await client.deleteAgent(synced.agent.id)
+    assert.equal(deleted.id, synced.agent.id)
+  })
+
+  it('uploads an avatar file', async () => {
+    const { png } = await makeImages()
+    const a = await client.createAgent({ serviceUserId: 'c-up', name: 'Up' }, { avatarFile: { data: new Blob([png], { type: 'image/png' }), filename: 'a.png' } })
+    assert.equal(a.avatar?.info.ext, 'png')
+  })
+
+  it('throws AgentryError with the envelope\'s status, code, message and details', async () => {
+    await assert.rejects(client.getAgent('00000000-0000-4000-8000-000000000000'), (err) => err instanceof AgentryError && err.status === 404 && err.code === 'not_found' && err.message.length > 10)
+    await assert.rejects(client.createAgent({ serviceUserId: 'c-bad', name: 'Bad', status: 'away' as 'online' }), (err) =>
+      err instanceof AgentryError && err.status === 400 && err.code === 'validation_failed' && err.details?.[0]?.field === 'status')
+    await assert.rejects(new AgentryClient({ baseUrl: srv.url, token: 'wrong' }).listAgents(), (err) => err instanceof AgentryError && err.status === 401)
+  })
+
+  it('iterates paginated lists to the end', async () => {
+    for (let i = 0; i < 12; i++) await client.createAgent({ serviceUserId: `c-page-${i}`, name: `Paged ${i}` })
+    const seen: string[] = []
+    for await (const agent of client.agents({ q: 'paged', limit: 5 })) seen.push(agent.serviceUserId)
+    assert.equal(seen.length, 12)
+    assert.equal(new Set(seen).size, 12)
+    const page = await client.listAgents({ limit: 5, q: 'paged' })
+    assert.equal(page.data.length, 5)
+    assert.ok(page.nextCursor)
+  })
+
+  it('createAgent is retry-safe: a lost answer is retried with the same Idempotency-Key and creates one agent', async () => {
+    // A proxy that drops the first answer on the floor (the request did reach the server).
+    let dropped = false
+    const seen: string[] = []
+    const proxy = http.createServer((req, res) => {
+      seen.push(req.method ?? '')
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        const upstream = http.request(`${srv.url}${req.url ?? '/'}`, { method: req.method, headers: req.headers }, (up) => {
+          const body: Buffer[] = []
+          up.on('data', (c: Buffer) => body.push(c))
+          up.on('end', () => {
+            if (!dropped && req.method !== 'GET') { dropped = true; res.destroy(); return }
+            res.writeHead(up.statusCode ?? 502, up.headers).end(Buffer.concat(body))
+          })
+        })
+        upstream.end(Buffer.concat(chunks))
+      })
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    try {
+      const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20 })
+      const a = await viaProxy.createAgent({ serviceUserId: 'c-retry', name: 'Retried' })
+      assert.equal(dropped, true)
+      assert.equal(a.serviceUserId, 'c-retry')
+      assert.equal((await client.listAgents({ serviceUserId: 'c-retry' })).data.length, 1)
+      assert.deepEqual(seen, ['POST', 'POST'])
+      // A PUT is not retried: the lost answer surfaces as an error, after one request.
+      dropped = false
+      seen.length = 0
+      await assert.rejects(viaProxy.updateAgent(a.id, { name: 'x' }), TypeError)
+      assert.deepEqual(seen, ['PUT'])
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise((resolve) => proxy.close(resolve))
+    }
+  })
+
+  it('subscribes to the event stream', async () => {
+    const events: AgentEvent[] = []
+    const controller = new AbortController()
+    const done = client.subscribe((e) => { events.push(e) }, { signal: controller.signal })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const a = await client.createAgent({ serviceUserId: 'c-ev', name: 'Evented' })
+    await client.updateAgent(a.id, { status: 'online' })
+    const deadline = Date.now() + 5000
+    while (events.length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+    controller.abort()
+    await done
+    assert.deepEqual(events.map((e) => e.type), ['agent.created', 'agent.updated', 'agent.status_changed'])
+    assert.equal(events[2]!.data.agent.status, 'online')
+  })
+})
