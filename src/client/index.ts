@@ -76,7 +76,7 @@ export class AgentryClient {
 
   /** One page of agents (pass limit or cursor), or the whole filtered list (neither). */
   async listAgents (query: ListAgentsQuery = {}): Promise<Page<Agent>> {
-    const env = await this.call<Agent[]>('GET', `/agents${queryString(query as Fields)}`)
+    const env = await this.call<Agent[]>('GET', `/agents${queryString(query)}`)
     return { data: env.data ?? [], nextCursor: (env.meta?.nextCursor as string | null | undefined) ?? null }
   }
 
