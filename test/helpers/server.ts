@@ -6,7 +6,7 @@ import path from 'node:path'
 import { loadConfig } from '../../src/config/index.js'
 import { buildApp } from '../../src/http/app.js'
 import { createServices, type Services } from '../../src/start/services.js'
-import type { AddressPolicy } from '../../src/avatars/guard.js'
+import type { AddressPolicy } from '../../src/net/guard.js'
 import { provisionStores } from './stores.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
