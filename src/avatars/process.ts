@@ -30,6 +30,14 @@ const OTHER_FORMATS: Array<[string, (b: Buffer) => boolean]> = [
   ['ICO', (b) => b.subarray(0, 4).equals(Buffer.from([0, 0, 1, 0]))]
 ]
 
+/**
+ * libvips keeps a cache of recent operations (50 MB by default). Every avatar is new bytes, so
+ * the cache never hits and only adds to the process's memory: turn it off once at start.
+ */
+export function configureImageLibrary (): void {
+  sharp.cache(false)
+}
+
 /** Decides the format from the bytes alone; a Content-Type header is never trusted. */
 export function sniffFormat (b: Buffer): ImageFormat | undefined {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg'

@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { Kysely, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely'
+import { Kysely, PostgresDialect, SqliteDialect, sql, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
 import pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
@@ -34,7 +34,7 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
     sqlite.pragma('synchronous = FULL')
     sqlite.pragma('foreign_keys = ON')
     sqlite.pragma('busy_timeout = 5000')
-    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: sqlite }) })
+    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) })
     return { db, dialect: 'sqlite', poolStats: () => undefined, close: () => db.destroy() }
   }
   const pool = new pg.Pool({
@@ -58,6 +58,26 @@ const INT8_OID: number = pg.types.builtins.INT8
 const parseInt8 = (value: string): number => Number(value)
 function pgTypeParser (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown {
   return oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format) as (value: string) => unknown
+}
+
+/**
+ * Kysely prepares every query afresh; better-sqlite3 statements can be reused, and the service
+ * runs the same few dozen SQL texts over and over. Bounded, so ad-hoc SQL cannot grow it forever.
+ */
+function withStatementCache (sqlite: SQLite.Database): SqliteDatabase {
+  const cache = new Map<string, SQLite.Statement>()
+  return {
+    close: () => { sqlite.close() },
+    prepare: (text: string) => {
+      let stmt = cache.get(text)
+      if (stmt === undefined) {
+        stmt = sqlite.prepare(text)
+        if (cache.size >= 500) cache.clear()
+        cache.set(text, stmt)
+      }
+      return stmt
+    }
+  }
 }
 
 /** Cheap round trip used by /readyz. */

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import type { Config } from '../config/index.js'
 import { AgentService } from '../agents/service.js'
 import { AvatarService } from '../avatars/service.js'
+import { configureImageLibrary } from '../avatars/process.js'
 import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
@@ -76,6 +77,7 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     await database.close()
     throw err
   }
+  configureImageLibrary()
   const store = createBlobStore(config)
   const metrics = createMetrics(database.poolStats)
   const tokens = new TokenService(database.db)
