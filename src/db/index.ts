@@ -44,6 +44,9 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
     application_name: 'agentry',
     types: { getTypeParser: pgTypeParser as typeof pg.types.getTypeParser }
   })
+  // An idle connection the server drops (a restart, a failover) is an 'error' on the pool; unheard,
+  // it would crash the process. The pool replaces the connection on next use.
+  pool.on('error', (err) => { process.emitWarning(`PostgreSQL connection lost: ${err.message}`) })
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
   return {
     db,

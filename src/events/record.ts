@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { DbOrTrx } from '../db/index.js'
 import { insertEvent } from '../db/repositories/events.js'
+import { lockWidget } from '../db/repositories/widgets.js'
 import { insertDeliveries, listEndpoints } from '../db/repositories/webhooks.js'
 import type { EventRow } from '../db/types.js'
 import type { Agent } from '../http/schemas/agent.js'
@@ -41,6 +42,10 @@ export function updateEvents (before: Agent, after: Agent): NewEvent[] {
  */
 export async function recordEvents (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
   if (events.length === 0) return
+  // Event ids must become visible in id order, or a reader polling "after id N" could pass over
+  // one still being committed. Holding the widget's row until commit serialises the widget's
+  // event writers (PostgreSQL takes a row lock; SQLite writers are serialised anyway).
+  await lockWidget(trx, widgetId)
   const endpoints = await listEndpoints(trx, widgetId)
   for (const event of events) {
     const seq = await insertEvent(trx, {

@@ -20,7 +20,21 @@ export class EventStreams {
 
   /** Streams to res from after lastEventId (from now when undefined) until the client or the server closes. */
   async stream (widgetId: string, lastEventId: number | undefined, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+    // Listen for the client going away before anything is awaited, so an early hang-up is never missed.
+    let closed = false
+    const timers: NodeJS.Timeout[] = []
+    const close = () => {
+      if (closed) return
+      closed = true
+      for (const t of timers) clearInterval(t)
+      this.open.delete(close)
+      res.end()
+    }
+    this.open.add(close)
+    res.on('close', close)
+
     let last = lastEventId ?? await latestEventSeq(this.db, widgetId)
+    if (closed || res.destroyed) { close(); return }
     res.writeHead(200, {
       ...headers,
       'content-type': 'text/event-stream; charset=utf-8',
@@ -30,19 +44,19 @@ export class EventStreams {
     })
     res.write('retry: 2000\n\n')
     let busy = false
-    let closed = false
     const poll = async () => {
       if (busy || closed || res.writableNeedDrain) return
       busy = true
       try {
         for (;;) {
           const rows = await listEventsAfter(this.db, widgetId, last, 200)
+          if (closed) break
           for (const row of rows) {
             const event = toApiEvent(row)
             res.write(`id: ${event.id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`)
             last = row.seq
           }
-          if (rows.length < 200 || closed) break
+          if (rows.length < 200) break
         }
       } catch {
         // The database hiccuped: the next poll tries again from the same place.
@@ -50,18 +64,8 @@ export class EventStreams {
         busy = false
       }
     }
-    const pollTimer = setInterval(() => { void poll() }, this.settings.pollMs)
-    const beatTimer = setInterval(() => { res.write(': keep-alive\n\n') }, this.settings.heartbeatMs)
-    const close = () => {
-      if (closed) return
-      closed = true
-      clearInterval(pollTimer)
-      clearInterval(beatTimer)
-      this.open.delete(close)
-      res.end()
-    }
-    this.open.add(close)
-    res.on('close', close)
+    timers.push(setInterval(() => { void poll() }, this.settings.pollMs))
+    timers.push(setInterval(() => { res.write(': keep-alive\n\n') }, this.settings.heartbeatMs))
     await poll()
   }
 

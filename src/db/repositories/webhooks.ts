@@ -49,8 +49,9 @@ export async function dueDeliveries (db: DbOrTrx, nowMs: number, limit: number):
 
 /** Takes the delivery for this instance until lockUntil; false when another instance took it first. */
 export async function claimDelivery (db: DbOrTrx, id: string, nowMs: number, lockUntil: number): Promise<boolean> {
+  // Re-checks what made it due: another instance may have attempted it since the list was read.
   const result = await db.updateTable('webhook_deliveries').set({ locked_until: lockUntil })
-    .where('id', '=', id).where('status', '=', 'pending').where('locked_until', '<', nowMs)
+    .where('id', '=', id).where('status', '=', 'pending').where('locked_until', '<', nowMs).where('next_attempt_at', '<=', nowMs)
     .executeTakeFirst()
   return Number(result.numUpdatedRows) > 0
 }
@@ -77,8 +78,11 @@ export async function attemptsOf (db: DbOrTrx, deliveryIds: readonly string[]): 
   return await db.selectFrom('webhook_attempts').selectAll().where('delivery_id', 'in', deliveryIds).orderBy('attempt').execute()
 }
 
-/** Puts a delivery back in the queue to be sent again as soon as possible (a manual re-send). */
+/**
+ * Puts a delivery back in the queue to be sent again as soon as possible (a manual re-send).
+ * An attempt in flight keeps its claim, so the delivery is never sent twice at once.
+ */
 export async function requeueDelivery (db: DbOrTrx, id: string, nowMs: number): Promise<void> {
-  await db.updateTable('webhook_deliveries').set({ status: 'pending', next_attempt_at: nowMs, locked_until: 0, updated_at: nowMs }).where('id', '=', id).execute()
+  await db.updateTable('webhook_deliveries').set({ status: 'pending', next_attempt_at: nowMs, updated_at: nowMs }).where('id', '=', id).execute()
 }
 

@@ -1,0 +1,513 @@
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import net from 'node:net'
+import { after, before, describe, it } from 'node:test'
+import { call, dataDir, killAll, removeDirs, startServe, until, type ServeProcess } from './helpers/process.js'
+import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
+
+/**
+ * The live event stream, GET /api/external/v1/events (Server-Sent Events), read the way a client
+ * reads it: fetch, parse the text/event-stream, reconnect with Last-Event-ID. Every wait is bounded.
+ */
+
+const EVENTS = '/events'
+const WAIT_MS = 5000
+/** Several stream polls (EVENTS_POLL_MS=50): long enough for an event that should not come to show up. */
+const QUIET_MS = 400
+
+const sleep = async (ms: number) => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+const nowSeconds = () => Math.floor(Date.now() / 1000)
+
+interface Agent {
+  id: string
+  serviceUserId: string
+  name: string
+  status: 'online' | 'offline'
+  active: boolean
+  avatar: unknown
+  createdAt: number
+  updatedAt: number
+}
+
+interface AgentEvent {
+  id: string
+  type: string
+  createdAt: number
+  data: { agent: Agent, changes: Record<string, { from: unknown, to: unknown }> }
+}
+
+/** One message of the stream: the `id:` and `event:` lines and the parsed `data:`. */
+interface Message {
+  /** The `id:` line. */
+  id: string | undefined
+  /** The `event:` line. */
+  type: string | undefined
+  /** The `data:` line, parsed. */
+  event: AgentEvent
+}
+
+interface Stream {
+  status: number
+  headers: Headers
+  /** The error envelope when the server refused the stream. */
+  body: unknown
+  messages: Message[]
+  comments: string[]
+  retry: number | undefined
+  /** The server ended the stream (or we did). */
+  ended: boolean
+  /** Waits (bounded) until at least n messages have arrived; returns the first n. */
+  take: (n: number, timeoutMs?: number) => Promise<Message[]>
+  close: () => void
+}
+
+/** Opens an event stream as a browser's EventSource would, parsing messages as they arrive. */
+async function openStream (baseUrl: string, token: string | undefined, headers: Record<string, string> = {}, query = ''): Promise<Stream> {
+  const controller = new AbortController()
+  const res = await fetch(`${baseUrl}${EVENTS}${query}`, {
+    headers: { accept: 'text/event-stream', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...headers },
+    signal: controller.signal
+  })
+  const stream: Stream = {
+    status: res.status,
+    headers: res.headers,
+    body: undefined,
+    messages: [],
+    comments: [],
+    retry: undefined,
+    ended: false,
+    take: async (n, timeoutMs = WAIT_MS) => {
+      await until(`${n} stream messages (have ${stream.messages.length})`, () => stream.messages.length >= n ? true : undefined, timeoutMs)
+      return stream.messages.slice(0, n)
+    },
+    close: () => { controller.abort() }
+  }
+  if (!(res.headers.get('content-type') ?? '').startsWith('text/event-stream') || res.body === null) {
+    const text = await res.text()
+    try { stream.body = JSON.parse(text) } catch { stream.body = text }
+    stream.ended = true
+    return stream
+  }
+  const body = res.body
+  void (async () => {
+    const decoder = new TextDecoder()
+    let buffer = ''
+    try {
+      for await (const chunk of body) {
+        buffer += decoder.decode(chunk, { stream: true })
+        for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+          parseBlock(stream, buffer.slice(0, end))
+          buffer = buffer.slice(end + 2)
+        }
+      }
+    } catch {
+      // Aborted by us: the stream is over.
+    } finally {
+      stream.ended = true
+    }
+  })()
+  return stream
+}
+
+function parseBlock (stream: Stream, block: string): void {
+  const fields: Record<string, string> = {}
+  const data: string[] = []
+  for (const line of block.split('\n')) {
+    if (line.startsWith(':')) { stream.comments.push(line); continue }
+    const colon = line.indexOf(':')
+    const name = colon < 0 ? line : line.slice(0, colon)
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '')
+    if (name === 'data') data.push(value)
+    else fields[name] = value
+  }
+  if (fields.retry !== undefined) stream.retry = Number(fields.retry)
+  if (data.length > 0) stream.messages.push({ id: fields.id, type: fields.event, event: JSON.parse(data.join('\n')) as AgentEvent })
+}
+
+function check (res: ApiResponse, status = 200): ApiResponse {
+  assert.equal(res.status, status, JSON.stringify(res.body))
+  return res
+}
+
+/** What an event says, for comparing a stream with what was changed. */
+function summary (m: Message): { type: string, agent: Agent, changes: AgentEvent['data']['changes'] } {
+  assert.equal(m.id, m.event.id, 'the id: line is the event id')
+  assert.equal(m.type, m.event.type, 'the event: line is the event type')
+  return { type: m.event.type, agent: m.event.data.agent, changes: m.event.data.changes }
+}
+
+function assertIncreasingIds (messages: Message[]): void {
+  const ids = messages.map((m) => m.event.id)
+  for (const id of ids) assert.match(id, /^\d+$/)
+  for (let i = 1; i < ids.length; i++) assert.ok(Number(ids[i]) > Number(ids[i - 1]), `event ids increase: ${ids.join(', ')}`)
+}
+
+describe('event stream (GET /api/external/v1/events)', () => {
+  let srv: TestServer
+  before(async () => {
+    srv = await startTestServer({
+      PRESENCE_TTL_SECONDS: '1',
+      MAINTENANCE_INTERVAL_MS: '100',
+      EVENTS_POLL_MS: '50',
+      EVENTS_HEARTBEAT_MS: '200'
+    })
+  })
+  after(async () => { await srv?.close() })
+
+  it('every agent change has its event, in order, with the agent as the API shows it and what changed', async () => {
+    const stream = await openStream(srv.api, srv.token)
+    try {
+      assert.equal(stream.status, 200)
+      assert.match(stream.headers.get('content-type') ?? '', /^text\/event-stream/)
+      assert.match(stream.headers.get('cache-control') ?? '', /no-cache/)
+      const started = nowSeconds()
+      const expected: Array<ReturnType<typeof summary>> = []
+
+      const created = check(await srv.call('POST', '/agents', { serviceUserId: 'ev-life', name: 'Ann' })).body.data as Agent
+      expected.push({ type: 'agent.created', agent: created, changes: {} })
+
+      const renamed = check(await srv.call('PUT', `/agents/${created.id}`, { name: 'Ann Lee' })).body.data as Agent
+      expected.push({ type: 'agent.updated', agent: renamed, changes: { name: { from: 'Ann', to: 'Ann Lee' } } })
+
+      // Nothing changes: no event.
+      check(await srv.call('PUT', `/agents/${created.id}`, { name: 'Ann Lee', status: 'offline', active: true }))
+
+      const online = check(await srv.call('PUT', `/agents/${created.id}`, { status: 'online' })).body.data as Agent
+      const statusUp = { status: { from: 'offline', to: 'online' } }
+      expected.push({ type: 'agent.updated', agent: online, changes: statusUp }, { type: 'agent.status_changed', agent: online, changes: statusUp })
+
+      const offline = check(await srv.call('PUT', `/agents/${created.id}`, { status: 'offline' })).body.data as Agent
+      const statusDown = { status: { from: 'online', to: 'offline' } }
+      expected.push({ type: 'agent.updated', agent: offline, changes: statusDown }, { type: 'agent.status_changed', agent: offline, changes: statusDown })
+
+      // A heartbeat on an offline agent brings it online; a second one (still online) changes nothing.
+      // Both early in one wall-clock second, so the first cannot lapse (TTL 1 s) before the second.
+      while (Date.now() % 1000 > 300) await sleep(10)
+      const beat = check(await srv.call('POST', `/agents/${created.id}/heartbeat`)).body.data as Agent
+      assert.equal(beat.status, 'online')
+      expected.push({ type: 'agent.updated', agent: beat, changes: statusUp }, { type: 'agent.status_changed', agent: beat, changes: statusUp })
+      check(await srv.call('POST', `/agents/${created.id}/heartbeat`))
+
+      let seen = await stream.take(expected.length)
+      assert.deepEqual(seen.map(summary), expected)
+
+      // Heartbeats stop: the agent goes offline by itself (PRESENCE_TTL_SECONDS=1), and the stream says so.
+      seen = await stream.take(expected.length + 2, 4000)
+      const lapsed = check(await srv.call('GET', `/agents/${created.id}`)).body.data as Agent
+      assert.equal(lapsed.status, 'offline')
+      expected.push({ type: 'agent.updated', agent: lapsed, changes: statusDown }, { type: 'agent.status_changed', agent: lapsed, changes: statusDown })
+      assert.deepEqual(seen.map(summary), expected)
+
+      const deleted = check(await srv.call('DELETE', `/agents/${created.id}`)).body.data as Agent
+      expected.push({ type: 'agent.deleted', agent: deleted, changes: {} })
+
+      seen = await stream.take(expected.length)
+      await sleep(QUIET_MS)
+      assert.deepEqual(stream.messages.map(summary), expected, 'nothing more than the changes made')
+      assertIncreasingIds(stream.messages)
+      for (const m of stream.messages) {
+        assert.ok(Number.isInteger(m.event.createdAt) && m.event.createdAt >= started && m.event.createdAt <= nowSeconds(), `createdAt ${m.event.createdAt}`)
+        assert.deepEqual(Object.keys(m.event).sort(), ['createdAt', 'data', 'id', 'type'])
+      }
+      assert.equal(seen.length, expected.length)
+    } finally {
+      stream.close()
+    }
+  })
+
+  it('a client that reconnects with Last-Event-ID (or ?lastEventId=) misses nothing; without it the stream starts now', async () => {
+    const first = await openStream(srv.api, srv.token)
+    let created: Agent
+    let seen: Message[]
+    try {
+      created = check(await srv.call('POST', '/agents', { serviceUserId: 'ev-resume', name: 'Bo' })).body.data as Agent
+      check(await srv.call('PUT', `/agents/${created.id}`, { name: 'Bo 2' }))
+      seen = await first.take(2)
+      assert.deepEqual(seen.map((m) => m.event.type), ['agent.created', 'agent.updated'])
+    } finally {
+      first.close()
+    }
+    const lastSeen = seen[1]!.id!
+
+    // While the client is away.
+    const renamed = check(await srv.call('PUT', `/agents/${created.id}`, { name: 'Bo 3' })).body.data as Agent
+    const online = check(await srv.call('PUT', `/agents/${created.id}`, { status: 'online' })).body.data as Agent
+    const missed = [
+      { type: 'agent.updated', agent: renamed, changes: { name: { from: 'Bo 2', to: 'Bo 3' } } },
+      { type: 'agent.updated', agent: online, changes: { status: { from: 'offline', to: 'online' } } },
+      { type: 'agent.status_changed', agent: online, changes: { status: { from: 'offline', to: 'online' } } }
+    ]
+
+    const resumed = await openStream(srv.api, srv.token, { 'last-event-id': lastSeen })
+    try {
+      assert.equal(resumed.status, 200)
+      assert.deepEqual((await resumed.take(3)).map(summary), missed)
+      // Then the live flow.
+      const deleted = check(await srv.call('DELETE', `/agents/${created.id}`)).body.data as Agent
+      await resumed.take(4)
+      await sleep(QUIET_MS)
+      assert.deepEqual(resumed.messages.map(summary), [...missed, { type: 'agent.deleted', agent: deleted, changes: {} }])
+      assertIncreasingIds([seen[0]!, seen[1]!, ...resumed.messages])
+      assert.ok(Number(resumed.messages[0]!.event.id) > Number(lastSeen))
+
+      // The same with the query parameter (for clients that cannot set headers).
+      const viaQuery = await openStream(srv.api, srv.token, {}, `?lastEventId=${lastSeen}`)
+      try {
+        assert.equal(viaQuery.status, 200)
+        await viaQuery.take(4)
+        const later = check(await srv.call('POST', '/agents', { serviceUserId: 'ev-resume-2', name: 'Cy' })).body.data as Agent
+        await viaQuery.take(5)
+        await sleep(QUIET_MS)
+        const replayed = resumed.messages.slice(0, 4)
+        assert.deepEqual(viaQuery.messages.map(summary), [...replayed.map(summary), { type: 'agent.created', agent: later, changes: {} }])
+        assert.deepEqual(viaQuery.messages.slice(0, 4).map((m) => m.id), replayed.map((m) => m.id))
+
+        // A new client without Last-Event-ID: nothing from before, only what happens from now on.
+        const fresh = await openStream(srv.api, srv.token)
+        try {
+          await sleep(QUIET_MS)
+          assert.deepEqual(fresh.messages, [], 'no old events on a new stream')
+          const renamedLater = check(await srv.call('PUT', `/agents/${later.id}`, { name: 'Cy 2' })).body.data as Agent
+          await fresh.take(1)
+          await sleep(QUIET_MS)
+          assert.deepEqual(fresh.messages.map(summary), [{ type: 'agent.updated', agent: renamedLater, changes: { name: { from: 'Cy', to: 'Cy 2' } } }])
+        } finally {
+          fresh.close()
+        }
+        check(await srv.call('DELETE', `/agents/${later.id}`))
+      } finally {
+        viaQuery.close()
+      }
+    } finally {
+      resumed.close()
+    }
+  })
+
+  it('concurrent writers: the stream still gets every event, once, in id order', async () => {
+    const stream = await openStream(srv.api, srv.token)
+    try {
+      const N = 200
+      let next = 0
+      const created: string[] = []
+      await Promise.all(Array.from({ length: 16 }, async () => {
+        for (let i = next++; i < N; i = next++) created.push(check(await srv.call('POST', '/agents', { serviceUserId: `ev-burst-${i}`, name: `Burst ${i}` })).body.data.id)
+      }))
+      await stream.take(N, 3000).catch(() => { /* asserted below */ })
+      await sleep(QUIET_MS)
+      const streamed = stream.messages.map((m) => m.event.data.agent.id)
+      assert.equal(new Set(streamed).size, streamed.length, 'no event twice')
+      const missing = created.filter((id) => !streamed.includes(id))
+      assert.equal(missing.length, 0, `every created agent has its event: ${missing.length} of ${N} never streamed`)
+      assert.equal(streamed.length, N)
+      assertIncreasingIds(stream.messages)
+    } finally {
+      stream.close()
+    }
+  })
+
+  it('an idle stream gets a retry hint and keep-alive comment lines (EVENTS_HEARTBEAT_MS=200)', async () => {
+    const stream = await openStream(srv.api, srv.token)
+    try {
+      assert.equal(stream.status, 200)
+      await until('two keep-alive comments', () => stream.comments.length >= 2 ? true : undefined, 3000)
+      assert.ok(stream.comments.every((c) => c === ': keep-alive'), stream.comments.join(' | '))
+      assert.equal(stream.retry, 2000)
+      assert.deepEqual(stream.messages, [])
+      assert.equal(stream.ended, false)
+    } finally {
+      stream.close()
+    }
+  })
+
+  it('a widget\'s stream never shows another widget\'s events, even replayed from the start', async () => {
+    const other = await srv.services.tokens.create('other-events')
+    const asOther = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${other.token}` })
+    const mine = await openStream(srv.api, srv.token)
+    const theirs = await openStream(srv.api, other.token)
+    try {
+      const a = check(await srv.call('POST', '/agents', { serviceUserId: 'ev-mine', name: 'Mine' })).body.data as Agent
+      const b = check(await asOther('POST', '/agents', { serviceUserId: 'ev-theirs', name: 'Theirs' })).body.data as Agent
+      check(await srv.call('DELETE', `/agents/${a.id}`))
+      check(await asOther('DELETE', `/agents/${b.id}`))
+      await mine.take(2)
+      await theirs.take(2)
+      await sleep(QUIET_MS)
+      assert.deepEqual(mine.messages.map((m) => [m.event.type, m.event.data.agent.id]), [['agent.created', a.id], ['agent.deleted', a.id]])
+      assert.deepEqual(theirs.messages.map((m) => [m.event.type, m.event.data.agent.id]), [['agent.created', b.id], ['agent.deleted', b.id]])
+
+      // Replaying everything this widget ever had still shows only its own events.
+      const replay = await openStream(srv.api, other.token, { 'last-event-id': '0' })
+      try {
+        await replay.take(2)
+        await sleep(QUIET_MS)
+        assert.deepEqual(replay.messages.map((m) => m.event.data.agent.id), [b.id, b.id])
+      } finally {
+        replay.close()
+      }
+    } finally {
+      mine.close()
+      theirs.close()
+    }
+  })
+
+  it('a stream the client closes is freed on the server', async () => {
+    const streams = srv.services.streams
+    await until('earlier streams to be freed', () => streams.size === 0 ? true : undefined, 3000)
+    const one = await openStream(srv.api, srv.token)
+    const two = await openStream(srv.api, srv.token, { 'last-event-id': '0' })
+    await until('both streams to be counted', () => streams.size === 2 ? true : undefined, 3000)
+    one.close()
+    await until('the closed stream to be freed', () => streams.size === 1 ? true : undefined, 3000)
+    two.close()
+    await until('every stream to be freed', () => streams.size === 0 ? true : undefined, 3000)
+  })
+
+  it('a client that hangs up before the stream starts leaves nothing open', async () => {
+    // A server of its own: leaked streams would otherwise linger in the other tests.
+    const own = await startTestServer({ EVENTS_POLL_MS: '50' })
+    try {
+      const streams = own.services.streams
+      const { port } = new URL(own.url)
+      // Raw sockets that send the request and hang up at once, or a moment later.
+      for (let i = 0; i < 100; i++) {
+        const socket = net.connect(Number(port), '127.0.0.1')
+        await once(socket, 'connect')
+        socket.write(`GET /api/external/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${own.token}\r\n\r\n`)
+        if (i % 5 === 0) socket.destroy()
+        else setTimeout(() => { socket.destroy() }, i % 5)
+      }
+      await sleep(500)
+      await until('abandoned streams to be freed', () => streams.size === 0 ? true : undefined, 2000).catch(() => { /* asserted next */ })
+      assert.equal(streams.size, 0, 'streams still open after every client hung up')
+    } finally {
+      await own.close()
+    }
+  })
+
+  it('refuses a missing token (401) and a Last-Event-ID that is not an event id (400)', async () => {
+    const anonymous = await openStream(srv.api, undefined)
+    assert.equal(anonymous.status, 401)
+    assert.equal((anonymous.body as { error: { code: string } }).error.code, 'unauthorized')
+    const wrong = await openStream(srv.api, 'not-a-real-token-000000000000')
+    assert.equal(wrong.status, 401)
+
+    for (const garbage of ['abc', '-1', '1.5', '12abc', '9'.repeat(40)]) {
+      const header = await openStream(srv.api, srv.token, { 'last-event-id': garbage })
+      assert.equal(header.status, 400, `Last-Event-ID: ${garbage}`)
+      assert.equal((header.body as { error: { code: string } }).error.code, 'validation_failed')
+      const query = await openStream(srv.api, srv.token, {}, `?lastEventId=${encodeURIComponent(garbage)}`)
+      assert.equal(query.status, 400, `?lastEventId=${garbage}`)
+      assert.equal((query.body as { error: { code: string } }).error.code, 'validation_failed')
+    }
+    assert.equal(srv.services.streams.size, 0, 'refused requests open no stream')
+  })
+
+  it('a lapse first noticed by a write gets its events, before the write\'s own', async () => {
+    // Upkeep too rare to notice the lapse: the PUT is what writes it down.
+    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const stream = await openStream(own.api, own.token)
+    try {
+      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-late-lapse', name: 'Late' })).body.data as Agent
+      const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
+      await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
+      const renamed = check(await own.call('PUT', `/agents/${created.id}`, { name: 'Later' })).body.data as Agent
+      assert.equal(renamed.status, 'offline')
+      await stream.take(6)
+      await sleep(QUIET_MS)
+      const lapsedAgent = { ...beat.data, status: 'offline', updatedAt: beat.meta.onlineUntil }
+      const statusDown = { status: { from: 'online', to: 'offline' } }
+      assert.deepEqual(stream.messages.map(summary).slice(3), [
+        { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
+        { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
+        { type: 'agent.updated', agent: renamed, changes: { name: { from: 'Late', to: 'Later' } } }
+      ])
+      assertIncreasingIds(stream.messages)
+    } finally {
+      stream.close()
+      await own.close()
+    }
+  })
+
+  it('shutting down with a stream open ends the stream and does not hang', async () => {
+    const other = await startTestServer({ EVENTS_POLL_MS: '50' })
+    let closed = false
+    try {
+      const stream = await openStream(other.api, other.token)
+      assert.equal(stream.status, 200)
+      await until('the stream to be counted', () => other.services.streams.size === 1 ? true : undefined, 3000)
+      const closing = other.close().then(() => { closed = true })
+      await Promise.race([closing, sleep(5000)])
+      assert.ok(closed, 'close() finished within 5 s with a stream open')
+      await until('the client to see the stream end', () => stream.ended ? true : undefined, 3000)
+      assert.equal(other.services.streams.size, 0)
+    } finally {
+      if (!closed) await other.close().catch(() => { /* best effort */ })
+    }
+  })
+})
+
+describe(`event stream across two instances on one store (${storeLeg()})`, () => {
+  const TOKEN = 'events-instances-token-0123456789'
+  let stores: ProvisionedStores
+  let a: ServeProcess
+  let b: ServeProcess
+  const via = async (p: ServeProcess, method: string, path: string, body?: unknown) =>
+    await call(`${p.url}/api/external/v1${path}`, {
+      method,
+      headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+
+  before(async () => {
+    stores = await provisionStores()
+    const env = {
+      ...stores.env,
+      DATA_DIR: dataDir(),
+      BOOTSTRAP_TOKEN: TOKEN,
+      STATIC_BASE_URL: 'http://cdn.example.test/static',
+      EVENTS_POLL_MS: '50'
+    }
+    ;[a, b] = await Promise.all([startServe(env, 20_000), startServe(env, 20_000)])
+  })
+
+  after(async () => {
+    await Promise.allSettled([a?.stop(), b?.stop()])
+    killAll()
+    await stores?.drop()
+    removeDirs()
+  })
+
+  it('a client streaming from one instance sees the changes made through the other, and can resume on either', async () => {
+    const stream = await openStream(`${a.url}/api/external/v1`, TOKEN)
+    let seen: Message[]
+    let agentId: string
+    try {
+      assert.equal(stream.status, 200)
+      const created = await via(b, 'POST', '/agents', { serviceUserId: 'across-1', name: 'Across' })
+      assert.equal(created.status, 200, created.text)
+      agentId = created.body.data.id
+      const updated = await via(b, 'PUT', `/agents/${agentId}`, { status: 'online' })
+      assert.equal(updated.status, 200, updated.text)
+      seen = await stream.take(3)
+      assert.deepEqual(seen.map((m) => m.event.type), ['agent.created', 'agent.updated', 'agent.status_changed'])
+      assert.deepEqual(seen[0]!.event.data.agent, created.body.data)
+      assert.deepEqual(seen[2]!.event.data.agent, updated.body.data)
+      assertIncreasingIds(seen)
+    } finally {
+      stream.close()
+    }
+
+    // The client reconnects to the other instance with its Last-Event-ID.
+    const deleted = await via(a, 'DELETE', `/agents/${agentId}`)
+    assert.equal(deleted.status, 200, deleted.text)
+    const resumed = await openStream(`${b.url}/api/external/v1`, TOKEN, { 'last-event-id': seen[2]!.id! })
+    try {
+      await resumed.take(1)
+      await sleep(QUIET_MS)
+      assert.deepEqual(resumed.messages.map((m) => [m.event.type, m.event.data.agent]), [['agent.deleted', deleted.body.data]])
+    } finally {
+      resumed.close()
+    }
+  })
+})
