@@ -15,9 +15,14 @@ function newest (dir) {
 }
 
 const stamp = 'dist/.build-stamp'
-const inputs = Math.max(newest('src'), ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(f).mtimeMs))
-if (!existsSync(stamp) || !existsSync('dist/cli/index.js') || inputs > statSync(stamp).mtimeMs) {
+// The admin console (admin/, compiled by admin/tsconfig.json into dist/admin) builds after the
+// service, since it reads the typed client's declarations from dist/client.
+const inputs = Math.max(newest('src'), newest('admin'), ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(f).mtimeMs))
+const outputs = ['dist/cli/index.js', 'dist/client/index.js', 'dist/admin/main.js']
+if (!existsSync(stamp) || !outputs.every((f) => existsSync(f)) || inputs > statSync(stamp).mtimeMs) {
   console.error('Building (tsc)…')
-  execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' })
+  for (const project of ['tsconfig.build.json', 'admin/tsconfig.json']) {
+    execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', project], { stdio: 'inherit' })
+  }
   writeFileSync(stamp, `${new Date().toISOString()}\n`)
 }

@@ -168,10 +168,10 @@ export class AgentryClient {
         })
         if (!res.ok || res.body === null) throw await toError(res)
         for await (const message of sseMessages(res.body)) {
+          // Any id line moves the resume point, the stream's opening one included.
+          if (message.id !== undefined) last = message.id
           if (message.data === undefined) continue
-          const event = JSON.parse(message.data) as AgentEvent
-          last = event.id
-          onEvent(event)
+          onEvent(JSON.parse(message.data) as AgentEvent)
         }
       } catch (err) {
         if (isAborted(options.signal)) return

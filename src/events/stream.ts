@@ -42,7 +42,9 @@ export class EventStreams {
       connection: 'keep-alive',
       'x-accel-buffering': 'no'
     })
-    res.write('retry: 2000\n\n')
+    // The position the stream starts from, as an id: a client that drops before any event arrives
+    // still resumes from here (EventSource keeps the last id it saw, event or not).
+    res.write(`retry: 2000\nid: ${last}\n\n`)
     let busy = false
     const poll = async () => {
       if (busy || closed || res.writableNeedDrain) return

@@ -15,6 +15,7 @@ import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
 import { registerStaticFiles } from './plugins/static.js'
+import { registerAdminConsole } from './plugins/admin.js'
 import { apiRoutes } from './routes/api.js'
 import { healthRoutes } from './routes/health.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
@@ -101,5 +102,6 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     maxUploadBytes: config.avatar.maxBytes
   })
   await registerStaticFiles(app, deps.store)
+  await registerAdminConsole(app, config)
   return app
 }
