@@ -2,9 +2,9 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
-import { call, dataDir, killAll, removeDirs, startServe, until, type ServeProcess } from './helpers/process.js'
+import { call, startTwoInstances, until, type Instances, type ServeProcess } from './helpers/process.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
-import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
+import { storeLeg } from './helpers/stores.js'
 
 /**
  * The live event stream, GET /api/external/v1/events (Server-Sent Events), read the way a client
@@ -449,7 +449,7 @@ describe('event stream (GET /api/external/v1/events)', () => {
 
 describe(`event stream across two instances on one store (${storeLeg()})`, () => {
   const TOKEN = 'events-instances-token-0123456789'
-  let stores: ProvisionedStores
+  let instances: Instances
   let a: ServeProcess
   let b: ServeProcess
   const via = async (p: ServeProcess, method: string, path: string, body?: unknown) =>
@@ -460,23 +460,11 @@ describe(`event stream across two instances on one store (${storeLeg()})`, () =>
     })
 
   before(async () => {
-    stores = await provisionStores()
-    const env = {
-      ...stores.env,
-      DATA_DIR: dataDir(),
-      BOOTSTRAP_TOKEN: TOKEN,
-      STATIC_BASE_URL: 'http://cdn.example.test/static',
-      EVENTS_POLL_MS: '50'
-    }
-    ;[a, b] = await Promise.all([startServe(env, 20_000), startServe(env, 20_000)])
+    instances = await startTwoInstances(TOKEN, { EVENTS_POLL_MS: '50' })
+    ;({ a, b } = instances)
   })
 
-  after(async () => {
-    await Promise.allSettled([a?.stop(), b?.stop()])
-    killAll()
-    await stores?.drop()
-    removeDirs()
-  })
+  after(async () => { await instances?.stop() })
 
   it('a client streaming from one instance sees the changes made through the other, and can resume on either', async () => {
     const stream = await openStream(`${a.url}/api/external/v1`, TOKEN)

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { call, dataDir, killAll, removeDirs, startServe, type ServeProcess } from './helpers/process.js'
-import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
+import { call, startTwoInstances, type Instances, type ServeProcess } from './helpers/process.js'
+import { storeLeg } from './helpers/stores.js'
 
 const TOKEN = 'instances-test-token-0123456789'
 const AGENTS = '/api/external/v1/agents'
@@ -10,30 +10,18 @@ const auth = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/js
 
 describe(`two instances, one truth (${storeLeg()})`, () => {
   let fx: FixtureServer
-  let stores: ProvisionedStores
+  let instances: Instances
   let a: ServeProcess
   let b: ServeProcess
 
   before(async () => {
     fx = await startFixtureServer()
-    stores = await provisionStores()
-    // One database and one file store (a bucket, or on the embedded leg one SQLite file and folder),
-    // one public URL for files. Both processes start at the same moment and migrate together.
-    const env = {
-      ...stores.env,
-      DATA_DIR: dataDir(),
-      BOOTSTRAP_TOKEN: TOKEN,
-      AVATAR_ALLOW_PRIVATE_NETWORKS: 'true',
-      STATIC_BASE_URL: 'http://cdn.example.test/static'
-    }
-    ;[a, b] = await Promise.all([startServe(env, 20_000), startServe(env, 20_000)])
+    instances = await startTwoInstances(TOKEN, { AVATAR_ALLOW_PRIVATE_NETWORKS: 'true' })
+    ;({ a, b } = instances)
   })
 
   after(async () => {
-    await Promise.allSettled([a?.stop(), b?.stop()])
-    killAll()
-    await stores?.drop()
-    removeDirs()
+    await instances?.stop()
     await fx?.close()
   })
 

@@ -3,7 +3,7 @@ import { createHmac } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
-import { call, dataDir, killAll, removeDirs, startServe, until, type Reply, type ServeProcess } from './helpers/process.js'
+import { call, dataDir, killAll, removeDirs, startServe, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
 
@@ -389,17 +389,21 @@ describe('webhooks', () => {
 })
 
 /** Settings for spawned `agentry serve` processes that deliver to a loopback receiver, quickly. */
+const WEBHOOK_SETTINGS = {
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
+  WEBHOOK_RETRY_BASE_MS: '100',
+  WEBHOOK_RETRY_MAX_MS: '300',
+  WEBHOOK_TIMEOUT_MS: '1000',
+  EVENTS_POLL_MS: '50'
+}
+
 function serveEnv (stores: ProvisionedStores, token: string): Record<string, string> {
   return {
     ...stores.env,
     DATA_DIR: dataDir(),
     BOOTSTRAP_TOKEN: token,
     STATIC_BASE_URL: 'http://cdn.example.test/static',
-    WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true',
-    WEBHOOK_RETRY_BASE_MS: '100',
-    WEBHOOK_RETRY_MAX_MS: '300',
-    WEBHOOK_TIMEOUT_MS: '1000',
-    EVENTS_POLL_MS: '50'
+    ...WEBHOOK_SETTINGS
   }
 }
 
@@ -481,22 +485,18 @@ describe(`webhooks survive a restart in the middle of retries (${storeLeg()})`, 
 describe(`webhooks from two instances on one store (${storeLeg()})`, () => {
   const TOKEN = 'webhooks-instances-token-0123456789'
   const via = apiCaller(TOKEN)
-  let stores: ProvisionedStores
+  let instances: Instances
   let receiver: Receiver | undefined
   let a: ServeProcess
   let b: ServeProcess
 
   before(async () => {
-    stores = await provisionStores()
-    const env = serveEnv(stores, TOKEN)
-    ;[a, b] = await Promise.all([startServe(env, 20_000), startServe(env, 20_000)])
+    instances = await startTwoInstances(TOKEN, WEBHOOK_SETTINGS)
+    ;({ a, b } = instances)
   })
   after(async () => {
-    await Promise.allSettled([a?.stop(), b?.stop()])
-    killAll()
+    await instances?.stop()
     await receiver?.close()
-    await stores?.drop()
-    removeDirs()
   })
 
   it('each delivery is sent by one instance only: exactly one arrival per webhook-id', async () => {

@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import http from 'node:http'
 import { fileURLToPath } from 'node:url'
 import { freePort, tempDir } from './server.js'
+import { provisionStores } from './stores.js'
 
 /** The repository root: `node bin/agentry.js` runs from here, as a user's `npx agentry` would. */
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -207,4 +208,38 @@ export async function oneShot (url: string, init: { method?: string, headers?: R
     req.once('error', (err: NodeJS.ErrnoException) => { resolve(err.code ?? err.message) })
     req.end(init.body)
   })
+}
+
+export interface Instances {
+  a: ServeProcess
+  b: ServeProcess
+  /** Stops both processes, drops the store the leg provisioned and removes their DATA_DIR. */
+  stop: () => Promise<void>
+}
+
+/**
+ * Two `agentry serve` processes on one store, started at the same moment (so they migrate
+ * together): on the PostgreSQL leg a fresh database and bucket, on the embedded leg one SQLite file
+ * and one avatar folder. They share one STATIC_BASE_URL, as instances behind a balancer would.
+ */
+export async function startTwoInstances (token: string, env: Record<string, string> = {}): Promise<Instances> {
+  const stores = await provisionStores()
+  const shared = {
+    ...stores.env,
+    DATA_DIR: dataDir(),
+    BOOTSTRAP_TOKEN: token,
+    STATIC_BASE_URL: 'http://cdn.example.test/static',
+    ...env
+  }
+  const [a, b] = await Promise.all([startServe(shared, 20_000), startServe(shared, 20_000)])
+  return {
+    a,
+    b,
+    stop: async () => {
+      await Promise.allSettled([a.stop(), b.stop()])
+      killAll()
+      await stores.drop()
+      removeDirs()
+    }
+  }
 }
