@@ -14,6 +14,9 @@ export interface Metrics {
   avatars: AvatarObserver
 }
 
+/** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
 export function createMetrics (poolStats: () => PoolStats | undefined): Metrics {
   const registry = new Registry()
@@ -29,14 +32,14 @@ export function createMetrics (poolStats: () => PoolStats | undefined): Metrics 
     name: 'agentry_http_request_duration_seconds',
     help: 'Time to answer HTTP requests, by method, route template and status code.',
     labelNames: ['method', 'route', 'status_code'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    buckets: LATENCY_BUCKETS,
     registers: [registry]
   })
   const avatarStage = new Histogram({
     name: 'agentry_avatar_stage_duration_seconds',
     help: 'Time spent in each avatar pipeline stage: download, process (decode, orient, variants), store.',
     labelNames: ['stage'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    buckets: LATENCY_BUCKETS,
     registers: [registry]
   })
   const avatarFailures = new Counter({
