@@ -1,0 +1,230 @@
+import { createHash, randomBytes } from 'node:crypto'
+import path from 'node:path'
+import Database from 'better-sqlite3'
+import pg from 'pg'
+import { percentiles, type LatencyStats } from './load.js'
+
+/** The UUID-shaped id of seeded agent number g: md5('bench-g'), computed alike in Node and PostgreSQL. */
+export function seededId (g: number): string {
+  const h = createHash('md5').update(`bench-${g}`).digest('hex')
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
+}
+
+/** The list endpoint's query, first page only: what a paginated list will cost. */
+export const LIST_SQL = 'select * from agents where widget_id = ? order by created_at desc, seq desc limit 100'
+/** A later page, as src/db/repositories/agents.ts builds it for `?limit=100&cursor=...` (limit + 1 rows). */
+export const PAGE_SQL = 'select * from agents where widget_id = ? and (created_at < ? or (created_at = ? and seq < ?)) order by created_at desc, seq desc limit 101'
+/** What GET /agents/:id runs (Kysely's selectAll by widget and id). */
+export const GET_SQL = 'select * from agents where widget_id = ? and id = ?'
+
+export interface Plans {
+  list: string[]
+  page: string[]
+  get: string[]
+}
+
+/** A list position: what a cursor encodes. */
+export interface Position {
+  createdAt: number
+  seq: number
+}
+
+const pgParams = (q: string) => { let i = 0; return q.replace(/\?/g, () => `$${++i}`) }
+
+/** Direct access to the service's database, for seeding at scale and timing the list query. */
+export interface BenchDb {
+  dialect: 'sqlite' | 'postgres'
+  widgetId: string
+  count: () => Promise<number>
+  /** Inserts seeded agents count+1..size in bulk; returns seconds taken. */
+  seedTo: (size: number) => Promise<number>
+  /** Where seeded agent g sits in the list. */
+  positionOf: (g: number) => Promise<Position>
+  /**
+   * Times LIST_SQL (no `after`) or PAGE_SQL (the page after `after`) `iterations` times on a
+   * connection like the service's; milliseconds.
+   */
+  timeListQuery: (iterations: number, after?: Position) => Promise<LatencyStats>
+  plans: (after: Position) => Promise<Plans>
+  close: () => Promise<void>
+}
+
+const T0 = 1_700_000_000
+// Eight agents a second: many agents share a created_at, so seq has to break ties, as in real use.
+const createdAt = (g: number) => T0 + Math.floor(g / 8)
+
+export function openSqlite (file: string): BenchDb {
+  const db = new Database(file)
+  db.pragma('busy_timeout = 10000')
+  // Only this bulk-loading connection: no fsync per batch, a big page cache for the index inserts.
+  db.pragma('synchronous = OFF')
+  db.pragma('cache_size = -262144')
+  const widget = db.prepare("select id from widgets where name = 'default'").get() as { id: string } | undefined
+  if (widget === undefined) throw new Error('no "default" widget in the service database (was BOOTSTRAP_TOKEN set?)')
+  const widgetId = widget.id
+  // name_search (migration 002) is searchableName(name); for 'Agent 123' that is 'agent 123'.
+  const columns = new Set((db.prepare('select name from pragma_table_info(\'agents\')').all() as Array<{ name: string }>).map((c) => c.name))
+  const withSearch = columns.has('name_search')
+  const insert = db.prepare(withSearch
+    ? 'insert into agents (id, widget_id, service_user_id, name, name_search, status, active, avatar_id, created_at, updated_at) values (?, ?, ?, ?, ?, ?, 1, null, ?, ?)'
+    : 'insert into agents (id, widget_id, service_user_id, name, status, active, avatar_id, created_at, updated_at) values (?, ?, ?, ?, ?, 1, null, ?, ?)')
+  const insertBatch = db.transaction((from: number, to: number) => {
+    for (let g = from; g <= to; g++) {
+      const t = createdAt(g)
+      const status = g % 2 === 0 ? 'online' : 'offline'
+      if (withSearch) insert.run(seededId(g), widgetId, `bench-${g}`, `Agent ${g}`, `agent ${g}`, status, t, t)
+      else insert.run(seededId(g), widgetId, `bench-${g}`, `Agent ${g}`, status, t, t)
+    }
+  })
+  const countSync = () => (db.prepare('select count(*) as n from agents').get() as { n: number }).n
+  return {
+    dialect: 'sqlite',
+    widgetId,
+    count: async () => countSync(),
+    seedTo: async (size) => {
+      const start = performance.now()
+      let next = countSync() + 1
+      while (next <= size) {
+        const to = Math.min(size, next + 49_999)
+        insertBatch(next, to)
+        next = to + 1
+        // Yield between batches so the bench's own event loop stays responsive.
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+      db.pragma('wal_checkpoint(TRUNCATE)')
+      return (performance.now() - start) / 1000
+    },
+    positionOf: async (g) => {
+      const row = db.prepare('select created_at, seq from agents where id = ?').get(seededId(g)) as { created_at: number, seq: number } | undefined
+      if (row === undefined) throw new Error(`seeded agent ${g} is not in the database`)
+      return { createdAt: row.created_at, seq: row.seq }
+    },
+    timeListQuery: async (iterations, after) => {
+      // A fresh read-only connection with SQLite's default page cache, like the service's connection.
+      const reader = new Database(file, { readonly: true })
+      try {
+        const stmt = reader.prepare(after === undefined ? LIST_SQL : PAGE_SQL)
+        const params = after === undefined ? [widgetId] : [widgetId, after.createdAt, after.createdAt, after.seq]
+        for (let i = 0; i < 20; i++) stmt.all(...params)
+        const times = new Float64Array(iterations)
+        for (let i = 0; i < iterations; i++) {
+          const t = performance.now()
+          const rows = stmt.all(...params)
+          times[i] = performance.now() - t
+          if (rows.length === 0) throw new Error('list query returned no rows')
+        }
+        return percentiles(times)
+      } finally {
+        reader.close()
+      }
+    },
+    plans: async (after) => {
+      const explain = (q: string, ...params: Array<string | number>) =>
+        (db.prepare(`explain query plan ${q}`).all(...params) as Array<{ detail: string }>).map((r) => r.detail)
+      return {
+        list: explain(LIST_SQL, widgetId),
+        page: explain(PAGE_SQL, widgetId, after.createdAt, after.createdAt, after.seq),
+        get: explain(GET_SQL, widgetId, seededId(1))
+      }
+    },
+    close: async () => { db.close() }
+  }
+}
+
+export async function openPostgres (url: string): Promise<BenchDb> {
+  const client = new pg.Client({ connectionString: url, application_name: 'agentry-bench' })
+  await client.connect()
+  try {
+    const w = await client.query<{ id: string }>("select id from widgets where name = 'default'")
+    const widgetId = w.rows[0]?.id
+    if (widgetId === undefined) throw new Error('no "default" widget in the service database (was BOOTSTRAP_TOKEN set?)')
+    const pgList = pgParams(LIST_SQL)
+    const pgPage = pgParams(PAGE_SQL)
+    const pgGet = pgParams(GET_SQL)
+    const count = async () => Number((await client.query<{ n: string }>('select count(*) as n from agents')).rows[0]?.n ?? 0)
+    return {
+      dialect: 'postgres',
+      widgetId,
+      count,
+      seedTo: async (size) => {
+        const start = performance.now()
+        const from = await count() + 1
+        if (from <= size) {
+          await client.query(
+            `insert into agents (id, widget_id, service_user_id, name, name_search, status, active, avatar_id, created_at, updated_at)
+             select md5('bench-' || g)::uuid::text, $1, 'bench-' || g, 'Agent ' || g, 'agent ' || g,
+                    case when g % 2 = 0 then 'online' else 'offline' end, 1, null, $2::bigint + g / 8, $2::bigint + g / 8
+             from generate_series($3::bigint, $4::bigint) as g`,
+            [widgetId, T0, from, size])
+          // Autovacuum would analyze a table after such a load; do it now rather than race it.
+          await client.query('analyze agents')
+        }
+        return (performance.now() - start) / 1000
+      },
+      positionOf: async (g) => {
+        const row = (await client.query<{ created_at: string, seq: string }>('select created_at, seq from agents where id = $1', [seededId(g)])).rows[0]
+        if (row === undefined) throw new Error(`seeded agent ${g} is not in the database`)
+        return { createdAt: Number(row.created_at), seq: Number(row.seq) }
+      },
+      timeListQuery: async (iterations, after) => {
+        const name = `bench_list_${randomBytes(4).toString('hex')}`
+        const q = after === undefined
+          ? { name, text: pgList, values: [widgetId] }
+          : { name, text: pgPage, values: [widgetId, after.createdAt, after.createdAt, after.seq] }
+        for (let i = 0; i < 20; i++) await client.query(q)
+        const times = new Float64Array(iterations)
+        for (let i = 0; i < iterations; i++) {
+          const t = performance.now()
+          const res = await client.query(q)
+          times[i] = performance.now() - t
+          if (res.rowCount === 0) throw new Error('list query returned no rows')
+        }
+        return percentiles(times)
+      },
+      plans: async (after) => {
+        const explain = async (q: string, params: Array<string | number>) =>
+          (await client.query<{ 'QUERY PLAN': string }>(`explain (costs off) ${q}`, params)).rows.map((r) => r['QUERY PLAN'])
+        return {
+          list: await explain(pgList, [widgetId]),
+          page: await explain(pgPage, [widgetId, after.createdAt, after.createdAt, after.seq]),
+          get: await explain(pgGet, [widgetId, seededId(1)])
+        }
+      },
+      close: async () => { await client.end() }
+    }
+  } catch (err) {
+    await client.end()
+    throw err
+  }
+}
+
+export function sqliteFile (dataDir: string): string {
+  return path.join(dataDir, 'agentry.db')
+}
+
+/** Creates a fresh database from an admin URL; drop() removes it (even with connections left). */
+export async function createPgDatabase (adminUrl: string): Promise<{ url: string, name: string, drop: () => Promise<void> }> {
+  const name = `agentry_bench_${randomBytes(5).toString('hex')}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  try {
+    await admin.query(`CREATE DATABASE ${name}`)
+  } finally {
+    await admin.end()
+  }
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return {
+    url: url.href,
+    name,
+    drop: async () => {
+      const c = new pg.Client({ connectionString: adminUrl })
+      await c.connect()
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      } finally {
+        await c.end()
+      }
+    }
+  }
+}

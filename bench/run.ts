@@ -1,0 +1,1017 @@
+/**
+ * Agentry's benchmark suite: `npm run bench` (full, ~4 min; ~7 with PostgreSQL) or
+ * `npm run bench -- --quick` (CI smoke, under a minute). BENCHMARKS.md describes the method.
+ *
+ * Starts the real service as a separate process (`node bin/agentry.js serve`) on its embedded
+ * defaults, and on PostgreSQL when BENCH_DATABASE_URL is set, plus a bare node:http server, a bare
+ * Fastify and json-server for comparison, drives them with autocannon over loopback, samples the
+ * servers' memory and CPU from /proc, and writes results (JSON, Markdown, SVG charts) to
+ * bench/results/. Every process it starts is killed when it ends, however it ends.
+ */
+import { execFileSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type autocannon from 'autocannon'
+import { encodeCursor } from '../src/agents/cursor.js'
+import sharp from 'sharp'
+import { processAvatar } from '../src/avatars/process.js'
+import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_SQL, LIST_SQL, PAGE_SQL, type BenchDb, type Plans } from './lib/db.js'
+import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
+import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
+import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
+import { dropTempDir, freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type Proc } from './lib/procs.js'
+import { lineChart } from './lib/svg.js'
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url))
+const API = '/api/external/v1'
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const argv = process.argv.slice(2)
+if (argv.includes('--help') || argv.includes('-h')) {
+  process.stdout.write(`npm run bench [-- options]
+
+  --quick         short runs, 1k and 10k agents only (CI smoke; well under a minute)
+  --only=a,b      run only these parts: get, baselines, list, put, post, avatar, static, scaling, sharp
+                  (baselines run right after get, on the SQLite leg)
+  --cpu-prof      start the service with --cpu-prof; profiles go to <results>/profiles/<store>/
+                  (summarise one with: npx tsx bench/profile-summary.ts <file>)
+  --pin           servers on CPU 1, the bench and autocannon on CPU 0 (steadier figures and
+                  cleaner profiles; sharp then has one core only)
+  --update-doc    after a full run, replace the results section of BENCHMARKS.md
+  --wait-idle     first wait (up to 10 min) until the rest of the machine is quiet
+
+  BENCH_DATABASE_URL=postgres://user@127.0.0.1:5432/db   also run every scenario on PostgreSQL
+                  (a fresh database is created from that admin URL and dropped afterwards)
+  BENCH_NODE_FLAGS="--perf-basic-prof"   extra node flags for the service (profiling with perf)
+`)
+  process.exit(0)
+}
+const known = /^--(quick|cpu-prof|pin|update-doc|wait-idle|only=.+)$/
+const unknown = argv.filter((a) => !known.test(a))
+if (unknown.length > 0) {
+  process.stderr.write(`bench: unknown option ${unknown.join(' ')} (see --help)\n`)
+  process.exit(2)
+}
+const QUICK = argv.includes('--quick')
+const CPU_PROF = argv.includes('--cpu-prof')
+const UPDATE_DOC = argv.includes('--update-doc')
+const PIN = argv.includes('--pin')
+const WAIT_IDLE = argv.includes('--wait-idle')
+/** With --pin: where the servers run; the bench pins itself to CPU 0 at start. */
+const SERVER_CPUS = PIN ? { cpus: '1' } : {}
+const PARTS = ['get', 'baselines', 'list', 'put', 'post', 'avatar', 'static', 'scaling', 'sharp']
+const ONLY = argv.find((a) => a.startsWith('--only='))?.slice('--only='.length).split(',').map((s) => s.trim()).filter((s) => s !== '')
+const badParts = ONLY?.filter((p) => !PARTS.includes(p)) ?? []
+if (badParts.length > 0) {
+  process.stderr.write(`bench: unknown part ${badParts.join(', ')}; parts are ${PARTS.join(', ')}\n`)
+  process.exit(2)
+}
+const want = (part: string) => ONLY === undefined || ONLY.includes(part)
+const PG_ADMIN_URL = process.env.BENCH_DATABASE_URL !== undefined && process.env.BENCH_DATABASE_URL !== '' ? process.env.BENCH_DATABASE_URL : undefined
+
+const T = QUICK
+  ? { seconds: 0.6, warmup: 0.15, scalingSeconds: 0.5, scalingWarmup: 0.1, sharpSeconds: 0.4, images: 400, sizes: [1_000, 10_000], listIterations: 50 }
+  : { seconds: 6, warmup: 1, scalingSeconds: 4, scalingWarmup: 0.5, sharpSeconds: 3, images: 1500, sizes: [1_000, 10_000, 100_000, 1_000_000], listIterations: 300 }
+const CONNECTIONS = 10
+const SEED_AGENTS = 100
+const RESULTS_DIR = path.join(ROOT, 'bench', 'results', ...(QUICK ? ['quick'] : []))
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+type Leg = 'sqlite' | 'postgres'
+
+interface ScenarioRecord {
+  leg: Leg | 'baseline'
+  id: string
+  title: string
+  server: 'agentry' | 'bare node:http' | 'bare Fastify' | 'json-server'
+  connections: number
+  note?: string
+  /** Avatar scenarios: mean ms per pipeline stage, from the service's own /metrics. */
+  avatarStages?: Record<string, number>
+  result: LoadResult
+}
+
+interface ScalingRecord {
+  leg: Leg
+  agents: number
+  seedSeconds: number
+  getById: LoadResult
+  /** GET /agents?limit=100 */
+  firstPage: LoadResult
+  /** GET /agents?limit=100&cursor=<the middle of the roster> */
+  middlePage: LoadResult
+  /** LIST_SQL, timed on the database directly. */
+  listQuery: LatencyStats
+  /** PAGE_SQL after the middle of the roster, timed on the database directly. */
+  pageQuery: LatencyStats
+  plans: Plans
+}
+
+interface TargetRecord {
+  leg: Leg | 'all'
+  target: string
+  value: string
+  pass: boolean
+  detail?: string
+}
+
+const scenarios: ScenarioRecord[] = []
+const scaling: ScalingRecord[] = []
+const targets: TargetRecord[] = []
+const problems: string[] = []
+const notes: string[] = []
+type SharpAlone = LatencyStats & { runs: number }
+/** sharp alone, measured right before each leg's avatar scenarios (or once, with --only=sharp). */
+const sharpAlone: Partial<Record<Leg | 'standalone', SharpAlone>> = {}
+const legMemory: Partial<Record<Leg, { startMb: number, endMb: number, hwmMb: number }>> = {}
+
+const fmt = (n: number, digits = 0) => Number.isFinite(n) ? n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : 'n/a'
+const ms = (n: number) => Number.isFinite(n) ? (n >= 10 ? n.toFixed(1) : n.toFixed(2)) : 'n/a'
+const T0 = performance.now()
+/** Progress lines carry the time since the start, so slow steps show. */
+const log = (s: string) => { process.stdout.write(`${s.startsWith('\n') || s.startsWith('==') ? '' : `[${((performance.now() - T0) / 1000).toFixed(1).padStart(5)}s] `}${s}\n`) }
+
+function loud (message: string): void {
+  problems.push(message)
+  process.stdout.write(`\n${'!'.repeat(100)}\n!!! ${message}\n${'!'.repeat(100)}\n\n`)
+}
+
+/** Errors, timeouts and non-2xx answers must all be zero: anything else is reported loudly. */
+function checkClean (label: string, r: LoadResult): void {
+  const bad: string[] = []
+  if (r.errors > 0) bad.push(`${r.errors} connection errors (${r.timeouts} timeouts)`)
+  if (r.non2xx > 0) bad.push(`${r.non2xx} non-2xx answers ${JSON.stringify(r.statusCodes)}`)
+  if (r.warmupErrors > 0 || r.warmupNon2xx > 0) bad.push(`warm-up: ${r.warmupErrors} errors, ${r.warmupNon2xx} non-2xx`)
+  if (r.requests === 0) bad.push('no request completed')
+  if (bad.length > 0) loud(`${label}: ${bad.join('; ')}`)
+}
+
+function record (rec: ScenarioRecord): void {
+  scenarios.push(rec)
+  const r = rec.result
+  const mem = (r.mem === undefined ? '' : `  peak RSS ${fmt(r.mem.peakRssMb)} MB`) +
+    (r.cpu.server === undefined ? '' : `  CPU: server ${r.cpu.server.toFixed(2)} cores (${fmt(r.cpu.serverUsPerRequest ?? NaN)} µs/req), autocannon ${r.cpu.loadGenerator.toFixed(2)}`) +
+    (r.cpu.database === undefined ? '' : `, PostgreSQL ${r.cpu.database.toFixed(2)}`) +
+    (r.cpu.others === undefined ? '' : `, others ${r.cpu.others.toFixed(2)}${r.cpu.others > 0.15 ? ' (busy machine: figures are noisy)' : ''}`)
+  log(`  ${rec.leg.padEnd(8)} ${`${rec.server === 'agentry' ? '' : `[${rec.server}] `}${rec.title}`.padEnd(52)} c=${String(rec.connections).padEnd(3)} ` +
+    `${fmt(r.rps).padStart(8)} req/s  p50 ${ms(r.latency.p50).padStart(6)} ms  p99 ${ms(r.latency.p99).padStart(6)} ms  ` +
+    `errors ${r.errors}  non-2xx ${r.non2xx}${mem}`)
+  checkClean(`${rec.leg} ${rec.server} ${rec.title}`, r)
+}
+
+/**
+ * runLoad, and with --wait-idle: first waits (a minute at most) for the rest of the machine to be
+ * quiet, and runs once more when it got busy during the run anyway.
+ */
+async function measure (spec: Parameters<typeof runLoad>[0]): Promise<LoadResult> {
+  for (let attempt = 0; ; attempt++) {
+    if (WAIT_IDLE) await waitQuiet(60)
+    const result = await runLoad(spec)
+    const others = result.cpu.others ?? 0
+    if (!WAIT_IDLE || attempt >= 1 || others <= 0.3) return result
+    log(`  (${others.toFixed(2)} cores busy elsewhere during that run: once more)`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/**
+ * Every variable the service reads, dropped from the inherited environment so the shell's settings
+ * cannot leak in: the names in src/config's schema (read from the source, so new settings are
+ * covered too) and the usual ones it is known to read.
+ */
+const CONFIG_VARS = [...new Set([
+  'HOST', 'PORT', 'DATA_DIR', 'DATABASE_URL', 'STATIC_BASE_URL', 'BOOTSTRAP_TOKEN', 'LOG_LEVEL', 'BODY_LIMIT_BYTES',
+  'AVATAR_ALLOW_PRIVATE_NETWORKS', 'AVATAR_MAX_BYTES', 'AVATAR_MAX_PIXELS', 'AVATAR_TIMEOUT_MS', 'AVATAR_MAX_REDIRECTS',
+  'SHUTDOWN_TIMEOUT_MS', 'DATABASE_POOL_SIZE', 'DATABASE_STATEMENT_TIMEOUT_MS', 'STORAGE_URL', 'S3_FORCE_PATH_STYLE',
+  'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL', 'METRICS_TOKEN', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS',
+  ...configVarsInSource()
+])]
+
+function configVarsInSource (): string[] {
+  try {
+    const source = fs.readFileSync(path.join(ROOT, 'src', 'config', 'index.ts'), 'utf8')
+    return [...source.matchAll(/^\s+([A-Z][A-Z0-9_]+): Type\./gm)].map((m) => m[1] as string)
+  } catch {
+    return []
+  }
+}
+
+/**
+ * The per-token rate limit (default 1,000 requests per 10 s) would answer nearly all of a load test
+ * with 429. It is raised out of reach rather than turned off, so its cost is still measured.
+ */
+const RATE_LIMIT_MAX = '100000000'
+
+function childEnv (env: Record<string, string>): NodeJS.ProcessEnv {
+  const base: NodeJS.ProcessEnv = { ...process.env }
+  for (const key of CONFIG_VARS) delete base[key]
+  delete base.NODE_OPTIONS // tsx's loader has no business in the processes under test
+  return { ...base, ...env }
+}
+
+interface Service {
+  leg: Leg
+  proc: Proc
+  url: string
+  token: string
+  dataDir: string
+  databaseUrl?: string
+  stop: () => Promise<void>
+}
+
+async function startService (leg: Leg): Promise<Service> {
+  const dataDir = tempDir('agentry-bench-')
+  const port = await freePort()
+  const token = `bench-${randomBytes(16).toString('hex')}`
+  const pgdb = leg === 'postgres' && PG_ADMIN_URL !== undefined ? await createPgDatabase(PG_ADMIN_URL) : undefined
+  // On Ctrl-C too, the database goes (after the service is killed).
+  const unregister = pgdb === undefined ? () => {} : onInterrupt(pgdb.drop)
+  const env: Record<string, string> = {
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    DATA_DIR: dataDir,
+    BOOTSTRAP_TOKEN: token,
+    LOG_LEVEL: 'warn',
+    AVATAR_ALLOW_PRIVATE_NETWORKS: 'true',
+    RATE_LIMIT_MAX
+  }
+  if (pgdb !== undefined) env.DATABASE_URL = pgdb.url
+  const nodeFlags = [
+    ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${path.join(RESULTS_DIR, 'profiles', leg)}`] : []),
+    // e.g. BENCH_NODE_FLAGS=--perf-basic-prof, to profile the service with Linux perf.
+    ...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '')
+  ]
+  let proc: Proc | undefined
+  const cleanup = async () => {
+    await proc?.stop()
+    await pgdb?.drop()
+    unregister()
+    dropTempDir(dataDir)
+  }
+  try {
+    proc = spawnNode(`agentry serve (${leg})`, ['bin/agentry.js', 'serve'], { cwd: ROOT, env: childEnv(env), port, nodeFlags, ...SERVER_CPUS })
+    const url = proc.url
+    // /healthz answers as soon as the server listens; the bootstrap token is created just after.
+    await waitReady(proc, `${url}/healthz`)
+    const deadline = Date.now() + 10_000
+    for (;;) {
+      const res = await fetch(`${url}${API}/agents`, { headers: { authorization: `Bearer ${token}` } })
+      await res.arrayBuffer()
+      if (res.status === 200) break
+      if (Date.now() > deadline) throw new Error(`the bootstrap token was not accepted (HTTP ${res.status})`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    return { leg, proc, url, token, dataDir, ...(pgdb === undefined ? {} : { databaseUrl: pgdb.url }), stop: cleanup }
+  } catch (err) {
+    await cleanup().catch(() => {})
+    throw err
+  }
+}
+
+/** PostgreSQL's own processes work for the service: counted apart, not as noise. */
+const databaseProcess = (leg: Leg) => (leg === 'postgres' ? { databaseProcess: 'postgres' } : {})
+
+async function apiCall (svc: Service, method: string, p: string, body?: unknown): Promise<{ status: number, text: string, json: unknown, etag: string | null }> {
+  const res = await fetch(`${svc.url}${API}${p}`, {
+    method,
+    headers: { authorization: `Bearer ${svc.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(15_000)
+  })
+  const text = await res.text()
+  let json: unknown
+  try { json = JSON.parse(text) } catch { json = undefined }
+  return { status: res.status, text, json, etag: res.headers.get('etag') }
+}
+
+type StageTotals = Map<string, { sum: number, count: number }>
+
+/** agentry_avatar_stage_duration_seconds sums and counts by stage, from /metrics. */
+async function avatarStageTotals (svc: Service): Promise<StageTotals> {
+  const text = await (await fetch(`${svc.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text()
+  const totals: StageTotals = new Map()
+  for (const m of text.matchAll(/^agentry_avatar_stage_duration_seconds_(sum|count)\{[^}]*stage="([^"]+)"[^}]*\} (\S+)$/gm)) {
+    const t = totals.get(m[2] as string) ?? { sum: 0, count: 0 }
+    if (m[1] === 'sum') t.sum = Number(m[3])
+    else t.count = Number(m[3])
+    totals.set(m[2] as string, t)
+  }
+  return totals
+}
+
+/** Mean ms per stage between two readings. */
+function stageMeans (before: StageTotals, after: StageTotals): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [stage, a] of after) {
+    const b = before.get(stage) ?? { sum: 0, count: 0 }
+    if (a.count > b.count) out[stage] = (a.sum - b.sum) * 1000 / (a.count - b.count)
+  }
+  return out
+}
+
+const stagesText = (stages: Record<string, number> | undefined) =>
+  stages === undefined ? '' : Object.entries(stages).map(([k, v]) => `${k} ${ms(v)}`).join(', ')
+
+interface AgentShape {
+  id: string
+  status: 'online' | 'offline'
+  avatar: null | { url: Record<'120x120' | '520x400' | 'default', string> }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The main scenarios, on one leg
+
+interface SeededRoster {
+  ids: string[]
+  /** Exact bodies (and ETags) of GET /agents/:id, by id, and of GET /agents. */
+  getBodies: Map<string, BareRoute>
+  listBody: string
+  agents: AgentShape[]
+  staticPath: string
+}
+
+async function seedRoster (svc: Service, fixture: FixtureServer): Promise<SeededRoster> {
+  const ids: string[] = new Array<string>(SEED_AGENTS)
+  let next = 0
+  const worker = async () => {
+    while (next < SEED_AGENTS) {
+      const i = next++
+      const res = await apiCall(svc, 'POST', '/agents', {
+        serviceUserId: `seed-${i}`,
+        name: `Seed Agent ${i}`,
+        status: i % 2 === 0 ? 'online' : 'offline',
+        avatar: `${fixture.url}/img/0.jpg`
+      })
+      if (res.status !== 200) throw new Error(`seeding agent ${i}: HTTP ${res.status} ${res.text}`)
+      ids[i] = (res.json as { data: AgentShape }).data.id
+    }
+  }
+  await Promise.all([worker(), worker(), worker(), worker()])
+  const getBodies = new Map<string, BareRoute>()
+  for (const id of ids) {
+    const res = await apiCall(svc, 'GET', `/agents/${id}`)
+    if (res.status !== 200) throw new Error(`GET /agents/${id}: HTTP ${res.status}`)
+    getBodies.set(id, res.etag === null ? { body: res.text } : { body: res.text, etag: res.etag })
+  }
+  const list = await apiCall(svc, 'GET', '/agents')
+  const agents = (list.json as { data: AgentShape[] }).data
+  if (agents.length !== SEED_AGENTS) throw new Error(`GET /agents listed ${agents.length} agents, expected ${SEED_AGENTS}`)
+  const small = agents[0]?.avatar?.url['120x120']
+  if (small === undefined) throw new Error('the seeded agents have no avatar')
+  // The URL names STATIC_BASE_URL's default host (localhost); the bench talks to 127.0.0.1.
+  const staticPath = new URL(small).pathname
+  return { ids, getBodies, listBody: list.text, agents, staticPath }
+}
+
+async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Promise<void> {
+  const imageCount = images.length
+  log(`\n== ${leg}: the service on ${leg === 'sqlite' ? 'its embedded defaults (SQLite file + local disk)' : 'PostgreSQL + local disk'}`)
+  const svc = await startService(leg)
+  const baselines: Proc[] = []
+  try {
+    const auth = { authorization: `Bearer ${svc.token}` }
+    const json = { ...auth, 'content-type': 'application/json' }
+    const started = performance.now()
+    const roster = await seedRoster(svc, fixture)
+    log(`  seeded ${SEED_AGENTS} agents, each with the same 400x400 JPEG avatar, in ${((performance.now() - started) / 1000).toFixed(1)} s`)
+    const memStart = readMem(svc.proc.pid)
+    const base = { url: svc.url, seconds: T.seconds, warmupSeconds: T.warmup, pid: svc.proc.pid, ...databaseProcess(leg) }
+    const { ids } = roster
+    const n = ids.length
+
+    // Every connection cycles through all the agents, requests built once.
+    const cycle = (prefix: string) => ids.map((id) => ({ method: 'GET' as const, path: `${prefix}/${id}` }))
+    if (want('get')) {
+      const result = await measure({ ...base, connections: CONNECTIONS, headers: auth, requests: cycle(`${API}/agents`) })
+      record({ leg, id: 'get-by-id', title: 'GET /agents/:id', server: 'agentry', connections: CONNECTIONS, note: `round robin over ${n} agents, each with an avatar`, result })
+    }
+
+    if (leg === 'sqlite' && want('baselines')) {
+      // Same bytes, same paths, from memory: the ceiling of Node here.
+      const dir = tempDir('agentry-bench-baselines-')
+      const routes: Record<string, BareRoute> = { [`${API}/agents`]: { body: roster.listBody } }
+      for (const [id, route] of roster.getBodies) routes[`${API}/agents/${id}`] = route
+      fs.writeFileSync(path.join(dir, 'db.json'), JSON.stringify({ agents: roster.agents }))
+      const barePort = await freePort()
+      const bare = spawnNode('bare node:http', writeBareServer(dir, routes, barePort), { cwd: dir, env: childEnv({}), port: barePort, ...SERVER_CPUS })
+      baselines.push(bare)
+      const fastifyPort = await freePort()
+      const fastify = spawnNode('bare Fastify', writeFastifyServer(dir, routes, fastifyPort, ROOT), { cwd: dir, env: childEnv({}), port: fastifyPort, ...SERVER_CPUS })
+      baselines.push(fastify)
+      const jsPort = await freePort()
+      const jsonServer = spawnNode('json-server 0.17', [
+        path.join(ROOT, 'node_modules', 'json-server', 'lib', 'cli', 'bin.js'),
+        '--host', '127.0.0.1', '--port', String(jsPort), '--quiet', '--read-only', 'db.json'
+      ], { cwd: dir, env: childEnv({}), port: jsPort, ...SERVER_CPUS })
+      baselines.push(jsonServer)
+      await waitReady(bare, `${bare.url}/healthz`)
+      await waitReady(fastify, `${fastify.url}/healthz`)
+      await waitReady(jsonServer, `${jsonServer.url}/agents/${ids[0] ?? ''}`)
+      const b = { seconds: T.seconds, warmupSeconds: T.warmup, connections: CONNECTIONS }
+      record({
+        leg: 'baseline', id: 'get-by-id', title: 'GET /agents/:id', server: 'bare node:http', connections: CONNECTIONS, note: 'the same bytes (and ETag) from memory',
+        result: await measure({ ...b, url: bare.url, pid: bare.pid, requests: cycle(`${API}/agents`) })
+      })
+      record({
+        leg: 'baseline', id: 'get-by-id', title: 'GET /agents/:id', server: 'bare Fastify', connections: CONNECTIONS, note: 'the same bytes from memory through Fastify 5: no schema, hooks, database or logging',
+        result: await measure({ ...b, url: fastify.url, pid: fastify.pid, requests: cycle(`${API}/agents`) })
+      })
+      record({
+        leg: 'baseline', id: 'get-by-id', title: 'GET /agents/:id', server: 'json-server', connections: CONNECTIONS, note: 'the same agents from its db.json',
+        result: await measure({ ...b, url: jsonServer.url, pid: jsonServer.pid, requests: cycle('/agents') })
+      })
+      record({
+        leg: 'baseline', id: 'list', title: `GET /agents (${n} agents)`, server: 'bare node:http', connections: CONNECTIONS,
+        result: await measure({ ...b, url: `${bare.url}${API}/agents`, pid: bare.pid })
+      })
+      record({
+        leg: 'baseline', id: 'list', title: `GET /agents (${n} agents)`, server: 'json-server', connections: CONNECTIONS,
+        result: await measure({ ...b, url: `${jsonServer.url}/agents`, pid: jsonServer.pid })
+      })
+      for (const p of baselines.splice(0)) await p.stop()
+      dropTempDir(dir)
+    }
+
+    if (want('list')) {
+      const count = ((await apiCall(svc, 'GET', '/agents')).json as { data: unknown[] }).data.length
+      if (count !== SEED_AGENTS) loud(`${leg}: the list scenario expected exactly ${SEED_AGENTS} agents, found ${count}`)
+      record({
+        leg, id: 'list', title: `GET /agents (${count} agents)`, server: 'agentry', connections: CONNECTIONS,
+        note: `no limit or cursor, so the whole roster, as in the seed: exactly ${count} agents with avatars`,
+        result: await measure({ ...base, url: `${svc.url}${API}/agents`, connections: CONNECTIONS, headers: auth })
+      })
+    }
+
+    if (want('put')) {
+      // Round robin over a set of agents, each request flipping that agent's status: every request
+      // is a real write, and ten connections never have two requests for one agent in flight.
+      // The warm-up flips the other half of the agents, so that requests still in flight when it
+      // stops never race the measured run's requests for the same agent.
+      const state = new Map(roster.agents.map((a) => [a.id, a.status]))
+      const flipper = (set: string[]) => {
+        let k = 0
+        return (req: autocannon.Request): autocannon.Request => {
+          const id = set[k++ % set.length] as string
+          const status = state.get(id) === 'online' ? 'offline' : 'online'
+          state.set(id, status)
+          return { ...req, method: 'PUT', path: `${API}/agents/${id}`, body: `{"status":"${status}"}` }
+        }
+      }
+      const half = Math.floor(n / 2)
+      const put = { ...base, method: 'PUT' as const, connections: CONNECTIONS, headers: json, warmupSeconds: 0 }
+      const warm = await measure({ ...put, seconds: T.warmup, setupRequest: flipper(ids.slice(half)) })
+      if (warm.errors > 0 || warm.non2xx > 0) loud(`${leg}: PUT warm-up: ${warm.errors} errors, ${warm.non2xx} non-2xx`)
+      await sleep(300)
+      const result = await measure({ ...put, setupRequest: flipper(ids.slice(0, half)) })
+      // Requests in flight when autocannon stopped still complete; then every agent must have the
+      // status its last request asked for.
+      await sleep(500)
+      let wrong = 0
+      for (const id of ids) {
+        const res = await apiCall(svc, 'GET', `/agents/${id}`)
+        if ((res.json as { data?: AgentShape } | undefined)?.data?.status !== state.get(id)) wrong++
+      }
+      if (wrong > 0) loud(`${leg}: after PUT, ${wrong} of ${n} agents do not have the status last written`)
+      record({
+        leg, id: 'put-status', title: 'PUT /agents/:id (status flip)', server: 'agentry', connections: CONNECTIONS,
+        note: `alternating online/offline over ${half} agents (the warm-up over the other ${n - half}), every request a real write; final states verified (${n - wrong}/${n})`,
+        result
+      })
+    }
+
+    if (want('post')) {
+      let k = 0
+      const tag = randomBytes(3).toString('hex')
+      record({
+        leg, id: 'post', title: 'POST /agents (no avatar)', server: 'agentry', connections: CONNECTIONS, note: 'a new serviceUserId per request',
+        result: await measure({
+          ...base,
+          method: 'POST',
+          connections: CONNECTIONS,
+          headers: json,
+          setupRequest: (req) => ({ ...req, method: 'POST', path: `${API}/agents`, body: `{"serviceUserId":"post-${tag}-${k++}","name":"Bench Agent","status":"online"}` })
+        })
+      })
+    }
+
+    if (want('avatar')) {
+      await runSharpAlone(images, leg)
+      let k = 0
+      const tag = randomBytes(3).toString('hex')
+      const post = (avatarUrl: () => string) => (req: autocannon.Request): autocannon.Request => ({
+        ...req,
+        method: 'POST',
+        path: `${API}/agents`,
+        body: JSON.stringify({ serviceUserId: `av-${tag}-${k++}`, name: 'Avatar Agent', avatar: avatarUrl() })
+      })
+      const avatarLoad = { ...base, method: 'POST' as const, headers: json }
+      // The service times each stage itself (download, process, store); read around each run.
+      const staged = async (rec: Omit<ScenarioRecord, 'result' | 'avatarStages'>, spec: Parameters<typeof runLoad>[0]) => {
+        const before = await avatarStageTotals(svc)
+        const result = await measure(spec)
+        const avatarStages = stageMeans(before, await avatarStageTotals(svc))
+        record({ ...rec, avatarStages, result })
+        log(`           stages (service's own timing, mean ms, incl. warm-up): ${stagesText(avatarStages)}`)
+      }
+      await staged({
+        leg, id: 'avatar-same', title: 'POST /agents + avatar (same JPEG)', server: 'agentry', connections: 1,
+        note: '400x400 JPEG from a loopback server; files are content-addressed, so storing is a hit after the first'
+      }, { ...avatarLoad, connections: 1, setupRequest: post(() => `${fixture.url}/img/0.jpg`) })
+      // Image 0 is the one above; 1..imageCount-1 are all different.
+      let img = 1
+      const distinct = () => `${fixture.url}/img/${img++}.jpg`
+      const distinctNote = () => img - 1 < imageCount
+        ? `a different JPEG each request (${img - 1} distinct so far), so every file is written`
+        : `a different JPEG each request until the pool of ${imageCount - 1} ran out, then repeats`
+      await staged({ leg, id: 'avatar-distinct', title: 'POST /agents + avatar (distinct JPEGs)', server: 'agentry', connections: 1 },
+        { ...avatarLoad, connections: 1, setupRequest: post(distinct) })
+      const last1 = scenarios.at(-1)
+      if (last1 !== undefined) last1.note = distinctNote()
+      await staged({ leg, id: 'avatar-distinct-c8', title: 'POST /agents + avatar (distinct JPEGs)', server: 'agentry', connections: 8 },
+        { ...avatarLoad, connections: 8, setupRequest: post(distinct) })
+      const last8 = scenarios.at(-1)
+      if (last8 !== undefined) last8.note = distinctNote()
+      if (img - 1 >= imageCount) notes.push(`${leg}: the distinct-avatar runs used more requests than the ${imageCount - 1} distinct images made up front; later ones repeated (store hits)`)
+    }
+
+    if (want('static')) {
+      record({
+        leg, id: 'static-120', title: 'GET /static/120x120/... (avatar file)', server: 'agentry', connections: CONNECTIONS,
+        note: 'path from a created agent\'s avatar.url["120x120"]',
+        result: await measure({ ...base, url: `${svc.url}${roster.staticPath}`, connections: CONNECTIONS })
+      })
+    }
+
+    const memEnd = readMem(svc.proc.pid)
+    if (memStart !== undefined && memEnd !== undefined) {
+      legMemory[leg] = { startMb: memStart.rssKb / 1024, endMb: memEnd.rssKb / 1024, hwmMb: memEnd.hwmKb / 1024 }
+    }
+  } finally {
+    for (const p of baselines) await p.stop()
+    await svc.stop()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency against roster size
+
+async function runScaling (leg: Leg): Promise<void> {
+  log(`\n== ${leg}: GET /agents/:id latency and the list query against roster size (${T.sizes.map((s) => s.toLocaleString('en-US')).join(', ')} agents)`)
+  const svc = await startService(leg)
+  let db: BenchDb | undefined
+  try {
+    db = leg === 'sqlite' ? openSqlite(sqliteFile(svc.dataDir)) : await openPostgres(svc.databaseUrl ?? '')
+    const auth = { authorization: `Bearer ${svc.token}` }
+    for (const size of T.sizes) {
+      const seedSeconds = await db.seedTo(size)
+      const count = await db.count()
+      if (count !== size) loud(`${leg}: expected ${size} agents after seeding, found ${count}`)
+      const probe = await apiCall(svc, 'GET', `/agents/${seededId(size)}`)
+      if (probe.status !== 200) throw new Error(`${leg}: the service does not see seeded agent ${size}: HTTP ${probe.status} ${probe.text}`)
+      const one = { url: svc.url, connections: 1, seconds: T.scalingSeconds, warmupSeconds: T.scalingWarmup, pid: svc.proc.pid, headers: auth, ...databaseProcess(leg) }
+      const getById = await measure({
+        ...one,
+        setupRequest: (req) => ({ ...req, path: `${API}/agents/${seededId(1 + Math.floor(Math.random() * size))}` })
+      })
+      checkClean(`${leg} GET /agents/:id at ${size} agents`, getById)
+      const firstPage = await measure({ ...one, url: `${svc.url}${API}/agents?limit=100` })
+      checkClean(`${leg} GET /agents?limit=100 at ${size} agents`, firstPage)
+      // The page after the agent in the middle of the list: what a client paging through half the roster asks.
+      const middle = await db.positionOf(Math.ceil(size / 2))
+      const middlePage = await measure({ ...one, url: `${svc.url}${API}/agents?limit=100&cursor=${encodeCursor(middle)}` })
+      checkClean(`${leg} GET /agents?limit=100&cursor=(middle) at ${size} agents`, middlePage)
+      const listQuery = await db.timeListQuery(T.listIterations)
+      const pageQuery = await db.timeListQuery(T.listIterations, middle)
+      const plans = await db.plans(middle)
+      scaling.push({ leg, agents: size, seedSeconds, getById, firstPage, middlePage, listQuery, pageQuery, plans })
+      log(`  ${leg.padEnd(8)} ${size.toLocaleString('en-US').padStart(9)} agents (seeded in ${seedSeconds.toFixed(1)} s), p50/p99 ms at 1 connection:` +
+        ` GET /agents/:id ${ms(getById.latency.p50)}/${ms(getById.latency.p99)};` +
+        ` ?limit=100 ${ms(firstPage.latency.p50)}/${ms(firstPage.latency.p99)};` +
+        ` ?limit=100&cursor=middle ${ms(middlePage.latency.p50)}/${ms(middlePage.latency.p99)};` +
+        ` queries alone: first 100 ${ms(listQuery.p50)}, after the middle ${ms(pageQuery.p50)}`)
+    }
+    const last = scaling.filter((s) => s.leg === leg).at(-1)
+    if (last !== undefined) {
+      log(`  query plans at ${last.agents.toLocaleString('en-US')} agents:`)
+      log(`    ${LIST_SQL}\n${last.plans.list.map((l) => `      ${l}`).join('\n')}`)
+      log(`    ${PAGE_SQL}\n${last.plans.page.map((l) => `      ${l}`).join('\n')}`)
+      log(`    ${GET_SQL}\n${last.plans.get.map((l) => `      ${l}`).join('\n')}`)
+    }
+  } finally {
+    await db?.close()
+    await svc.stop()
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// sharp alone, in-process: the floor for avatar ingest
+
+/**
+ * processAvatar() in the bench process, one at a time, on fresh copies of the 400x400 JPEGs, with
+ * libvips' operation cache off as the service runs it. Measured next to the avatar scenarios (the
+ * service idle meanwhile), so both see the machine in the same state.
+ */
+async function runSharpAlone (images: Buffer[], key: Leg | 'standalone'): Promise<SharpAlone> {
+  sharp.cache(false)
+  const limits = { maxPixels: 40_000_000 }
+  const image = (i: number) => Buffer.from(images[i % Math.min(images.length, 50)] as Buffer)
+  for (let i = 0; i < 10; i++) await processAvatar(image(i), limits)
+  const times: number[] = []
+  const deadline = performance.now() + T.sharpSeconds * 1000
+  while (performance.now() < deadline && times.length < 100_000) {
+    const bytes = image(times.length)
+    const t = performance.now()
+    await processAvatar(bytes, limits)
+    times.push(performance.now() - t)
+  }
+  const result = { ...percentiles(times), runs: times.length }
+  sharpAlone[key] = result
+  log(`  sharp alone, in-process: processAvatar() on a 400x400 JPEG (decode, auto-orient, re-encode, 120x120 cover, 520x400 inside), one at a time: ` +
+    `${times.length} runs, p50 ${ms(result.p50)} ms, p99 ${ms(result.p99)} ms`)
+  return result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+function find (leg: ScenarioRecord['leg'], id: string, server: ScenarioRecord['server'] = 'agentry', connections?: number): ScenarioRecord | undefined {
+  return scenarios.find((s) => s.leg === leg && s.id === id && s.server === server && (connections === undefined || s.connections === connections))
+}
+
+/** Flat: the largest roster's figure within 1.5x of the smallest's, or within 0.1 ms of it (timer noise). */
+const isFlat = (small: number, large: number) => large <= small * 1.5 || large - small <= 0.1
+
+function evaluateTargets (legs: Leg[]): void {
+  const bare = find('baseline', 'get-by-id', 'bare node:http')
+  const jsonServer = find('baseline', 'get-by-id', 'json-server')
+  for (const leg of legs) {
+    const get = find(leg, 'get-by-id')
+    const fastify = find('baseline', 'get-by-id', 'bare Fastify')
+    if (get !== undefined && bare !== undefined && fastify !== undefined && leg === legs[0]) {
+      notes.push(`for scale: bare Fastify answers GET /agents/:id at ${fmt(fastify.result.rps)} req/s, ${(100 * fastify.result.rps / bare.result.rps).toFixed(0)}% of bare node:http (${fmt(fastify.result.cpu.serverUsPerRequest ?? NaN)} vs ${fmt(bare.result.cpu.serverUsPerRequest ?? NaN)} µs CPU per request)`)
+    }
+    if (get !== undefined && bare !== undefined) {
+      const ratio = get.result.rps / bare.result.rps
+      targets.push({ leg, target: 'GET /agents/:id >= 60% of bare node:http', value: `${(ratio * 100).toFixed(0)}% (${fmt(get.result.rps)} vs ${fmt(bare.result.rps)} req/s)`, pass: ratio >= 0.6 })
+    }
+    if (get !== undefined && jsonServer !== undefined) {
+      const ratio = get.result.rps / jsonServer.result.rps
+      targets.push({ leg, target: 'GET /agents/:id >= 10x json-server', value: `${ratio.toFixed(1)}x (${fmt(get.result.rps)} vs ${fmt(jsonServer.result.rps)} req/s)`, pass: ratio >= 10 })
+    }
+    const put = find(leg, 'put-status')
+    if (put !== undefined && leg === 'sqlite') {
+      targets.push({ leg, target: 'PUT status >= 3,000 req/s on SQLite', value: `${fmt(put.result.rps)} req/s`, pass: put.result.rps >= 3000 })
+    }
+    for (const id of ['avatar-same', 'avatar-distinct']) {
+      const av = find(leg, id, 'agentry', 1)
+      if (av === undefined) continue
+      const which = id === 'avatar-same' ? 'same JPEG' : 'distinct JPEGs'
+      targets.push({ leg, target: `avatar ingest p50 <= 30 ms (400x400 JPEG, 1 connection, ${which})`, value: `${ms(av.result.latency.p50)} ms`, pass: av.result.latency.p50 <= 30 })
+      const floor = sharpAlone[leg] ?? sharpAlone.standalone
+      if (floor !== undefined) {
+        const ratio = av.result.latency.p50 / floor.p50
+        targets.push({ leg, target: `avatar ingest p50 <= 1.5x sharp alone (${which})`, value: `${ratio.toFixed(2)}x (${ms(av.result.latency.p50)} vs ${ms(floor.p50)} ms)`, pass: ratio <= 1.5 })
+      }
+    }
+    const sizes = scaling.filter((s) => s.leg === leg)
+    const small = sizes[0]
+    const large = sizes.at(-1)
+    if (small !== undefined && large !== undefined && large !== small) {
+      const range = `${small.agents.toLocaleString('en-US')} -> ${large.agents.toLocaleString('en-US')} agents`
+      const a = small.getById.latency.p50
+      const b = large.getById.latency.p50
+      targets.push({ leg, target: `GET /agents/:id latency flat, ${range}`, value: `p50 ${ms(a)} -> ${ms(b)} ms (${(b / a).toFixed(2)}x)`, pass: isFlat(a, b), detail: 'flat: within 1.5x, or within 0.1 ms' })
+      const sortsOrScans = (plan: string[]) => plan.some((l) => (leg === 'sqlite' ? /TEMP B-TREE|^SCAN agents\b/ : /\bSort\b|Seq Scan/).test(l))
+      for (const page of [
+        { label: 'list page (?limit=100)', http: (r: ScalingRecord) => r.firstPage, query: (r: ScalingRecord) => r.listQuery, plan: (r: ScalingRecord) => r.plans.list },
+        { label: 'list page after a cursor in the middle (?limit=100&cursor=...)', http: (r: ScalingRecord) => r.middlePage, query: (r: ScalingRecord) => r.pageQuery, plan: (r: ScalingRecord) => r.plans.page }
+      ]) {
+        const ha = page.http(small).latency.p50
+        const hb = page.http(large).latency.p50
+        const qa = page.query(small).p50
+        const qb = page.query(large).p50
+        const badPlan = sortsOrScans(page.plan(large))
+        const why = [
+          isFlat(ha, hb) ? '' : 'HTTP latency grows',
+          isFlat(qa, qb) ? '' : 'the query alone grows',
+          badPlan ? 'the plan sorts or scans the whole table' : ''
+        ].filter((w) => w !== '').join('; ')
+        targets.push({
+          leg,
+          target: `${page.label} flat, ${range}`,
+          value: `HTTP p50 ${ms(ha)} -> ${ms(hb)} ms (${(hb / ha).toFixed(2)}x); query alone p50 ${ms(qa)} -> ${ms(qb)} ms (${(qb / qa).toFixed(2)}x); plan: ${page.plan(large).join(' / ')}`,
+          pass: why === '',
+          ...(why === '' ? {} : { detail: why })
+        })
+      }
+    }
+    const loaded = scenarios.filter((s) => s.leg === leg && s.result.mem !== undefined)
+    if (loaded.length > 0) {
+      const worst = loaded.reduce((a, b) => ((a.result.mem?.peakRssMb ?? 0) >= (b.result.mem?.peakRssMb ?? 0) ? a : b))
+      const peak = worst.result.mem?.peakRssMb ?? 0
+      targets.push({ leg, target: 'peak RSS under load <= 200 MB', value: `${fmt(peak)} MB (during ${worst.title}, c=${worst.connections})`, pass: peak <= 200 })
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+/** Cores the whole machine kept busy over `seconds`, before the bench starts anything. */
+async function busyCores (seconds = 1): Promise<number | undefined> {
+  const a = readMachineBusySeconds()
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000))
+  const b = readMachineBusySeconds()
+  return a === undefined || b === undefined ? undefined : (b - a) / seconds
+}
+
+const QUIET = 0.2
+
+/** Waits, at most maxSeconds, until the machine is quiet; returns the last reading. */
+async function waitQuiet (maxSeconds: number, say = false): Promise<number | undefined> {
+  const deadline = Date.now() + maxSeconds * 1000
+  let busy = await busyCores()
+  while (busy !== undefined && busy > QUIET && Date.now() < deadline) {
+    if (say) log(`waiting for a quiet machine: ${busy.toFixed(2)} cores busy elsewhere`)
+    busy = await busyCores(say ? 5 : 1)
+  }
+  return busy
+}
+
+/** With --wait-idle: waits, at most 10 minutes, for the rest of the machine to go quiet. */
+async function idleCheck (): Promise<number | undefined> {
+  return WAIT_IDLE ? await waitQuiet(600, true) : await busyCores()
+}
+
+function machine () {
+  const cpuinfo = fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : ''
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? 'unknown'
+  let source = process.env.BENCH_SOURCE ?? 'unknown'
+  try {
+    const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'package.json'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim() !== ''
+    source = `${commit}${dirty ? ' (with uncommitted changes in src/ or package.json)' : ''}`
+  } catch { /* not a git checkout: BENCH_SOURCE says what was measured */ }
+  return {
+    cpuModel: model,
+    cores: os.availableParallelism(),
+    memoryGb: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    kernel: `${os.type()} ${os.release()}`,
+    source
+  }
+}
+
+function table (header: string[], rows: string[][], align: Array<'l' | 'r'>): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: string[]) => cells.map((c, i) => (align[i] === 'r' ? c.padStart(widths[i] ?? 0) : c.padEnd(widths[i] ?? 0))).join('  ')
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n')
+}
+
+function mdTable (header: string[], rows: string[][], align: Array<'l' | 'r'>): string {
+  const esc = (s: string) => s.replace(/\|/g, '\\|')
+  return [
+    `| ${header.map(esc).join(' | ')} |`,
+    `| ${align.map((a) => (a === 'r' ? '---:' : '---')).join(' | ')} |`,
+    ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`)
+  ].join('\n')
+}
+
+function scenarioRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
+  const bare = find('baseline', 'get-by-id', 'bare node:http')?.result.rps
+  const jsonServer = find('baseline', 'get-by-id', 'json-server')?.result.rps
+  const header = ['store', 'scenario', 'server', 'conns', 'req/s', 'p50 ms', 'p99 ms', 'errors', 'non-2xx', 'peak RSS MB', 'server CPU µs/req', 'other load', 'x bare GET', 'x json-server GET']
+  const align: Array<'l' | 'r'> = ['l', 'l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']
+  const rows = scenarios.map((s) => [
+    s.leg,
+    s.title,
+    s.server,
+    String(s.connections),
+    fmt(s.result.rps),
+    ms(s.result.latency.p50),
+    ms(s.result.latency.p99),
+    String(s.result.errors),
+    String(s.result.non2xx),
+    s.result.mem === undefined ? '' : fmt(s.result.mem.peakRssMb),
+    (s.result.cpu.serverUsPerRequest === undefined ? '' : fmt(s.result.cpu.serverUsPerRequest)) +
+      (s.result.cpu.database === undefined || s.result.requests === 0 ? '' : ` (+${fmt(s.result.cpu.database * s.result.seconds * 1e6 / s.result.requests)} PostgreSQL)`),
+    s.result.cpu.others === undefined ? '' : s.result.cpu.others.toFixed(2),
+    bare === undefined ? 'n/a' : `${(s.result.rps / bare).toFixed(2)}`,
+    jsonServer === undefined ? 'n/a' : `${(s.result.rps / jsonServer).toFixed(1)}`
+  ])
+  return { header, rows, align }
+}
+
+function scalingRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
+  return {
+    header: ['store', 'agents', 'seeded in s', 'GET /:id p50', 'GET /:id p99', '?limit=100 p50', '?limit=100 p99', 'cursor=middle p50', 'cursor=middle p99', 'query: first 100 p50', 'query: after middle p50', 'service RSS MB'],
+    align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    rows: scaling.map((s) => [
+      s.leg,
+      s.agents.toLocaleString('en-US'),
+      s.seedSeconds.toFixed(1),
+      ms(s.getById.latency.p50),
+      ms(s.getById.latency.p99),
+      ms(s.firstPage.latency.p50),
+      ms(s.firstPage.latency.p99),
+      ms(s.middlePage.latency.p50),
+      ms(s.middlePage.latency.p99),
+      ms(s.listQuery.p50),
+      ms(s.pageQuery.p50),
+      fmt(Math.max(s.getById.mem?.peakRssMb ?? 0, s.firstPage.mem?.peakRssMb ?? 0, s.middlePage.mem?.peakRssMb ?? 0))
+    ])
+  }
+}
+
+const COLORS: Record<Leg, string> = { sqlite: '#1f6feb', postgres: '#d9480f' }
+
+function pagesChart (): string {
+  const legs = [...new Set(scaling.map((s) => s.leg))]
+  return lineChart({
+    title: 'GET /agents?limit=100 latency (p50) against roster size',
+    subtitle: `1 connection; first page, and the page after a cursor in the middle; ${QUICK ? 'quick run' : 'full run'}, ${new Date().toISOString().slice(0, 10)}`,
+    xLabel: 'agents in the widget (log scale)',
+    yLabel: 'latency (ms)',
+    series: legs.flatMap((leg) => [
+      { label: `${leg} first page`, color: COLORS[leg], points: scaling.filter((s) => s.leg === leg).map((s) => ({ x: s.agents, y: s.firstPage.latency.p50 })) },
+      { label: `${leg} cursor=middle`, color: COLORS[leg], dash: '6 4', points: scaling.filter((s) => s.leg === leg).map((s) => ({ x: s.agents, y: s.middlePage.latency.p50 })) }
+    ])
+  })
+}
+
+function chart (): string {
+  const colors = COLORS
+  const legs = [...new Set(scaling.map((s) => s.leg))]
+  return lineChart({
+    title: 'GET /agents/:id latency against roster size',
+    subtitle: `1 connection, random agent each request; ${QUICK ? 'quick run' : 'full run'}, ${new Date().toISOString().slice(0, 10)}`,
+    xLabel: 'agents in the widget (log scale)',
+    yLabel: 'latency (ms)',
+    series: legs.flatMap((leg) => [
+      { label: `${leg} p50`, color: colors[leg], points: scaling.filter((s) => s.leg === leg).map((s) => ({ x: s.agents, y: s.getById.latency.p50 })) },
+      { label: `${leg} p99`, color: colors[leg], dash: '6 4', points: scaling.filter((s) => s.leg === leg).map((s) => ({ x: s.agents, y: s.getById.latency.p99 })) }
+    ])
+  })
+}
+
+function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore: number | undefined): string {
+  const s = scenarioRows()
+  const sc = scalingRows()
+  const out: string[] = []
+  out.push(`Run of ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ${QUICK ? '`--quick`' : 'full'} (${seconds.toFixed(0)} s in all). ` +
+    `Machine: ${meta.cores} cores (${meta.cpuModel}), ${meta.memoryGb} GiB, Node ${meta.node}, ${meta.kernel}. Source measured: ${meta.source}.` +
+    (busyBefore === undefined ? '' : ` Other work on the machine before the start: ${busyBefore.toFixed(2)} cores busy.`) +
+    (PIN ? ' Pinned: servers on CPU 1, bench and autocannon on CPU 0.' : ''))
+  out.push('', '### Throughput and latency', '',
+    `Each scenario: ${T.warmup} s warm-up, then ${T.seconds} s measured; latencies are per response, not from autocannon's 1 ms histogram. ` +
+    '"server CPU µs/req" is the CPU time (all threads, user + system) the server process used per answered request; ' +
+    '"other load" is the CPU (in cores) used meanwhile by everything except the server and the bench, i.e. noise.', '', mdTable(s.header, s.rows, s.align))
+  const withNotes = scenarios.filter((x) => x.note !== undefined)
+  if (withNotes.length > 0) {
+    out.push('', 'Notes:', '', ...withNotes.map((x) => `- ${x.leg}, ${x.server}, ${x.title}, c=${x.connections}: ${x.note ?? ''}` +
+      (x.avatarStages === undefined ? '' : `; the service's own stage timings (mean ms): ${stagesText(x.avatarStages)}`)))
+  }
+  for (const [key, floor] of Object.entries(sharpAlone)) {
+    out.push('', `sharp alone, in-process (\`processAvatar()\` on 400x400 JPEGs, one at a time, ${floor.runs} runs, measured ${key === 'standalone' ? 'on its own' : `just before the ${key} avatar scenarios`}): p50 ${ms(floor.p50)} ms, p99 ${ms(floor.p99)} ms.`)
+  }
+  if (scaling.length > 0) {
+    out.push('', '### Against roster size', '',
+      `At 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
+      `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
+      `The queries alone were timed on the database directly, ${T.listIterations} times each.`, '', mdTable(sc.header, sc.rows, sc.align))
+    const dir = QUICK ? 'bench/results/quick' : 'bench/results'
+    out.push('', `![GET /agents/:id latency against roster size](${dir}/latency-vs-agents.svg)`, '', `![List page latency against roster size](${dir}/list-pages-vs-agents.svg)`)
+    for (const leg of [...new Set(scaling.map((x) => x.leg))]) {
+      const last = scaling.filter((x) => x.leg === leg).at(-1)
+      if (last === undefined) continue
+      out.push('', `Query plans on ${leg} at ${last.agents.toLocaleString('en-US')} agents:`, '', '```',
+        LIST_SQL, ...last.plans.list.map((l) => `  ${l}`), '',
+        PAGE_SQL, ...last.plans.page.map((l) => `  ${l}`), '',
+        GET_SQL, ...last.plans.get.map((l) => `  ${l}`), '```')
+    }
+  }
+  if (targets.length > 0) {
+    out.push('', '### Targets', '', mdTable(['', 'store', 'target', 'measured'], targets.map((t) => [t.pass ? 'PASS' : 'MISS', t.leg, t.target, t.value + (t.detail !== undefined && !t.pass ? ` (${t.detail})` : '')]), ['l', 'l', 'l', 'l']))
+  }
+  if (problems.length > 0) out.push('', '### Problems', '', ...problems.map((p) => `- ${p}`))
+  if (notes.length > 0) out.push('', ...notes.map((n) => `- ${n}`))
+  return out.join('\n') + '\n'
+}
+
+const DOC_START = '<!-- bench:results:start -->'
+const DOC_END = '<!-- bench:results:end -->'
+
+function updateDoc (md: string): void {
+  const file = path.join(ROOT, 'BENCHMARKS.md')
+  const doc = fs.readFileSync(file, 'utf8')
+  const a = doc.indexOf(DOC_START)
+  const b = doc.indexOf(DOC_END)
+  if (a < 0 || b < a) throw new Error(`BENCHMARKS.md has no ${DOC_START} ... ${DOC_END} section`)
+  fs.writeFileSync(file, `${doc.slice(0, a + DOC_START.length)}\n${md}${doc.slice(b)}`)
+  log(`updated the results section of ${file}`)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main (): Promise<number> {
+  installCleanupHooks()
+  const t0 = performance.now()
+  const meta = machine()
+  log(`Agentry benchmarks (${QUICK ? 'quick' : 'full'}): ${meta.cores} cores, ${meta.cpuModel}, Node ${meta.node}; source ${meta.source}`)
+  log(`legs: sqlite${PG_ADMIN_URL === undefined ? ' (set BENCH_DATABASE_URL to add PostgreSQL)' : ' + postgres'}; all traffic on 127.0.0.1`)
+  const busyBefore = await idleCheck()
+  if (busyBefore !== undefined) {
+    log(`machine busy before the start: ${busyBefore.toFixed(2)} cores${busyBefore > QUIET ? ' -- other work is running (tests? builds?): expect noisy figures; the "other load" column shows it per scenario' : ''}`)
+  }
+  execFileSync(process.execPath, ['scripts/ensure-build.mjs'], { cwd: ROOT, stdio: 'inherit' })
+  if (PIN) {
+    if (meta.cores < 2) throw new Error('--pin needs at least 2 CPUs')
+    execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' })
+    log('pinned: servers on CPU 1, the bench and autocannon on CPU 0')
+  }
+  fs.mkdirSync(RESULTS_DIR, { recursive: true })
+
+  const imageCount = T.images
+  const tImg = performance.now()
+  const images = await makeJpegs(imageCount)
+  log(`made ${imageCount} distinct 400x400 JPEGs (${fmt(images[0]?.length ?? 0)} bytes each) in ${((performance.now() - tImg) / 1000).toFixed(1)} s`)
+  const fixture = await startFixtureServer(images)
+  const legs: Leg[] = PG_ADMIN_URL === undefined ? ['sqlite'] : ['sqlite', 'postgres']
+  try {
+    if (want('sharp') && !want('avatar')) await runSharpAlone(images, 'standalone')
+    for (const leg of legs) {
+      if (['get', 'baselines', 'list', 'put', 'post', 'avatar', 'static'].some(want)) await runLeg(leg, fixture, images)
+    }
+    if (want('scaling')) for (const leg of legs) await runScaling(leg)
+  } finally {
+    await fixture.close()
+  }
+
+  evaluateTargets(legs)
+  const seconds = (performance.now() - t0) / 1000
+
+  const s = scenarioRows()
+  log(`\n== Results (${QUICK ? 'quick' : 'full'} run, ${seconds.toFixed(0)} s)\n`)
+  log(table(s.header, s.rows, s.align))
+  if (scaling.length > 0) {
+    const sc = scalingRows()
+    log(`\n${table(sc.header, sc.rows, sc.align)}`)
+  }
+  if (targets.length > 0) {
+    log('\n== Targets\n')
+    for (const t of targets) log(`  ${t.pass ? 'PASS' : 'MISS'}  ${t.leg.padEnd(8)} ${t.target}: ${t.value}${!t.pass && t.detail !== undefined ? ` (${t.detail})` : ''}`)
+  }
+  for (const n of notes) log(`note: ${n}`)
+
+  const md = markdown(meta, seconds, busyBefore)
+  const raw = {
+    meta: { ...meta, mode: QUICK ? 'quick' : 'full', pinned: PIN, busyCoresBeforeStart: busyBefore ?? null, date: new Date().toISOString(), seconds, timings: T, connections: CONNECTIONS, only: ONLY ?? null },
+    sharpAlone,
+    scenarios,
+    scaling,
+    legMemory,
+    targets,
+    problems,
+    notes
+  }
+  fs.writeFileSync(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(raw, null, 2)}\n`)
+  fs.writeFileSync(path.join(RESULTS_DIR, 'latest.md'), md)
+  if (scaling.length > 0) {
+    fs.writeFileSync(path.join(RESULTS_DIR, 'latency-vs-agents.svg'), chart())
+    fs.writeFileSync(path.join(RESULTS_DIR, 'list-pages-vs-agents.svg'), pagesChart())
+  }
+  log(`\nwrote ${path.relative(ROOT, RESULTS_DIR)}/latest.json, latest.md${scaling.length > 0 ? ', latency-vs-agents.svg, list-pages-vs-agents.svg' : ''}`)
+  if (UPDATE_DOC) {
+    if (QUICK || ONLY !== undefined) log('not updating BENCHMARKS.md: --update-doc needs a full run of every part')
+    else updateDoc(md)
+  }
+
+  if (problems.length > 0) {
+    log(`\n${'!'.repeat(100)}\n!!! ${problems.length} problem(s): errors, non-2xx answers or failed checks. The figures above are not valid:`)
+    for (const p of problems) log(`!!!   ${p}`)
+    log('!'.repeat(100))
+    return 1
+  }
+  return 0
+}
+
+main().then((code) => {
+  killAllChildren()
+  removeTempDirs()
+  process.exitCode = code
+}, (err: unknown) => {
+  if (wasInterrupted()) return
+  process.stderr.write(`\nbench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  killAllChildren()
+  removeTempDirs()
+  process.exitCode = 1
+})
