@@ -42,10 +42,11 @@ export async function listAgents (db: DbOrTrx, widgetId: string, filter: AgentFi
   if (filter.updatedSince !== undefined) q = q.where('updated_at', '>=', filter.updatedSince)
   const after = filter.after
   if (after !== undefined) {
-    q = q.where((eb) => eb.or([
-      eb('created_at', '<', after.createdAt),
-      eb.and([eb('created_at', '=', after.createdAt), eb('seq', '<', after.seq)])
-    ]))
+    // The plain bound on created_at lets both databases start the index scan at the cursor; the OR
+    // alone made them walk from the newest agent down to it. Same rows as before: within the bound,
+    // `created_at < c or seq < s` is `created_at < c or (created_at = c and seq < s)`.
+    q = q.where('created_at', '<=', after.createdAt)
+      .where((eb) => eb.or([eb('created_at', '<', after.createdAt), eb('seq', '<', after.seq)]))
   }
   q = q.orderBy('created_at', 'desc').orderBy('seq', 'desc')
   if (filter.limit !== undefined) q = q.limit(filter.limit)
