@@ -1,3 +1,4 @@
+import { createPgDatabase as createTestDatabase } from '../../test/helpers/stores.js'
 import { createHash, randomBytes } from 'node:crypto'
 import path from 'node:path'
 import Database from 'better-sqlite3'
@@ -202,29 +203,7 @@ export function sqliteFile (dataDir: string): string {
   return path.join(dataDir, 'agentry.db')
 }
 
-/** Creates a fresh database from an admin URL; drop() removes it (even with connections left). */
+/** A fresh database for one bench run (the test suite's helper, with a bench prefix). */
 export async function createPgDatabase (adminUrl: string): Promise<{ url: string, name: string, drop: () => Promise<void> }> {
-  const name = `agentry_bench_${randomBytes(5).toString('hex')}`
-  const admin = new pg.Client({ connectionString: adminUrl })
-  await admin.connect()
-  try {
-    await admin.query(`CREATE DATABASE ${name}`)
-  } finally {
-    await admin.end()
-  }
-  const url = new URL(adminUrl)
-  url.pathname = `/${name}`
-  return {
-    url: url.href,
-    name,
-    drop: async () => {
-      const c = new pg.Client({ connectionString: adminUrl })
-      await c.connect()
-      try {
-        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-      } finally {
-        await c.end()
-      }
-    }
-  }
+  return await createTestDatabase(adminUrl, 'agentry_bench')
 }

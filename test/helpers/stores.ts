@@ -19,25 +19,22 @@ function s3Client (endpoint: string): S3Client {
   return new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' })
 }
 
-export async function provisionStores (): Promise<ProvisionedStores> {
-  const env: Record<string, string> = {}
-  const drops: Array<() => Promise<void>> = []
-  const id = randomBytes(5).toString('hex')
-
-  const adminUrl = process.env.TEST_DATABASE_URL
-  if (adminUrl !== undefined) {
-    const name = `agentry_test_${id}`
-    const admin = new pg.Client({ connectionString: adminUrl })
-    await admin.connect()
-    try {
-      await admin.query(`CREATE DATABASE ${name}`)
-    } finally {
-      await admin.end()
-    }
-    const url = new URL(adminUrl)
-    url.pathname = `/${name}`
-    env.DATABASE_URL = url.href
-    drops.push(async () => {
+/** Creates a fresh database from an admin URL; drop() removes it, even with connections left. */
+export async function createPgDatabase (adminUrl: string, prefix: string): Promise<{ url: string, name: string, drop: () => Promise<void> }> {
+  const name = `${prefix}_${randomBytes(5).toString('hex')}`
+  const admin = new pg.Client({ connectionString: adminUrl })
+  await admin.connect()
+  try {
+    await admin.query(`CREATE DATABASE ${name}`)
+  } finally {
+    await admin.end()
+  }
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return {
+    url: url.href,
+    name,
+    drop: async () => {
       const c = new pg.Client({ connectionString: adminUrl })
       await c.connect()
       try {
@@ -45,7 +42,20 @@ export async function provisionStores (): Promise<ProvisionedStores> {
       } finally {
         await c.end()
       }
-    })
+    }
+  }
+}
+
+export async function provisionStores (): Promise<ProvisionedStores> {
+  const env: Record<string, string> = {}
+  const drops: Array<() => Promise<void>> = []
+  const id = randomBytes(5).toString('hex')
+
+  const adminUrl = process.env.TEST_DATABASE_URL
+  if (adminUrl !== undefined) {
+    const database = await createPgDatabase(adminUrl, 'agentry_test')
+    env.DATABASE_URL = database.url
+    drops.push(database.drop)
   }
 
   const endpoint = process.env.TEST_S3_ENDPOINT
