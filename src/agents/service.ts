@@ -151,7 +151,8 @@ export class AgentService {
     }
     let avatar = input.avatar === undefined && options.upload === undefined ? undefined : avatarInput(input.avatar, options.upload)
     if (avatar !== undefined && avatar !== null && 'url' in avatar && options.refreshAvatar !== true) {
-      const current = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+      // The row read above, unless a concurrent sync created it since.
+      const current = existing ?? await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
       const currentAvatar = current?.avatar_id == null ? undefined : await findAvatar(this.db, current.avatar_id)
       if (currentAvatar?.source_url === avatar.url) avatar = undefined
     }

@@ -9,7 +9,6 @@ import {
 import type { WebhookDeliveryRow, WebhookEndpointRow } from '../db/types.js'
 import { AppError } from '../errors/index.js'
 import { toApiEvent } from '../events/record.js'
-import { EVENT_TYPES } from '../events/types.js'
 import type { AddressPolicy } from '../net/guard.js'
 import { ForbiddenAddressError, guardedRequest } from '../net/request.js'
 import { generateSecret, sign } from './signing.js'
@@ -181,8 +180,6 @@ export class WebhookService {
     return row
   }
 }
-
-export const KNOWN_EVENT_TYPES: readonly string[] = ['*', ...EVENT_TYPES]
 
 function mustBeWebhookUrl (raw: string, isAllowed: AddressPolicy): URL {
   let url: URL

@@ -26,11 +26,6 @@ export async function latestEventSeq (db: DbOrTrx, widgetId: string): Promise<nu
   return Number(row?.seq ?? 0)
 }
 
-export async function oldestEventSeq (db: DbOrTrx, widgetId: string): Promise<number | undefined> {
-  const row = await db.selectFrom('events').select((eb) => eb.fn.min('seq').as('seq')).where('widget_id', '=', widgetId).executeTakeFirst()
-  return row?.seq === null || row?.seq === undefined ? undefined : Number(row.seq)
-}
-
 /** Forgets events older than the retention window, except those a webhook still has to deliver. */
 export async function purgeEvents (db: DbOrTrx, olderThan: number): Promise<void> {
   await db.deleteFrom('events')

@@ -19,7 +19,3 @@ export const ErrorEnvelope = Type.Object({
 
 export const errorResponses = (...codes: number[]) =>
   Object.fromEntries(codes.map((c) => [c, Type.Ref('Error')]))
-
-export const AuthHeaders = Type.Object({
-  authorization: Type.Optional(Type.String({ description: 'The token, bare or as `Bearer <token>`.' }))
-})
