@@ -24,6 +24,7 @@ import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.
 import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
 import { dropTempDir, freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type Proc } from './lib/procs.js'
 import { lineChart } from './lib/svg.js'
+import { binNodeFlags, CONFIG_VARS } from '../test/helpers/process.js'
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
 const API = '/api/external/v1'
@@ -79,7 +80,9 @@ const T = QUICK
   : { seconds: 6, warmup: 1, scalingSeconds: 4, scalingWarmup: 0.5, sharpSeconds: 3, images: 1500, sizes: [1_000, 10_000, 100_000, 1_000_000], listIterations: 300 }
 const CONNECTIONS = 10
 const SEED_AGENTS = 100
-const RESULTS_DIR = path.join(ROOT, 'bench', 'results', ...(QUICK ? ['quick'] : []))
+// Quick and partial (--only) runs keep their own folders, so they never overwrite a full run's figures.
+const RESULTS_SUBDIR = QUICK ? 'quick' : ONLY !== undefined ? 'partial' : undefined
+const RESULTS_DIR = path.join(ROOT, 'bench', 'results', ...(RESULTS_SUBDIR === undefined ? [] : [RESULTS_SUBDIR]))
 
 // ---------------------------------------------------------------------------------------------
 // Results
@@ -184,28 +187,6 @@ async function measure (spec: Parameters<typeof runLoad>[0]): Promise<LoadResult
 // Processes
 
 /**
- * Every variable the service reads, dropped from the inherited environment so the shell's settings
- * cannot leak in: the names in src/config's schema (read from the source, so new settings are
- * covered too) and the usual ones it is known to read.
- */
-const CONFIG_VARS = [...new Set([
-  'HOST', 'PORT', 'DATA_DIR', 'DATABASE_URL', 'STATIC_BASE_URL', 'BOOTSTRAP_TOKEN', 'LOG_LEVEL', 'BODY_LIMIT_BYTES',
-  'AVATAR_ALLOW_PRIVATE_NETWORKS', 'AVATAR_MAX_BYTES', 'AVATAR_MAX_PIXELS', 'AVATAR_TIMEOUT_MS', 'AVATAR_MAX_REDIRECTS',
-  'SHUTDOWN_TIMEOUT_MS', 'DATABASE_POOL_SIZE', 'DATABASE_STATEMENT_TIMEOUT_MS', 'STORAGE_URL', 'S3_FORCE_PATH_STYLE',
-  'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL', 'METRICS_TOKEN', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS',
-  ...configVarsInSource()
-])]
-
-function configVarsInSource (): string[] {
-  try {
-    const source = fs.readFileSync(path.join(ROOT, 'src', 'config', 'index.ts'), 'utf8')
-    return [...source.matchAll(/^\s+([A-Z][A-Z0-9_]+): Type\./gm)].map((m) => m[1] as string)
-  } catch {
-    return []
-  }
-}
-
-/**
  * The per-token rate limit (default 1,000 requests per 10 s) would answer nearly all of a load test
  * with 429. It is raised out of reach rather than turned off, so its cost is still measured.
  */
@@ -246,6 +227,8 @@ async function startService (leg: Leg): Promise<Service> {
   }
   if (pgdb !== undefined) env.DATABASE_URL = pgdb.url
   const nodeFlags = [
+    // As bin/agentry.js's shebang runs it (`npx agentry serve`, `npm start`).
+    ...binNodeFlags(),
     ...(CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${path.join(RESULTS_DIR, 'profiles', leg)}`] : []),
     // e.g. BENCH_NODE_FLAGS=--perf-basic-prof, to profile the service with Linux perf.
     ...(process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '')
@@ -888,7 +871,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       `At 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
       `The queries alone were timed on the database directly, ${T.listIterations} times each.`, '', mdTable(sc.header, sc.rows, sc.align))
-    const dir = QUICK ? 'bench/results/quick' : 'bench/results'
+    const dir = RESULTS_SUBDIR === undefined ? 'bench/results' : `bench/results/${RESULTS_SUBDIR}`
     out.push('', `![GET /agents/:id latency against roster size](${dir}/latency-vs-agents.svg)`, '', `![List page latency against roster size](${dir}/list-pages-vs-agents.svg)`)
     for (const leg of [...new Set(scaling.map((x) => x.leg))]) {
       const last = scaling.filter((x) => x.leg === leg).at(-1)

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto'
+import { hash, randomUUID } from 'node:crypto'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbOrTrx } from '../db/index.js'
@@ -13,6 +13,7 @@ import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents } from '../events/record.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
+import type { AgentReadCache, AgentRepresentation } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
@@ -26,6 +27,8 @@ export interface AgentServiceOptions {
   presenceTtlSeconds: number
   /** How long unreferenced avatar content waits before its files are deleted. */
   blobGcGraceSeconds: number
+  /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
+  readCache?: AgentReadCache
   now?: Clock
 }
 
@@ -48,7 +51,11 @@ export interface Page {
 
 /** A strong ETag over the agent's representation: equal JSON, equal tag. */
 export function agentEtag (agent: Agent): string {
-  return `"${createHash('sha256').update(JSON.stringify(agent)).digest('base64url').slice(0, 32)}"`
+  return etagOfJson(JSON.stringify(agent))
+}
+
+function etagOfJson (json: string): string {
+  return `"${hash('sha256', json, 'base64url').slice(0, 32)}"`
 }
 
 /** True when an If-Match / If-None-Match header value names this ETag (or is `*`). */
@@ -72,6 +79,7 @@ interface Changes {
  */
 export class AgentService {
   private readonly now: Clock
+  private readonly cache: AgentReadCache | undefined
 
   constructor (
     private readonly db: Db,
@@ -79,6 +87,7 @@ export class AgentService {
     private readonly options: AgentServiceOptions
   ) {
     this.now = options.now ?? unixSeconds
+    this.cache = options.readCache
   }
 
   async list (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
@@ -105,6 +114,24 @@ export class AgentService {
 
   async get (widgetId: string, id: string): Promise<Agent> {
     return await this.represent(await this.mustFind(widgetId, id))
+  }
+
+  /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */
+  async getRepresentation (widgetId: string, id: string): Promise<AgentRepresentation> {
+    const key = id.toLowerCase()
+    const now = this.now()
+    const cached = this.cache?.get(widgetId, key, now)
+    if (cached !== undefined) return cached
+    const ticket = this.cache?.ticket()
+    const row = effective(await this.mustFind(widgetId, id), now)
+    const json = JSON.stringify(await this.represent(row))
+    const representation = { json, etag: etagOfJson(json) }
+    if (ticket !== undefined) {
+      // An agent online by heartbeat reads as offline once its presence lapses: the entry ends then.
+      const validUntil = row.status === 'online' && row.presence_expires_at !== null ? row.presence_expires_at : Infinity
+      this.cache?.set(widgetId, key, representation, validUntil, ticket)
+    }
+    return representation
   }
 
   async getByServiceUserId (widgetId: string, serviceUserId: string): Promise<Agent> {
@@ -177,7 +204,10 @@ export class AgentService {
         await recordEvents(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
         return true
       })
-      if (deleted) return agent
+      if (deleted) {
+        this.cache?.invalidate(widgetId, row.id)
+        return agent
+      }
       if (options.ifMatch !== undefined) throw errors.preconditionFailed()
     }
   }
@@ -199,7 +229,10 @@ export class AgentService {
         await recordEvents(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), ...updateEvents(this.shape(row, avatar), after)], now)
         return after
       })
-      if (agent !== undefined) return { agent, onlineUntil }
+      if (agent !== undefined) {
+        this.cache?.invalidate(widgetId, row.id)
+        return { agent, onlineUntil }
+      }
     }
   }
 
@@ -240,7 +273,10 @@ export class AgentService {
         await recordEvents(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
         return true
       })
-      if (done) lapsed++
+      if (done) {
+        this.cache?.invalidate(stored.widget_id, stored.id)
+        lapsed++
+      }
     }
     return lapsed
   }
@@ -315,7 +351,10 @@ export class AgentService {
           await recordEvents(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
           return after
         })
-        if (result !== undefined) return result
+        if (result !== undefined) {
+          this.cache?.invalidate(stored.widget_id, stored.id)
+          return result
+        }
       } catch (err) {
         if (isUniqueViolation(err) && changes.visible.service_user_id != null) throw errors.serviceUserIdTaken(changes.visible.service_user_id)
         throw err

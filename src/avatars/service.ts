@@ -78,14 +78,12 @@ export class AvatarService {
       const sha256 = createHash('sha256').update(image.original).digest('hex')
       const keys = avatarKeys(contentPath(sha256, image.format))
       const mimeType = MIME_TYPES[image.format]
-      await timed(observer, 'store', async () => {
-        // Variants first, original last: once the original exists, so does everything derived from it.
-        await Promise.all([
-          store.put(keys['120x120'], image.variants['120x120'], mimeType),
-          store.put(keys['520x400'], image.variants['520x400'], mimeType)
-        ])
-        await store.put(keys.original, image.original, mimeType)
-      })
+      // Variants first, original last: once the original exists, so does everything derived from it.
+      await timed(observer, 'store', () => store.putAll([
+        { key: keys['120x120'], data: image.variants['120x120'], contentType: mimeType },
+        { key: keys['520x400'], data: image.variants['520x400'], contentType: mimeType },
+        { key: keys.original, data: image.original, contentType: mimeType }
+      ]))
       return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl }
     } catch (err) {
       observer.failed(isAppError(err) ? err.code : 'internal_error')

@@ -38,6 +38,7 @@ const EnvSchema = Type.Object({
   AVATAR_GC_GRACE_SECONDS: Type.Integer({ default: 300, minimum: 0, maximum: 2592000 }),
   MAINTENANCE_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 50, maximum: 3600000 }),
   IDEMPOTENCY_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60, maximum: 2592000 }),
+  AGENT_CACHE_ENTRIES: Type.Integer({ default: 10000, minimum: 0, maximum: 10000000 }),
   RATE_LIMIT_MAX: Type.Integer({ default: 1000, minimum: 0, maximum: 100000000 }),
   RATE_LIMIT_WINDOW_MS: Type.Integer({ default: 10000, minimum: 1000, maximum: 86400000 }),
   EVENTS_RETENTION_SECONDS: Type.Integer({ default: 604800, minimum: 60, maximum: 31536000 }),
@@ -99,6 +100,8 @@ export interface Config {
     readonly retryMaxMs: number
     readonly retryWindowSeconds: number
   }
+  /** Agents kept ready to answer GET /agents/:id from memory (SQLite only); 0 turns the cache off. */
+  readonly agentCacheEntries: number
   /** Requests per token per window; 0 turns rate limiting off. */
   readonly rateLimit: { readonly max: number, readonly windowMs: number }
   /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
@@ -157,6 +160,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     avatarGcGraceSeconds: e.AVATAR_GC_GRACE_SECONDS,
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
+    agentCacheEntries: e.AGENT_CACHE_ENTRIES,
     rateLimit: { max: e.RATE_LIMIT_MAX, windowMs: e.RATE_LIMIT_WINDOW_MS },
     events: { retentionSeconds: e.EVENTS_RETENTION_SECONDS, pollMs: e.EVENTS_POLL_MS, heartbeatMs: e.EVENTS_HEARTBEAT_MS },
     webhooks: {

@@ -21,6 +21,11 @@ export interface DbHandle {
   dialect: DialectName
   /** Connections of the PostgreSQL pool; SQLite has a single connection and no pool. */
   poolStats: () => PoolStats | undefined
+  /**
+   * SQLite only: a number that moves whenever another connection (another process on the same file)
+   * commits a change, so caches of this process know when they may be stale.
+   */
+  externalChanges?: () => number
   close: () => Promise<void>
 }
 
@@ -35,7 +40,14 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
     sqlite.pragma('foreign_keys = ON')
     sqlite.pragma('busy_timeout = 5000')
     const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) })
-    return { db, dialect: 'sqlite', poolStats: () => undefined, close: () => db.destroy() }
+    const dataVersion = sqlite.prepare('pragma data_version').pluck()
+    return {
+      db,
+      dialect: 'sqlite',
+      poolStats: () => undefined,
+      externalChanges: () => dataVersion.get() as number,
+      close: () => db.destroy()
+    }
   }
   const pool = new pg.Pool({
     connectionString: target.url,

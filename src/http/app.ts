@@ -73,15 +73,19 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   })
   // Requests in flight when shutdown starts finish, and their keep-alive connections close with
   // them, so close() does not wait on idle clients.
-  app.addHook('onSend', async (_request, reply) => {
+  // (Callback hooks, not async ones: they run on every request, and a promise each adds up.)
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) void reply.header('connection', 'close')
+    done(null, payload)
   })
-  app.addHook('onRequest', async (request, reply) => {
+  app.addHook('onRequest', (request, reply, done) => {
     void reply.header('x-request-id', request.id)
     if (closing) {
       void reply.header('connection', 'close')
-      throw new AppError('service_unavailable', 'The service is shutting down; retry the request, another instance (or this one, restarted) will answer.')
+      done(new AppError('service_unavailable', 'The service is shutting down; retry the request, another instance (or this one, restarted) will answer.'))
+      return
     }
+    done()
   })
 
   app.addSchema(ErrorEnvelope)

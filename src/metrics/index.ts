@@ -17,8 +17,11 @@ export interface Metrics {
 /** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
+/** What the read cache of GET /agents/:id reports (see AgentReadCache.stats). */
+export type ReadCacheStats = () => { entries: number, hits: number, misses: number } | undefined
+
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
-export function createMetrics (poolStats: () => PoolStats | undefined): Metrics {
+export function createMetrics (poolStats: () => PoolStats | undefined, readCacheStats: ReadCacheStats = () => undefined): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
 
@@ -59,6 +62,30 @@ export function createMetrics (poolStats: () => PoolStats | undefined): Metrics 
       this.set({ state: 'total' }, stats.total)
       this.set({ state: 'idle' }, stats.idle)
       this.set({ state: 'waiting' }, stats.waiting)
+    }
+  })
+
+  // Read from the cache when scraped, so the hot path counts with plain numbers, not prom-client calls.
+  new Gauge({
+    name: 'agentry_agent_cache_entries',
+    help: 'Agents held ready to answer GET /agents/:id from memory (SQLite only; see AGENT_CACHE_ENTRIES).',
+    registers: [registry],
+    collect () {
+      const stats = readCacheStats()
+      if (stats !== undefined) this.set(stats.entries)
+    }
+  })
+  new Counter({
+    name: 'agentry_agent_cache_lookups_total',
+    help: 'GET /agents/:id lookups in the read cache since start, by result: hit (answered from memory) or miss.',
+    labelNames: ['result'] as const,
+    registers: [registry],
+    collect () {
+      const stats = readCacheStats()
+      if (stats === undefined) return
+      this.reset()
+      this.inc({ result: 'hit' }, stats.hits)
+      this.inc({ result: 'miss' }, stats.misses)
     }
   })
 

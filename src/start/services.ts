@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import type { Config } from '../config/index.js'
 import { AgentService } from '../agents/service.js'
+import { AgentReadCache } from '../agents/read-cache.js'
 import { AvatarService } from '../avatars/service.js'
 import { configureImageLibrary } from '../avatars/process.js'
 import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
@@ -79,7 +80,11 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
   }
   configureImageLibrary()
   const store = createBlobStore(config)
-  const metrics = createMetrics(database.poolStats)
+  // Only where every write is seen (see AgentReadCache): the SQLite store, one file on one machine.
+  const readCache = database.externalChanges !== undefined && config.agentCacheEntries > 0
+    ? new AgentReadCache(config.agentCacheEntries, database.externalChanges)
+    : undefined
+  const metrics = createMetrics(database.poolStats, () => readCache?.stats())
   const tokens = new TokenService(database.db)
   const avatars = new AvatarService({
     store,
@@ -90,7 +95,8 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
   })
   const agents = new AgentService(database.db, avatars, {
     presenceTtlSeconds: config.presenceTtlSeconds,
-    blobGcGraceSeconds: config.avatarGcGraceSeconds
+    blobGcGraceSeconds: config.avatarGcGraceSeconds,
+    readCache
   })
   const webhooks = new WebhookService(database.db, {
     ...config.webhooks,

@@ -5,10 +5,11 @@
 export interface BlobStore {
   readonly kind: string
   /**
-   * Stores data under key, completely, before resolving: a reader never sees a partial file.
-   * Content is addressed by its hash, so an existing key is left as it is. Resolves true when it wrote.
+   * Stores each file under its key, completely and durably, before resolving: a reader never sees a
+   * partial file. The last file becomes visible only after all the others (an avatar's original after
+   * its variants). Content is addressed by its hash, so an existing key is left as it is.
    */
-  put: (key: string, data: Buffer, contentType: string) => Promise<boolean>
+  putAll: (files: readonly BlobFile[]) => Promise<void>
   exists: (key: string) => Promise<boolean>
   delete: (key: string) => Promise<void>
   /** Every key in the store (files in progress excluded), in no particular order. */
@@ -22,6 +23,12 @@ export interface BlobStore {
   read?: (key: string, ifNoneMatch?: string) => Promise<StoredFile | undefined>
   /** Frees connections, if the store holds any. */
   close?: () => void
+}
+
+export interface BlobFile {
+  key: string
+  data: Buffer
+  contentType: string
 }
 
 export type StoredFile =

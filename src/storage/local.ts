@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { BlobStore } from './blob-store.js'
+import type { BlobFile, BlobStore } from './blob-store.js'
 
 /** Resolves a user-influenced key under root, refusing anything that would land outside it. */
 export function mustResolveUnder (root: string, key: string): string {
@@ -19,9 +19,31 @@ export class LocalBlobStore implements BlobStore {
     this.root = path.resolve(root)
   }
 
-  async put (key: string, data: Buffer): Promise<boolean> {
+  /**
+   * Three rounds of disk flushes however many files: every file is written to a temporary name and
+   * flushed (all at once), then all but the last are renamed into place and their folders flushed
+   * (all at once), then the last. A crash at any point leaves either no file at a key or a whole one.
+   */
+  async putAll (files: readonly BlobFile[]): Promise<void> {
+    const staged = await Promise.allSettled(files.map(async (f) => await this.stage(f)))
+    const ready = staged.flatMap((r) => r.status === 'fulfilled' && r.value !== undefined ? [r.value] : [])
+    try {
+      const failed = staged.find((r) => r.status === 'rejected')
+      if (failed !== undefined) throw failed.reason
+      const last = staged.at(-1)
+      const lastStaged = last?.status === 'fulfilled' ? last.value : undefined
+      await Promise.all(ready.filter((f) => f !== lastStaged).map(async (f) => { await commit(f) }))
+      if (lastStaged !== undefined) await commit(lastStaged)
+    } finally {
+      // Whatever was not renamed into place (a failure on the way) is removed.
+      await Promise.all(ready.map(async (f) => { await fs.rm(f.temp, { force: true }) }))
+    }
+  }
+
+  /** Writes and flushes the file under a temporary name beside its key; undefined when the key exists. */
+  private async stage ({ key, data }: BlobFile): Promise<StagedFile | undefined> {
     const target = mustResolveUnder(this.root, key)
-    if (await this.exists(key)) return false
+    if (await this.exists(key)) return undefined
     const dir = path.dirname(target)
     await fs.mkdir(dir, { recursive: true })
     // Dot-named, so the static file server never serves it even for an instant.
@@ -30,17 +52,13 @@ export class LocalBlobStore implements BlobStore {
     try {
       await handle.writeFile(data)
       await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    try {
-      await fs.rename(temp, target)
     } catch (err) {
+      await handle.close()
       await fs.rm(temp, { force: true })
       throw err
     }
-    await syncDir(dir)
-    return true
+    await handle.close()
+    return { temp, target, dir }
   }
 
   async exists (key: string): Promise<boolean> {
@@ -72,6 +90,18 @@ export class LocalBlobStore implements BlobStore {
     await fs.mkdir(this.root, { recursive: true })
     await fs.access(this.root, fs.constants.W_OK)
   }
+}
+
+interface StagedFile {
+  temp: string
+  target: string
+  dir: string
+}
+
+/** Renames a staged file into place and makes the rename durable. */
+async function commit (file: StagedFile): Promise<void> {
+  await fs.rename(file.temp, file.target)
+  await syncDir(file.dir)
 }
 
 /** Makes a rename durable: the directory entry itself is flushed. */

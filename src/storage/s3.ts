@@ -1,7 +1,7 @@
 import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
 import type { Readable } from 'node:stream'
 import type { StorageTarget } from '../config/index.js'
-import { IMMUTABLE, type BlobStore, type StoredFile } from './blob-store.js'
+import { IMMUTABLE, type BlobFile, type BlobStore, type StoredFile } from './blob-store.js'
 
 type S3Target = Extract<StorageTarget, { kind: 's3' }>
 
@@ -34,7 +34,14 @@ export class S3BlobStore implements BlobStore {
     return this.target.prefix === '' ? key : `${this.target.prefix}/${key}`
   }
 
-  async put (key: string, data: Buffer, contentType: string): Promise<boolean> {
+  async putAll (files: readonly BlobFile[]): Promise<void> {
+    const last = files.at(-1)
+    await Promise.all(files.slice(0, -1).map(async (f) => { await this.put(f) }))
+    if (last !== undefined) await this.put(last)
+  }
+
+  /** One whole object (S3 never shows a partial one); false when the key exists already. */
+  private async put ({ key, data, contentType }: BlobFile): Promise<boolean> {
     if (await this.exists(key)) return false
     await this.client.send(new PutObjectCommand({
       Bucket: this.target.bucket,

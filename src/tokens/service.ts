@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import { hash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
 import { isUniqueViolation, type Db } from '../db/index.js'
 import { countTokens, findActiveTokenByHash, findTokenByHash, insertToken, listTokens, revokeToken, type TokenListing } from '../db/repositories/tokens.js'
 import { ensureWidget } from '../db/repositories/widgets.js'
@@ -6,8 +6,9 @@ import type { TokenScope } from '../db/types.js'
 
 export const DEFAULT_WIDGET = 'default'
 
+/** sha256 of the token, hex: what is stored, and the key of per-token rate limits. On every request, so one-shot. */
 export function hashToken (token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex')
+  return hash('sha256', token, 'hex')
 }
 
 /** Compares two secrets in constant time, whatever their lengths. */
@@ -65,12 +66,17 @@ export class TokenService {
     return n
   }
 
-  /** The widget and scope of a token, or undefined for an unknown or revoked token. */
-  async authenticate (token: string): Promise<TokenIdentity | undefined> {
-    const hash = hashToken(token)
-    const now = Date.now()
+  /** What authenticateHash would answer from its cache alone: null for a known-bad token, undefined when not cached. */
+  cachedIdentity (hash: string): TokenIdentity | null | undefined {
     const cached = this.cache.get(hash)
-    if (cached !== undefined && cached.expires > now) return cached.identity ?? undefined
+    return cached !== undefined && cached.expires > Date.now() ? cached.identity : undefined
+  }
+
+  /** The widget and scope of a token given its sha256 (hashToken), or undefined for an unknown or revoked token. */
+  async authenticateHash (hash: string): Promise<TokenIdentity | undefined> {
+    const cached = this.cachedIdentity(hash)
+    if (cached !== undefined) return cached ?? undefined
+    const now = Date.now()
     const row = await findActiveTokenByHash(this.db, hash)
     // The hash was found by an index lookup; the final comparison is constant-time all the same.
     const identity = row !== undefined && timingSafeEqual(Buffer.from(row.token_hash, 'hex'), Buffer.from(hash, 'hex'))

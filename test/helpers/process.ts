@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import http from 'node:http'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freePort, tempDir } from './server.js'
 import { provisionStores } from './stores.js'
@@ -9,16 +10,18 @@ import { provisionStores } from './stores.js'
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const BIN = 'bin/agentry.js'
 
-/** Every variable the service reads; dropped from the inherited environment so a developer's shell cannot leak in. */
-const CONFIG_VARS = [
-  'HOST', 'PORT', 'DATA_DIR', 'DATABASE_URL', 'STATIC_BASE_URL', 'BOOTSTRAP_TOKEN', 'LOG_LEVEL', 'BODY_LIMIT_BYTES',
-  'AVATAR_ALLOW_PRIVATE_NETWORKS', 'AVATAR_MAX_BYTES', 'AVATAR_MAX_PIXELS', 'AVATAR_TIMEOUT_MS', 'AVATAR_MAX_REDIRECTS',
-  'SHUTDOWN_TIMEOUT_MS', 'DATABASE_POOL_SIZE', 'DATABASE_STATEMENT_TIMEOUT_MS', 'STORAGE_URL', 'S3_FORCE_PATH_STYLE',
-  'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL', 'METRICS_TOKEN', 'PRESENCE_TTL_SECONDS', 'AVATAR_GC_GRACE_SECONDS',
-  'MAINTENANCE_INTERVAL_MS', 'IDEMPOTENCY_TTL_SECONDS', 'RATE_LIMIT_MAX', 'RATE_LIMIT_WINDOW_MS', 'EVENTS_RETENTION_SECONDS',
-  'EVENTS_POLL_MS', 'EVENTS_HEARTBEAT_MS', 'WEBHOOK_ALLOW_PRIVATE_NETWORKS', 'WEBHOOK_TIMEOUT_MS', 'WEBHOOK_RETRY_BASE_MS',
-  'WEBHOOK_RETRY_MAX_MS', 'WEBHOOK_RETRY_WINDOW_SECONDS'
-]
+/** The node flags in bin/agentry.js's shebang (`#!/usr/bin/env -S node --flag ...`): how the service is meant to run. */
+export function binNodeFlags (): string[] {
+  const shebang = fs.readFileSync(path.join(ROOT, BIN), 'utf8').split('\n', 1)[0] ?? ''
+  return shebang.split(/\s+/).filter((word) => word.startsWith('--'))
+}
+
+/**
+ * Every variable the service reads, dropped from inherited environments so a developer's shell cannot
+ * leak in: the names in src/config's schema, read from the source so new settings are covered too.
+ */
+export const CONFIG_VARS: readonly string[] = [...fs.readFileSync(path.join(ROOT, 'src/config/index.ts'), 'utf8')
+  .matchAll(/^\s+([A-Z][A-Z0-9_]+): Type\./gm)].map((m) => m[1] as string)
 
 /** The environment a spawned `agentry` sees: ours minus the service's settings, plus loopback, info logs and env. */
 export function childEnv (env: Record<string, string>): NodeJS.ProcessEnv {
@@ -56,7 +59,8 @@ export interface CliResult {
 
 /** Runs `agentry args...` to completion (SIGKILL after timeoutMs) and collects what it printed. */
 export async function runCli (args: string[], env: Record<string, string>, timeoutMs = 15_000): Promise<CliResult> {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
+  // The bin itself, through its shebang, as `npx agentry` runs it.
+  const child = spawn(path.join(ROOT, BIN), args, { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] })
   live.add(child)
   let stdout = ''
   let stderr = ''
@@ -120,7 +124,7 @@ export async function until<T> (what: string, probe: () => T | undefined | Promi
  */
 export async function startServe (env: Record<string, string>, timeoutMs = 10_000): Promise<ServeProcess> {
   const port = await freePort()
-  const child = spawn(process.execPath, [BIN, 'serve'], { cwd: ROOT, env: childEnv({ PORT: String(port), ...env }), stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(path.join(ROOT, BIN), ['serve'], { cwd: ROOT, env: childEnv({ PORT: String(port), ...env }), stdio: ['ignore', 'pipe', 'pipe'] })
   live.add(child)
   let stdout = ''
   let stderr = ''

@@ -6,10 +6,21 @@ import { tokenFromHeader } from './auth.js'
 
 /** Counts and times every answered request, and serves /metrics in the Prometheus text format. */
 export function registerMetrics (app: FastifyInstance, metrics: Metrics, metricsToken: string | undefined): void {
-  app.addHook('onResponse', async (request, reply) => {
-    const labels = { method: request.method, route: request.routeOptions.url ?? 'unmatched', status_code: String(reply.statusCode) }
-    metrics.httpRequests.inc(labels)
-    metrics.httpDuration.observe(labels, reply.elapsedTime / 1000)
+  // prom-client hashes a label object on every call; the few (method, route, status) combinations
+  // a service answers get their children looked up once instead.
+  const children = new Map<string, { count: ReturnType<Metrics['httpRequests']['labels']>, time: ReturnType<Metrics['httpDuration']['labels']> }>()
+  app.addHook('onResponse', (request, reply, done) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    const key = `${request.method} ${reply.statusCode} ${route}`
+    let child = children.get(key)
+    if (child === undefined) {
+      const labels = { method: request.method, route, status_code: String(reply.statusCode) }
+      child = { count: metrics.httpRequests.labels(labels), time: metrics.httpDuration.labels(labels) }
+      children.set(key, child)
+    }
+    child.count.inc()
+    child.time.observe(reply.elapsedTime / 1000)
+    done()
   })
 
   app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {

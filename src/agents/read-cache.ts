@@ -1,0 +1,97 @@
+/** What GET /agents/:id answers, ready to send: the agent's JSON and its strong ETag. */
+export interface AgentRepresentation {
+  readonly json: string
+  readonly etag: string
+}
+
+interface Entry extends AgentRepresentation {
+  /** Unix seconds from which the entry is stale: when a heartbeat lapses, the agent reads as offline. */
+  readonly validUntil: number
+}
+
+/**
+ * A per-instance cache of agents as GET /agents/:id shows them, so a read of an unchanged agent costs
+ * no query, no serialisation and no hashing. It is only correct where this instance sees every write:
+ *
+ * - writes made by this instance call invalidate() once committed; a read that began before a write
+ *   cannot store what it read afterwards (the ticket taken before reading no longer matches);
+ * - writes made by any other connection to the same database are noticed through `externalChanges`
+ *   (SQLite's `PRAGMA data_version`, which moves only when another connection commits), checked at
+ *   most every EXTERNAL_CHECK_MS (a statement costs ~10 µs, as much as the rest of a cached read);
+ *   any such change empties the cache. Only the CLI should write to the file of a running server,
+ *   and it writes tokens, not agents: this is a safety net, not a way to run two servers on one file.
+ *
+ * PostgreSQL has no such cheap signal, and several instances write to it, so it runs without this cache.
+ */
+export const EXTERNAL_CHECK_MS = 10
+
+export class AgentReadCache {
+  private readonly entries = new Map<string, Entry>()
+  private generation = 0
+  private seenExternal: number
+  private nextExternalCheck = 0
+  private hits = 0
+  private misses = 0
+
+  constructor (private readonly maxEntries: number, private readonly externalChanges: () => number) {
+    this.seenExternal = externalChanges()
+  }
+
+  /** Take one before reading the database, and hand it to set(): it refuses what a write overtook. */
+  ticket (): number {
+    return this.generation
+  }
+
+  get (widgetId: string, id: string, now: number): AgentRepresentation | undefined {
+    const clock = Date.now()
+    if (clock >= this.nextExternalCheck) {
+      this.nextExternalCheck = clock + EXTERNAL_CHECK_MS
+      const external = this.externalChanges()
+      if (external !== this.seenExternal) {
+        this.seenExternal = external
+        this.clear()
+        this.misses++
+        return undefined
+      }
+    }
+    const key = keyOf(widgetId, id)
+    const entry = this.entries.get(key)
+    if (entry === undefined || now >= entry.validUntil) {
+      if (entry !== undefined) this.entries.delete(key)
+      this.misses++
+      return undefined
+    }
+    this.hits++
+    return entry
+  }
+
+  set (widgetId: string, id: string, representation: AgentRepresentation, validUntil: number, ticket: number): void {
+    if (ticket !== this.generation || this.maxEntries === 0) return
+    if (this.entries.size >= this.maxEntries) {
+      // Oldest first out: Map keeps insertion order.
+      const oldest = this.entries.keys().next()
+      if (oldest.done !== true) this.entries.delete(oldest.value)
+    }
+    this.entries.set(keyOf(widgetId, id), { ...representation, validUntil })
+  }
+
+  /** After a committed write to this agent. */
+  invalidate (widgetId: string, id: string): void {
+    this.generation++
+    this.entries.delete(keyOf(widgetId, id))
+  }
+
+  clear (): void {
+    this.generation++
+    this.entries.clear()
+  }
+
+  /** For /metrics: entries held, and lookups answered from memory or not since start. */
+  stats (): { entries: number, hits: number, misses: number } {
+    return { entries: this.entries.size, hits: this.hits, misses: this.misses }
+  }
+}
+
+function keyOf (widgetId: string, id: string): string {
+  return `${widgetId}/${id}`
+}

@@ -1,0 +1,127 @@
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
+import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
+
+/**
+ * GET /agents/:id is answered from a per-instance read cache on SQLite (AGENT_CACHE_ENTRIES). What a
+ * client sees must not change: every write shows at once, a lapsed heartbeat reads as offline when it
+ * lapses, and a write by another process to the same file shows too. On PostgreSQL the cache is off
+ * (other instances write), which the metrics say.
+ */
+
+const onSqlite = storeLeg().startsWith('sqlite')
+const sleep = async (ms: number) => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+
+async function metric (srv: TestServer, line: RegExp): Promise<number | undefined> {
+  const text = await (await fetch(`${srv.url}/metrics`)).text()
+  const found = text.split('\n').find((l) => line.test(l))
+  return found === undefined ? undefined : Number(found.split(' ').at(-1))
+}
+
+describe('GET /agents/:id with the read cache', () => {
+  let srv: TestServer
+  // The upkeep never runs during these tests: a lapse must show on read, from the cache too.
+  before(async () => { srv = await startTestServer({ PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000', AGENT_CACHE_ENTRIES: '3' }) })
+  after(async () => { await srv.close() })
+
+  async function create (serviceUserId: string): Promise<string> {
+    const res = await srv.call('POST', '/agents', { serviceUserId, name: `Agent ${serviceUserId}` })
+    assert.equal(res.status, 200)
+    return res.body.data.id as string
+  }
+
+  async function getTwice (id: string): Promise<ApiResponse> {
+    const first = await srv.call('GET', `/agents/${id}`)
+    const second = await srv.call('GET', `/agents/${id}`)
+    assert.deepEqual(second.body, first.body)
+    assert.equal(second.headers.get('etag'), first.headers.get('etag'))
+    return second
+  }
+
+  it('every write shows on the next read, with a new ETag; a deleted agent is 404', async () => {
+    const id = await create('cache-1')
+    const before = await getTwice(id)
+    assert.equal(before.headers.get('content-type'), 'application/json; charset=utf-8')
+
+    const put = await srv.call('PUT', `/agents/${id}`, { name: 'Renamed' })
+    assert.equal(put.status, 200)
+    const renamed = await srv.call('GET', `/agents/${id}`)
+    assert.equal(renamed.body.data.name, 'Renamed')
+    assert.deepEqual(renamed.body, put.body)
+    assert.notEqual(renamed.headers.get('etag'), before.headers.get('etag'))
+    assert.equal(renamed.headers.get('etag'), put.headers.get('etag'))
+
+    const upper = await srv.call('GET', `/agents/${id.toUpperCase()}`)
+    assert.equal(upper.body.data.name, 'Renamed', 'the id is case-insensitive, from the cache too')
+
+    assert.equal((await srv.call('DELETE', `/agents/${id}`)).status, 200)
+    const gone = await srv.call('GET', `/agents/${id}`)
+    assert.equal(gone.status, 404)
+    assert.equal(gone.body.error.code, 'not_found')
+  })
+
+  it('If-None-Match with the cached ETag answers 304', async () => {
+    const id = await create('cache-2')
+    const { headers } = await getTwice(id)
+    const etag = headers.get('etag') ?? ''
+    const res = await fetch(`${srv.api}/agents/${id}`, { headers: { authorization: `Bearer ${srv.token}`, 'if-none-match': etag } })
+    assert.equal(res.status, 304)
+    assert.equal(res.headers.get('etag'), etag)
+  })
+
+  it('an agent online by heartbeat reads as offline once the heartbeat lapses, though nothing wrote since', async () => {
+    const id = await create('cache-3')
+    assert.equal((await srv.call('POST', `/agents/${id}/heartbeat`)).status, 200)
+    const online = await getTwice(id)
+    assert.equal(online.body.data.status, 'online')
+    const deadline = Date.now() + 4000
+    let res = online
+    while (res.body.data.status === 'online' && Date.now() < deadline) {
+      await sleep(100)
+      res = await srv.call('GET', `/agents/${id}`)
+    }
+    assert.equal(res.body.data.status, 'offline', 'a lapsed heartbeat reads as offline')
+    assert.notEqual(res.headers.get('etag'), online.headers.get('etag'))
+  })
+
+  it('holds at most AGENT_CACHE_ENTRIES agents and reports hits and misses in /metrics', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
+    const ids = [await create('cache-4'), await create('cache-5'), await create('cache-6'), await create('cache-7')]
+    const hitsBefore = await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    for (const id of ids) await getTwice(id)
+    const hitsAfter = await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    assert.ok(hitsAfter - hitsBefore >= ids.length, `each second read is a hit (${hitsBefore} -> ${hitsAfter})`)
+    assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 3)
+  })
+
+  it('a change another process commits to the same SQLite file shows within moments', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
+    const id = await create('cache-8')
+    await getTwice(id)
+    const target = srv.services.config.database
+    assert.equal(target.kind, 'sqlite')
+    if (target.kind !== 'sqlite') return
+    // Another connection, as another process would have: the server cannot see this write happen.
+    const other = new SQLite(target.file)
+    try {
+      other.pragma('busy_timeout = 5000')
+      other.prepare('update agents set name = ?, version = version + 1 where id = ?').run('Changed elsewhere', id)
+    } finally {
+      other.close()
+    }
+    const deadline = Date.now() + 1000
+    let res = await srv.call('GET', `/agents/${id}`)
+    while (res.body.data.name !== 'Changed elsewhere' && Date.now() < deadline) {
+      await sleep(5)
+      res = await srv.call('GET', `/agents/${id}`)
+    }
+    assert.equal(res.body.data.name, 'Changed elsewhere')
+  })
+
+  it('on PostgreSQL there is no read cache: /metrics shows no entries and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {
+    const id = await create('cache-9')
+    await getTwice(id)
+    assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 0)
+    assert.equal(await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/), undefined)
+  })
+})
