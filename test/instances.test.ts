@@ -48,6 +48,19 @@ describe(`two instances, one truth (${storeLeg()})`, () => {
     assert.equal(list.body.data.find((x: { id: string }) => x.id === agent.id)?.status, 'online')
   })
 
+  it('a change made through one instance is what the other answers next, though it read the agent before', async () => {
+    const created = await call(`${a.url}${AGENTS}`, { method: 'POST', headers: auth, body: JSON.stringify({ serviceUserId: 'shared-2', name: 'Before' }) })
+    const id = (created.body as { data: { id: string } }).data.id
+    for (let i = 0; i < 3; i++) assert.equal((await call(`${b.url}${AGENTS}/${id}`, { headers: auth })).status, 200)
+    for (const name of ['After 1', 'After 2', 'After 3']) {
+      const put = await call(`${a.url}${AGENTS}/${id}`, { method: 'PUT', headers: auth, body: JSON.stringify({ name }) })
+      assert.equal(put.status, 200)
+      const read = await call(`${b.url}${AGENTS}/${id}`, { headers: auth })
+      assert.deepEqual(read.body, put.body)
+      assert.equal(read.headers.get('etag'), put.headers.get('etag'))
+    }
+  })
+
   it('racing the same serviceUserId on both: exactly one wins, the other gets 409, nothing half-made', async () => {
     for (let round = 0; round < 10; round++) {
       const body = (name: string) => JSON.stringify({ serviceUserId: `race-${round}`, name })

@@ -95,7 +95,7 @@ describe('GET /agents/:id with the read cache', () => {
     assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 3)
   })
 
-  it('a change another process commits to the same SQLite file shows within moments', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
+  it('a change another process commits to the same SQLite file shows on the next read', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
     const id = await create('cache-8')
     await getTwice(id)
     const target = srv.services.config.database
@@ -109,12 +109,7 @@ describe('GET /agents/:id with the read cache', () => {
     } finally {
       other.close()
     }
-    const deadline = Date.now() + 1000
-    let res = await srv.call('GET', `/agents/${id}`)
-    while (res.body.data.name !== 'Changed elsewhere' && Date.now() < deadline) {
-      await sleep(5)
-      res = await srv.call('GET', `/agents/${id}`)
-    }
+    const res = await srv.call('GET', `/agents/${id}`)
     assert.equal(res.body.data.name, 'Changed elsewhere')
   })
 

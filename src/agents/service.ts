@@ -1,7 +1,7 @@
 import { hash, randomUUID } from 'node:crypto'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
-import { isUniqueViolation, type Db, type DbOrTrx } from '../db/index.js'
+import { isUniqueViolation, type Db, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
   countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion
@@ -11,7 +11,7 @@ import { clearBlobGc, dueBlobGc, scheduleBlobGc } from '../db/repositories/blob-
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
-import { recordEvents, updateEvents } from '../events/record.js'
+import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
 import type { AgentReadCache, AgentRepresentation } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
@@ -27,6 +27,10 @@ export interface AgentServiceOptions {
   presenceTtlSeconds: number
   /** How long unreferenced avatar content waits before its files are deleted. */
   blobGcGraceSeconds: number
+  /** SQLite runs one write transaction at a time; events need no widget lock there. */
+  dialect?: DialectName
+  /** How write transactions run (DbHandle.transact); a plain transaction by default. */
+  transact?: Transact
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
   readCache?: AgentReadCache
   now?: Clock
@@ -80,6 +84,7 @@ interface Changes {
 export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
+  private readonly transact: Transact
 
   constructor (
     private readonly db: Db,
@@ -88,6 +93,7 @@ export class AgentService {
   ) {
     this.now = options.now ?? unixSeconds
     this.cache = options.readCache
+    this.transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
   }
 
   async list (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
@@ -198,10 +204,10 @@ export class AgentService {
       const row = await this.mustFind(widgetId, id)
       const agent = await this.represent(row)
       if (options.ifMatch !== undefined && !etagMatches(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
-      const deleted = await this.db.transaction().execute(async (trx) => {
+      const deleted = await this.transact(async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
         if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
-        await recordEvents(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
+        await this.record(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
         return true
       })
       if (deleted) {
@@ -222,11 +228,11 @@ export class AgentService {
       const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
       if (row.status !== 'online') changes.updated_at = now
       const avatar = row.avatar_id === null ? undefined : await findAvatar(this.db, row.avatar_id)
-      const agent = await this.db.transaction().execute(async (trx) => {
+      const agent = await this.transact(async (trx) => {
         const updated = await updateAgentAtVersion(trx, row, changes)
         if (updated === undefined) return undefined
         const after = this.shape(updated, avatar)
-        await recordEvents(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), ...updateEvents(this.shape(row, avatar), after)], now)
+        await this.record(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), ...updateEvents(this.shape(row, avatar), after)], now)
         return after
       })
       if (agent !== undefined) {
@@ -267,10 +273,10 @@ export class AgentService {
     for (const stored of await findLapsedPresence(this.db, now, widgetId, 500)) {
       const current = effective(stored, now)
       const avatar = stored.avatar_id === null ? undefined : await findAvatar(this.db, stored.avatar_id)
-      const done = await this.db.transaction().execute(async (trx) => {
+      const done = await this.transact(async (trx) => {
         const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
         if (row === undefined) return false
-        await recordEvents(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
+        await this.record(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
         return true
       })
       if (done) {
@@ -281,6 +287,10 @@ export class AgentService {
     return lapsed
   }
 
+  private async record (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
+    await recordEvents(trx, widgetId, events, now, this.options.dialect === 'sqlite')
+  }
+
   private async ingest (avatar: NonNullable<AvatarInput>): Promise<StoredImage> {
     return 'url' in avatar ? await this.avatars.ingestUrl(avatar.url) : await this.avatars.ingestUpload(avatar.upload)
   }
@@ -288,7 +298,7 @@ export class AgentService {
   private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
     const now = this.now()
     try {
-      return await this.db.transaction().execute(async (trx) => {
+      return await this.transact(async (trx) => {
         const avatar = image === undefined ? undefined : await this.insertAvatarRow(trx, widgetId, image, now)
         const row = await insertAgent(trx, {
           id: randomUUID(),
@@ -304,7 +314,7 @@ export class AgentService {
           updated_at: now
         })
         const agent = this.shape(row, avatar)
-        await recordEvents(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
+        await this.record(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
         return agent
       })
     } catch (err) {
@@ -331,7 +341,7 @@ export class AgentService {
       if (!visible && Object.keys(changes.hidden).length === 0) return this.shape(current, currentAvatar)
 
       try {
-        const result = await this.db.transaction().execute(async (trx) => {
+        const result = await this.transact(async (trx) => {
           let avatar = currentAvatar
           const update: AgentRowUpdate = { ...changes.hidden, ...changes.visible }
           if (changes.image !== undefined) {
@@ -348,7 +358,7 @@ export class AgentService {
           const before = this.shape(current, currentAvatar)
           const after = this.shape(row, avatar)
           // A lapse written down here gets its events first, then the change itself.
-          await recordEvents(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
+          await this.record(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
           return after
         })
         if (result !== undefined) {

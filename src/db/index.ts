@@ -5,6 +5,9 @@ import SQLite from 'better-sqlite3'
 import pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
 import type { Database } from './types.js'
+import { groupCommit, type Transact } from './group-commit.js'
+
+export type { Transact } from './group-commit.js'
 
 export type Db = Kysely<Database>
 export type DbOrTrx = Kysely<Database> | Transaction<Database>
@@ -19,6 +22,8 @@ export interface PoolStats {
 export interface DbHandle {
   db: Db
   dialect: DialectName
+  /** Runs a write transaction; on SQLite, writes arriving together share one commit (see groupCommit). */
+  transact: Transact
   /** Connections of the PostgreSQL pool; SQLite has a single connection and no pool. */
   poolStats: () => PoolStats | undefined
   /**
@@ -44,6 +49,7 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
     return {
       db,
       dialect: 'sqlite',
+      transact: groupCommit(db),
       poolStats: () => undefined,
       externalChanges: () => dataVersion.get() as number,
       close: () => db.destroy()
@@ -63,6 +69,7 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
   return {
     db,
     dialect: 'postgres',
+    transact: async (fn) => await db.transaction().execute(fn),
     poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     close: () => db.destroy()
   }

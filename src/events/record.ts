@@ -39,13 +39,14 @@ export function updateEvents (before: Agent, after: Agent): NewEvent[] {
 /**
  * Writes events in the caller's transaction, with a pending delivery for every webhook endpoint
  * that wants them: no change without its event, no event without its change, no event unsent.
+ * `oneWriter`: the database runs one write transaction at a time (SQLite), so no lock is needed.
  */
-export async function recordEvents (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
+export async function recordEvents (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number, oneWriter = false): Promise<void> {
   if (events.length === 0) return
   // Event ids must become visible in id order, or a reader polling "after id N" could pass over
   // one still being committed. Holding the widget's row until commit serialises the widget's
-  // event writers (PostgreSQL takes a row lock; SQLite writers are serialised anyway).
-  await lockWidget(trx, widgetId)
+  // event writers on PostgreSQL (a row lock); SQLite has one writer at a time anyway.
+  if (!oneWriter) await lockWidget(trx, widgetId)
   const endpoints = await listEndpoints(trx, widgetId)
   for (const event of events) {
     const seq = await insertEvent(trx, {

@@ -96,6 +96,8 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
   const agents = new AgentService(database.db, avatars, {
     presenceTtlSeconds: config.presenceTtlSeconds,
     blobGcGraceSeconds: config.avatarGcGraceSeconds,
+    dialect: database.dialect,
+    transact: database.transact,
     readCache
   })
   const webhooks = new WebhookService(database.db, {
