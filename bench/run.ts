@@ -2,7 +2,7 @@
  * Agentry's benchmark suite: `npm run bench` (full, ~4 min; ~7 with PostgreSQL) or
  * `npm run bench -- --quick` (CI smoke, under a minute). BENCHMARKS.md describes the method.
  *
- * Starts the real service as a separate process (`node bin/agentry.js serve`) on its embedded
+ * Starts the real service as a separate process (`node <its flags> bin/agentry.js serve`) on its embedded
  * defaults, and on PostgreSQL when BENCH_DATABASE_URL is set, plus a bare node:http server, a bare
  * Fastify and json-server for comparison, drives them with autocannon over loopback, samples the
  * servers' memory and CPU from /proc, and writes results (JSON, Markdown, SVG charts) to
@@ -243,16 +243,11 @@ async function startService (leg: Leg): Promise<Service> {
   try {
     proc = spawnNode(`agentry serve (${leg})`, ['bin/agentry.js', 'serve'], { cwd: ROOT, env: childEnv(env), port, nodeFlags, ...SERVER_CPUS })
     const url = proc.url
-    // /healthz answers as soon as the server listens; the bootstrap token is created just after.
+    // /healthz answers as soon as the server listens, and BOOTSTRAP_TOKEN exists before it does.
     await waitReady(proc, `${url}/healthz`)
-    const deadline = Date.now() + 10_000
-    for (;;) {
-      const res = await fetch(`${url}${API}/agents`, { headers: { authorization: `Bearer ${token}` } })
-      await res.arrayBuffer()
-      if (res.status === 200) break
-      if (Date.now() > deadline) throw new Error(`the bootstrap token was not accepted (HTTP ${res.status})`)
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
+    const res = await fetch(`${url}${API}/agents`, { headers: { authorization: `Bearer ${token}` } })
+    await res.arrayBuffer()
+    if (res.status !== 200) throw new Error(`the bootstrap token was not accepted (HTTP ${res.status})`)
     return { leg, proc, url, token, dataDir, ...(pgdb === undefined ? {} : { databaseUrl: pgdb.url }), stop: cleanup }
   } catch (err) {
     await cleanup().catch(() => {})

@@ -202,13 +202,14 @@ describe('agentry command and server process', () => {
       assert.equal((await call(`${second.url}${AGENTS}`, { headers: bearer(token) })).status, 200, 'the first token still works')
     })
 
-    it('with BOOTSTRAP_TOKEN, accepts that token and prints nothing about creating one', async () => {
+    it('with BOOTSTRAP_TOKEN, accepts that token from its first answer and prints nothing about creating one', async () => {
       const dir = dataDir()
       const s = await serve({ DATA_DIR: dir, BOOTSTRAP_TOKEN: BOOTSTRAP })
       assert.doesNotMatch(s.stdout(), /agt_|shown only|curl|created/i)
       for (const line of s.stdout().split('\n')) {
         if (line.trim() !== '') assert.ok(line.startsWith('{'), `a line that is not a log line: ${line}`)
       }
+      // The first request, as soon as it says it listens: the token must not be created a moment later.
       const res = await call(`${s.url}${AGENTS}`, { headers: bearer(BOOTSTRAP) })
       assert.equal(res.status, 200, res.text)
       assert.deepEqual(res.body, { status: 200, data: [] })

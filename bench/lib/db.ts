@@ -3,6 +3,9 @@ import { createHash, randomBytes } from 'node:crypto'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import pg from 'pg'
+import { Kysely, SqliteDialect } from 'kysely'
+import { findAgentQuery, listAgentsQuery } from '../../src/db/repositories/agents.js'
+import type { Database as DatabaseSchema } from '../../src/db/types.js'
 import { percentiles, type LatencyStats } from './load.js'
 
 /** The UUID-shaped id of seeded agent number g: md5('bench-g'), computed alike in Node and PostgreSQL. */
@@ -11,12 +14,17 @@ export function seededId (g: number): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`
 }
 
-/** The list endpoint's query, first page only: what a paginated list will cost. */
-export const LIST_SQL = 'select * from agents where widget_id = ? order by created_at desc, seq desc limit 100'
-/** A later page, as src/db/repositories/agents.ts builds it for `?limit=100&cursor=...` (limit + 1 rows). */
-export const PAGE_SQL = 'select * from agents where widget_id = ? and (created_at < ? or (created_at = ? and seq < ?)) order by created_at desc, seq desc limit 101'
-/** What GET /agents/:id runs (Kysely's selectAll by widget and id). */
-export const GET_SQL = 'select * from agents where widget_id = ? and id = ?'
+// The SQL texts below are compiled from the service's own query builders (src/db/repositories/agents.ts),
+// so what is timed and explained here is what the service runs. Compiling needs no connection.
+const compiler = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: async () => { throw new Error('compile only') } }) })
+/** Rows a page of 100 asks for: one more, to know whether there is a next page. */
+const PAGE_ROWS = 101
+/** The list endpoint's query, first page of 100 (it asks for limit + 1 rows, to know if there is a next page). */
+export const LIST_SQL = listAgentsQuery(compiler, 'w', { limit: PAGE_ROWS }).compile().sql
+/** A later page, for `?limit=100&cursor=...`; parameters: widget, createdAt, createdAt, seq. */
+export const PAGE_SQL = listAgentsQuery(compiler, 'w', { limit: PAGE_ROWS, after: { createdAt: 0, seq: 0 } }).compile().sql
+/** What GET /agents/:id runs on a read-cache miss. */
+export const GET_SQL = findAgentQuery(compiler, 'w', 'id').compile().sql
 
 export interface Plans {
   list: string[]
@@ -105,7 +113,7 @@ export function openSqlite (file: string): BenchDb {
       const reader = new Database(file, { readonly: true })
       try {
         const stmt = reader.prepare(after === undefined ? LIST_SQL : PAGE_SQL)
-        const params = after === undefined ? [widgetId] : [widgetId, after.createdAt, after.createdAt, after.seq]
+        const params = after === undefined ? [widgetId, PAGE_ROWS] : [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS]
         for (let i = 0; i < 20; i++) stmt.all(...params)
         const times = new Float64Array(iterations)
         for (let i = 0; i < iterations; i++) {
@@ -123,8 +131,8 @@ export function openSqlite (file: string): BenchDb {
       const explain = (q: string, ...params: Array<string | number>) =>
         (db.prepare(`explain query plan ${q}`).all(...params) as Array<{ detail: string }>).map((r) => r.detail)
       return {
-        list: explain(LIST_SQL, widgetId),
-        page: explain(PAGE_SQL, widgetId, after.createdAt, after.createdAt, after.seq),
+        list: explain(LIST_SQL, widgetId, PAGE_ROWS),
+        page: explain(PAGE_SQL, widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS),
         get: explain(GET_SQL, widgetId, seededId(1))
       }
     },
@@ -170,8 +178,8 @@ export async function openPostgres (url: string): Promise<BenchDb> {
       timeListQuery: async (iterations, after) => {
         const name = `bench_list_${randomBytes(4).toString('hex')}`
         const q = after === undefined
-          ? { name, text: pgList, values: [widgetId] }
-          : { name, text: pgPage, values: [widgetId, after.createdAt, after.createdAt, after.seq] }
+          ? { name, text: pgList, values: [widgetId, PAGE_ROWS] }
+          : { name, text: pgPage, values: [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS] }
         for (let i = 0; i < 20; i++) await client.query(q)
         const times = new Float64Array(iterations)
         for (let i = 0; i < iterations; i++) {
@@ -186,8 +194,8 @@ export async function openPostgres (url: string): Promise<BenchDb> {
         const explain = async (q: string, params: Array<string | number>) =>
           (await client.query<{ 'QUERY PLAN': string }>(`explain (costs off) ${q}`, params)).rows.map((r) => r['QUERY PLAN'])
         return {
-          list: await explain(pgList, [widgetId]),
-          page: await explain(pgPage, [widgetId, after.createdAt, after.createdAt, after.seq]),
+          list: await explain(pgList, [widgetId, PAGE_ROWS]),
+          page: await explain(pgPage, [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS]),
           get: await explain(pgGet, [widgetId, seededId(1)])
         }
       },

@@ -18,6 +18,8 @@ import { containsPattern, searchableName } from './search.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
+/** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
+const AVATAR_ROWS_KEPT = 10_000
 
 export type Clock = () => number
 const unixSeconds: Clock = () => Math.floor(Date.now() / 1000)
@@ -58,7 +60,8 @@ export function agentEtag (agent: Agent): string {
   return etagOfJson(JSON.stringify(agent))
 }
 
-function etagOfJson (json: string): string {
+/** The ETag of an agent already serialised (JSON.stringify of it): the same as agentEtag's. */
+export function etagOfJson (json: string): string {
   return `"${hash('sha256', json, 'base64url').slice(0, 32)}"`
 }
 
@@ -85,6 +88,7 @@ export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
   private readonly transact: Transact
+  private readonly avatarRows = new Map<string, AvatarRow>()
 
   constructor (
     private readonly db: Db,
@@ -186,7 +190,7 @@ export class AgentService {
     if (avatar !== undefined && avatar !== null && 'url' in avatar && options.refreshAvatar !== true) {
       // The row read above, unless a concurrent sync created it since.
       const current = existing ?? await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
-      const currentAvatar = current?.avatar_id == null ? undefined : await findAvatar(this.db, current.avatar_id)
+      const currentAvatar = current?.avatar_id == null ? undefined : await this.avatarRow(current.avatar_id)
       if (currentAvatar?.source_url === avatar.url) avatar = undefined
     }
     const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
@@ -227,7 +231,7 @@ export class AgentService {
       const onlineUntil = now + this.options.presenceTtlSeconds
       const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
       if (row.status !== 'online') changes.updated_at = now
-      const avatar = row.avatar_id === null ? undefined : await findAvatar(this.db, row.avatar_id)
+      const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
       const agent = await this.transact(async (trx) => {
         const updated = await updateAgentAtVersion(trx, row, changes)
         if (updated === undefined) return undefined
@@ -272,7 +276,7 @@ export class AgentService {
     let lapsed = 0
     for (const stored of await findLapsedPresence(this.db, now, widgetId, 500)) {
       const current = effective(stored, now)
-      const avatar = stored.avatar_id === null ? undefined : await findAvatar(this.db, stored.avatar_id)
+      const avatar = stored.avatar_id === null ? undefined : await this.avatarRow(stored.avatar_id)
       const done = await this.transact(async (trx) => {
         const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
         if (row === undefined) return false
@@ -331,7 +335,7 @@ export class AgentService {
       const now = this.now()
       const stored = await load()
       const current = effective(stored, now)
-      const currentAvatar = current.avatar_id === null ? undefined : await findAvatar(this.db, current.avatar_id)
+      const currentAvatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
       if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shape(current, currentAvatar)))) throw errors.preconditionFailed()
 
       const changes = await this.changesFor(current, currentAvatar, input, removeAvatar, image)
@@ -436,19 +440,41 @@ export class AgentService {
   /** Deletes an avatar record and queues its content for collection once nothing refers to it. */
   private async dropAvatar (trx: DbOrTrx, avatarId: string, known?: AvatarRow): Promise<void> {
     const avatar = known ?? await findAvatar(trx, avatarId)
+    this.avatarRows.delete(avatarId)
     await deleteAvatar(trx, avatarId)
     if (avatar !== undefined) await scheduleBlobGc(trx, avatar.sha256, avatar.ext, this.now() + this.options.blobGcGraceSeconds)
   }
 
   private async represent (row: AgentRow): Promise<Agent> {
-    const avatar = row.avatar_id === null ? undefined : await findAvatar(this.db, row.avatar_id)
+    const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
     return this.shape(row, avatar)
   }
 
   private async toApi (rows: AgentRow[]): Promise<Agent[]> {
-    const avatarIds = rows.flatMap((r) => r.avatar_id === null ? [] : [r.avatar_id])
-    const avatars = new Map((await findAvatarsByIds(this.db, avatarIds)).map((a) => [a.id, a]))
-    return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : avatars.get(r.avatar_id)))
+    const missing = [...new Set(rows.flatMap((r) => r.avatar_id === null || this.avatarRows.has(r.avatar_id) ? [] : [r.avatar_id]))]
+    for (const avatar of await findAvatarsByIds(this.db, missing)) this.rememberAvatar(avatar)
+    return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : this.avatarRows.get(r.avatar_id)))
+  }
+
+  /**
+   * An avatar record by id. Avatar records never change once written (a new picture is a new record),
+   * so they are kept in memory once read, on every store and every instance: a record deleted elsewhere
+   * is only asked for by a row that was read before the delete, which it then matches.
+   */
+  private async avatarRow (id: string): Promise<AvatarRow | undefined> {
+    const known = this.avatarRows.get(id)
+    if (known !== undefined) return known
+    const row = await findAvatar(this.db, id)
+    if (row !== undefined) this.rememberAvatar(row)
+    return row
+  }
+
+  private rememberAvatar (row: AvatarRow): void {
+    if (this.avatarRows.size >= AVATAR_ROWS_KEPT) {
+      const oldest = this.avatarRows.keys().next()
+      if (oldest.done !== true) this.avatarRows.delete(oldest.value)
+    }
+    this.avatarRows.set(row.id, row)
   }
 
   /** The agent as the API shows it now (a lapsed heartbeat reads as offline). */

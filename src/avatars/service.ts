@@ -78,7 +78,7 @@ export class AvatarService {
       const sha256 = createHash('sha256').update(image.original).digest('hex')
       const keys = avatarKeys(contentPath(sha256, image.format))
       const mimeType = MIME_TYPES[image.format]
-      // Variants first, original last: once the original exists, so does everything derived from it.
+      // Every file is on disk (or in the bucket) before the caller writes a row that refers to it.
       await timed(observer, 'store', () => store.putAll([
         { key: keys['120x120'], data: image.variants['120x120'], contentType: mimeType },
         { key: keys['520x400'], data: image.variants['520x400'], contentType: mimeType },
@@ -94,9 +94,8 @@ export class AvatarService {
   /** Removes an avatar's files from the store (the caller has made sure nothing refers to them). */
   async deleteFiles (sha256: string, ext: string): Promise<void> {
     const keys = avatarKeys(contentPath(sha256, ext))
-    // Original first: once it is gone, nothing counts the content as present any more.
-    await this.options.store.delete(keys.original)
-    await Promise.all([this.options.store.delete(keys['120x120']), this.options.store.delete(keys['520x400'])])
+    // No record refers to this content any more (the caller checked), so the order does not matter.
+    await Promise.all([keys.original, keys['120x120'], keys['520x400']].map(async (key) => { await this.options.store.delete(key) }))
   }
 
   /** The seed's avatar object for a stored row. */

@@ -20,7 +20,7 @@ Configuration comes from the environment (see README: Configuration).`
 
 /** Runs fn against a migrated database and closes it, so CLI commands never leave handles open. */
 async function withTokens<T> (config: Config, fn: (tokens: TokenService) => Promise<T>): Promise<T> {
-  const database = openDatabase(config.database)
+  const database = await openDatabase(config.database)
   try {
     await migrateToLatest(database.db, database.dialect)
     return await fn(new TokenService(database.db))
@@ -54,7 +54,7 @@ export async function main (argv: string[]): Promise<number> {
       await serve(config)
       return -1 // keeps running
     case 'migrate': {
-      const database = openDatabase(config.database)
+      const database = await openDatabase(config.database)
       try {
         const names = values.down ? await migrateDown(database.db, database.dialect) : await migrateToLatest(database.db, database.dialect)
         console.log(names.length === 0 ? 'Schema already up to date.' : `${values.down ? 'Undid' : 'Applied'}: ${names.join(', ')}`)

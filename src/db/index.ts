@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { Kysely, PostgresDialect, SqliteDialect, sql, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
-import pg from 'pg'
+import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
 import type { Database } from './types.js'
 import { groupCommit, type Transact } from './group-commit.js'
@@ -34,8 +34,11 @@ export interface DbHandle {
   close: () => Promise<void>
 }
 
-/** Opens the store named by the config: an SQLite file (the embedded default) or a PostgreSQL pool. */
-export function openDatabase (target: DatabaseTarget): DbHandle {
+/**
+ * Opens the store named by the config: an SQLite file (the embedded default) or a PostgreSQL pool.
+ * The PostgreSQL driver is loaded only when it is used (~15 MB of memory an SQLite server never needs).
+ */
+export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
   if (target.kind === 'sqlite') {
     if (target.file !== ':memory:') fs.mkdirSync(path.dirname(target.file), { recursive: true })
     const sqlite = new SQLite(target.file)
@@ -55,12 +58,13 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
       close: () => db.destroy()
     }
   }
+  const { default: pg } = await import('pg')
   const pool = new pg.Pool({
     connectionString: target.url,
     max: target.poolSize,
     statement_timeout: target.statementTimeoutMs === 0 ? undefined : target.statementTimeoutMs,
     application_name: 'agentry',
-    types: { getTypeParser: pgTypeParser as typeof pg.types.getTypeParser }
+    types: { getTypeParser: pgTypeParser(pg.types) }
   })
   // An idle connection the server drops (a restart, a failover) is an 'error' on the pool; unheard,
   // it would crash the process. The pool replaces the connection on next use.
@@ -76,10 +80,12 @@ export function openDatabase (target: DatabaseTarget): DbHandle {
 }
 
 // int8 (bigint) columns hold unix seconds, sizes and sequence numbers, all well inside 2^53.
-const INT8_OID: number = pg.types.builtins.INT8
-const parseInt8 = (value: string): number => Number(value)
-function pgTypeParser (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown {
-  return oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format) as (value: string) => unknown
+function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
+  const int8: number = types.builtins.INT8
+  const parseInt8 = (value: string): number => Number(value)
+  const parser = (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown =>
+    oid === int8 ? parseInt8 : types.getTypeParser(oid, format) as (value: string) => unknown
+  return parser as typeof pg.types.getTypeParser
 }
 
 /**

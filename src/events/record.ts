@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { DbOrTrx } from '../db/index.js'
-import { insertEvent } from '../db/repositories/events.js'
+import { insertEvents } from '../db/repositories/events.js'
 import { lockWidget } from '../db/repositories/widgets.js'
 import { insertDeliveries, listEndpoints } from '../db/repositories/webhooks.js'
 import type { EventRow } from '../db/types.js'
@@ -48,19 +48,26 @@ export async function recordEvents (trx: DbOrTrx, widgetId: string, events: read
   // event writers on PostgreSQL (a row lock); SQLite has one writer at a time anyway.
   if (!oneWriter) await lockWidget(trx, widgetId)
   const endpoints = await listEndpoints(trx, widgetId)
-  for (const event of events) {
-    const seq = await insertEvent(trx, {
+  // One statement for all of the write's events; the agent's JSON is made once however many there are.
+  const agentJson = new Map<Agent, string>()
+  const seqs = await insertEvents(trx, events.map((event) => {
+    let json = agentJson.get(event.agent)
+    if (json === undefined) agentJson.set(event.agent, json = JSON.stringify(event.agent))
+    return {
       widget_id: widgetId,
       type: event.type,
       agent_id: event.agent.id,
-      payload: JSON.stringify({ agent: event.agent, changes: event.changes }),
+      // The same text as JSON.stringify({ agent, changes }).
+      payload: `{"agent":${json},"changes":${JSON.stringify(event.changes)}}`,
       created_at: now
-    })
-    const nowMs = now * 1000
-    await insertDeliveries(trx, endpoints
-      .filter((e) => { const types = JSON.parse(e.event_types) as string[]; return types.includes('*') || types.includes(event.type) })
-      .map((e) => ({ id: `msg_${randomUUID().replace(/-/g, '')}`, endpoint_id: e.id, event_seq: seq, status: 'pending' as const, next_attempt_at: nowMs, created_at: nowMs, updated_at: nowMs })))
-  }
+    }
+  }))
+  if (endpoints.length === 0) return
+  const nowMs = now * 1000
+  const wanted = endpoints.map((e) => ({ id: e.id, types: JSON.parse(e.event_types) as string[] }))
+  await insertDeliveries(trx, events.flatMap((event, i) => wanted
+    .filter((e) => e.types.includes('*') || e.types.includes(event.type))
+    .map((e) => ({ id: `msg_${randomUUID().replace(/-/g, '')}`, endpoint_id: e.id, event_seq: seqs[i] as number, status: 'pending' as const, next_attempt_at: nowMs, created_at: nowMs, updated_at: nowMs }))))
 }
 
 export function toApiEvent (row: EventRow): AgentEvent {

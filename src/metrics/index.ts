@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { PoolStats } from '../db/index.js'
+import { RequestMetrics } from './requests.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -9,8 +10,8 @@ export interface AvatarObserver {
 
 export interface Metrics {
   registry: Registry
-  httpRequests: Counter<'method' | 'route' | 'status_code'>
-  httpDuration: Histogram<'method' | 'route' | 'status_code'>
+  /** Every answered request: agentry_http_requests_total and agentry_http_request_duration_seconds. */
+  requests: RequestMetrics
   avatars: AvatarObserver
 }
 
@@ -25,18 +26,13 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
 
-  const httpRequests = new Counter({
-    name: 'agentry_http_requests_total',
-    help: 'HTTP requests answered, by method, route template and status code.',
-    labelNames: ['method', 'route', 'status_code'] as const,
-    registers: [registry]
-  })
-  const httpDuration = new Histogram({
-    name: 'agentry_http_request_duration_seconds',
-    help: 'Time to answer HTTP requests, by method, route template and status code.',
-    labelNames: ['method', 'route', 'status_code'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [registry]
+  const requests = new RequestMetrics(LATENCY_BUCKETS)
+  requests.register(registry, {
+    counter: 'agentry_http_requests_total',
+    histogram: 'agentry_http_request_duration_seconds'
+  }, {
+    counter: 'HTTP requests answered, by method, route template and status code.',
+    histogram: 'Time to answer HTTP requests, by method, route template and status code.'
   })
   const avatarStage = new Histogram({
     name: 'agentry_avatar_stage_duration_seconds',
@@ -91,8 +87,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
 
   return {
     registry,
-    httpRequests,
-    httpDuration,
+    requests,
     avatars: {
       stage: (stage, seconds) => { avatarStage.observe({ stage }, seconds) },
       failed: (reason) => { avatarFailures.inc({ reason }) }

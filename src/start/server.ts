@@ -16,6 +16,8 @@ export async function startServer (config: Config): Promise<RunningServer> {
   const services = await createServices(config)
   let app: FastifyInstance
   try {
+    // A BOOTSTRAP_TOKEN works from the first request the server answers: ensured before listening.
+    if (config.bootstrapToken !== undefined) await services.tokens.bootstrap(config.bootstrapToken)
     app = await buildApp(services)
   } catch (err) {
     await services.close()
@@ -28,8 +30,9 @@ export async function startServer (config: Config): Promise<RunningServer> {
     await services.close()
     throw err
   }
-  // After listen: a first token generated here is never lost to a start that fails (port taken).
-  const created = await services.tokens.bootstrap(config.bootstrapToken)
+  // Without BOOTSTRAP_TOKEN, after listen: a first token generated here is never lost to a start
+  // that fails (port taken); nobody can be using it before it is printed.
+  const created = config.bootstrapToken === undefined ? await services.tokens.bootstrap(undefined) : undefined
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : config.port
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`

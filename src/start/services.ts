@@ -71,7 +71,7 @@ export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.j
 
 /** Opens the stores named by config, brings the schema up to date and wires the domain services. */
 export async function createServices (config: Config, overrides: { isAllowedAddress?: AddressPolicy } = {}): Promise<Services> {
-  const database = openDatabase(config.database)
+  const database = await openDatabase(config.database)
   try {
     await migrateToLatest(database.db, database.dialect)
   } catch (err) {
@@ -79,7 +79,7 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     throw err
   }
   configureImageLibrary()
-  const store = createBlobStore(config)
+  const store = await createBlobStore(config)
   // Only where every write is seen (see AgentReadCache): the SQLite store, one file on one machine.
   const readCache = database.externalChanges !== undefined && config.agentCacheEntries > 0
     ? new AgentReadCache(config.agentCacheEntries, database.externalChanges)

@@ -6,8 +6,9 @@ export interface BlobStore {
   readonly kind: string
   /**
    * Stores each file under its key, completely and durably, before resolving: a reader never sees a
-   * partial file. The last file becomes visible only after all the others (an avatar's original after
-   * its variants). Content is addressed by its hash, so an existing key is left as it is.
+   * partial file, and the database refers to the files only once this has resolved. Content is
+   * addressed by its hash, so an existing key is left as it is (a file a crash left alone beside
+   * missing siblings is completed by the next ingest of that content).
    */
   putAll: (files: readonly BlobFile[]) => Promise<void>
   exists: (key: string) => Promise<boolean>

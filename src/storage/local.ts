@@ -20,9 +20,9 @@ export class LocalBlobStore implements BlobStore {
   }
 
   /**
-   * Three rounds of disk flushes however many files: every file is written to a temporary name and
-   * flushed (all at once), then all but the last are renamed into place and their folders flushed
-   * (all at once), then the last. A crash at any point leaves either no file at a key or a whole one.
+   * Two rounds of disk flushes however many files: every file is written to a temporary name and its
+   * data flushed (all at once), then each is renamed into place and its folder flushed (all at once).
+   * A crash at any point leaves either no file at a key or a whole one.
    */
   async putAll (files: readonly BlobFile[]): Promise<void> {
     const staged = await Promise.allSettled(files.map(async (f) => await this.stage(f)))
@@ -30,10 +30,7 @@ export class LocalBlobStore implements BlobStore {
     try {
       const failed = staged.find((r) => r.status === 'rejected')
       if (failed !== undefined) throw failed.reason
-      const last = staged.at(-1)
-      const lastStaged = last?.status === 'fulfilled' ? last.value : undefined
-      await Promise.all(ready.filter((f) => f !== lastStaged).map(async (f) => { await commit(f) }))
-      if (lastStaged !== undefined) await commit(lastStaged)
+      await Promise.all(ready.map(async (f) => { await commit(f) }))
     } finally {
       // Whatever was not renamed into place (a failure on the way) is removed.
       await Promise.all(ready.map(async (f) => { await fs.rm(f.temp, { force: true }) }))
@@ -51,7 +48,8 @@ export class LocalBlobStore implements BlobStore {
     const handle = await fs.open(temp, 'wx', 0o644)
     try {
       await handle.writeFile(data)
-      await handle.sync()
+      // The data and the size: all a new file needs to be read back whole after a crash.
+      await handle.datasync()
     } catch (err) {
       await handle.close()
       await fs.rm(temp, { force: true })

@@ -35,9 +35,7 @@ export class S3BlobStore implements BlobStore {
   }
 
   async putAll (files: readonly BlobFile[]): Promise<void> {
-    const last = files.at(-1)
-    await Promise.all(files.slice(0, -1).map(async (f) => { await this.put(f) }))
-    if (last !== undefined) await this.put(last)
+    await Promise.all(files.map(async (f) => { await this.put(f) }))
   }
 
   /** One whole object (S3 never shows a partial one); false when the key exists already. */

@@ -3,10 +3,14 @@ import type { DbOrTrx } from '../index.js'
 import type { AgentRow, AgentRowUpdate, NewAgentRow } from '../types.js'
 
 export async function findAgent (db: DbOrTrx, widgetId: string, id: string): Promise<AgentRow | undefined> {
-  return await db.selectFrom('agents').selectAll()
+  return await findAgentQuery(db, widgetId, id).executeTakeFirst()
+}
+
+/** The query findAgent runs (the benchmarks show its plan). */
+export function findAgentQuery (db: DbOrTrx, widgetId: string, id: string) {
+  return db.selectFrom('agents').selectAll()
     .where('widget_id', '=', widgetId)
     .where('id', '=', id)
-    .executeTakeFirst()
 }
 
 export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, serviceUserId: string): Promise<AgentRow | undefined> {
@@ -34,6 +38,11 @@ export interface AgentFilter {
  * are created or updated in between. Presence must be swept before filtering by status.
  */
 export async function listAgents (db: DbOrTrx, widgetId: string, filter: AgentFilter = {}): Promise<AgentRow[]> {
+  return await listAgentsQuery(db, widgetId, filter).execute()
+}
+
+/** The query listAgents runs (the benchmarks time it and show its plan). */
+export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFilter = {}) {
   let q = db.selectFrom('agents').selectAll().where('widget_id', '=', widgetId)
   if (filter.status !== undefined) q = q.where('status', '=', filter.status)
   if (filter.active !== undefined) q = q.where('active', '=', filter.active ? 1 : 0)
@@ -50,7 +59,7 @@ export async function listAgents (db: DbOrTrx, widgetId: string, filter: AgentFi
   }
   q = q.orderBy('created_at', 'desc').orderBy('seq', 'desc')
   if (filter.limit !== undefined) q = q.limit(filter.limit)
-  return await q.execute()
+  return q
 }
 
 export async function insertAgent (db: DbOrTrx, row: NewAgentRow): Promise<AgentRow> {

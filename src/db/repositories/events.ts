@@ -3,9 +3,11 @@ import type { DbOrTrx } from '../index.js'
 import type { EventRow, EventTable } from '../types.js'
 import type { Insertable } from 'kysely'
 
-export async function insertEvent (db: DbOrTrx, row: Insertable<EventTable>): Promise<number> {
-  const inserted = await db.insertInto('events').values(row).returning('seq').executeTakeFirstOrThrow()
-  return Number(inserted.seq)
+/** Inserts the events in one statement; their seqs, in the order of rows. */
+export async function insertEvents (db: DbOrTrx, rows: Array<Insertable<EventTable>>): Promise<number[]> {
+  const inserted = await db.insertInto('events').values(rows).returning('seq').execute()
+  // Rows get their seqs in the order they are listed; RETURNING's own order is not promised.
+  return inserted.map((r) => Number(r.seq)).sort((x, y) => x - y)
 }
 
 export async function listEventsAfter (db: DbOrTrx, widgetId: string, afterSeq: number, limit: number): Promise<EventRow[]> {

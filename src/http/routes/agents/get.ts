@@ -1,7 +1,7 @@
-import type { FastifyReply } from 'fastify'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentRoutesOptions } from './index.js'
 import { etagMatches } from '../../../agents/service.js'
+import { sendJsonText } from './etag.js'
 import { AgentParams, AgentSchema } from '../../schemas/agent.js'
 import { Ok, errorResponses } from '../../schemas/envelope.js'
 
@@ -24,7 +24,3 @@ export const getAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = asyn
   })
 }
 
-/** Sends text that is JSON already: Fastify passes a string with a JSON content type through unserialised. */
-async function sendJsonText (reply: FastifyReply, text: string): Promise<FastifyReply> {
-  return await reply.type('application/json; charset=utf-8').send(text)
-}

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentRoutesOptions } from './index.js'
-import { ifMatchOf, withEtag } from './etag.js'
+import { ifMatchOf, sendAgent } from './etag.js'
 import { AgentParams, AgentSchema, UpdateAgentBody } from '../../schemas/agent.js'
 import { Ok, errorResponses } from '../../schemas/envelope.js'
 
@@ -19,7 +19,6 @@ export const updateAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = a
     }
   }, async (request, reply) => {
     const agent = await agents.update(request.widgetId, request.params.id, request.body, { ifMatch: ifMatchOf(request), upload: request.avatarUpload })
-    withEtag(request, reply, agent)
-    return { status: 200 as const, data: agent }
+    return await sendAgent(reply, agent)
   })
 }
