@@ -430,15 +430,20 @@ async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Prom
     }
 
     if (want('put')) {
-      // Round robin over a set of agents, each request flipping that agent's status: every request
-      // is a real write, and ten connections never have two requests for one agent in flight.
+      // Each connection flips the status of its own share of the agents, round robin: every request
+      // is a real write, and no two requests for one agent are ever in flight (a connection has one
+      // at a time), so the last status sent for an agent is the one it must end with.
       // The warm-up flips the other half of the agents, so that requests still in flight when it
       // stops never race the measured run's requests for the same agent.
       const state = new Map(roster.agents.map((a) => [a.id, a.status]))
       const flipper = (set: string[]) => {
-        let k = 0
-        return (req: autocannon.Request): autocannon.Request => {
-          const id = set[k++ % set.length] as string
+        const shares = Array.from({ length: CONNECTIONS }, (_, c) => set.filter((_, i) => i % CONNECTIONS === c))
+        let connections = 0
+        return (req: autocannon.Request, context: Record<string, unknown>): autocannon.Request => {
+          context.share ??= shares[connections++]
+          context.k = ((context.k as number | undefined) ?? -1) + 1
+          const share = context.share as string[]
+          const id = share[(context.k as number) % share.length] as string
           const status = state.get(id) === 'online' ? 'offline' : 'online'
           state.set(id, status)
           return { ...req, method: 'PUT', path: `${API}/agents/${id}`, body: `{"status":"${status}"}` }
@@ -461,7 +466,7 @@ async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Prom
       if (wrong > 0) loud(`${leg}: after PUT, ${wrong} of ${n} agents do not have the status last written`)
       record({
         leg, id: 'put-status', title: 'PUT /agents/:id (status flip)', server: 'agentry', connections: CONNECTIONS,
-        note: `alternating online/offline over ${half} agents (the warm-up over the other ${n - half}), every request a real write; final states verified (${n - wrong}/${n})`,
+        note: `alternating online/offline over ${half} agents, each connection its own ${half / CONNECTIONS} (the warm-up over the other ${n - half}), every request a real write; final states verified (${n - wrong}/${n})`,
         result
       })
     }

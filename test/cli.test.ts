@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
+import path from 'node:path'
 import { after, afterEach, before, describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { call, dataDir, killAll, lastWord, oneShot, removeDirs, ROOT, runCli, startServe, until, type Reply, type ServeProcess } from './helpers/process.js'
@@ -326,6 +328,24 @@ describe('agentry command and server process', () => {
         assert.ok(!stdout.includes(secret), `stdout contains ${secret}`)
         assert.ok(!s.stderr().includes(secret), `stderr contains ${secret}`)
       }
+    })
+
+    it('with LOG_LEVEL=warn, requests that go well write nothing, and a problem is still logged with its request id', async () => {
+      const dir = dataDir()
+      const s = await serve({ DATA_DIR: dir, BOOTSTRAP_TOKEN: BOOTSTRAP, LOG_LEVEL: 'warn' })
+      for (let i = 0; i < 3; i++) assert.equal((await call(`${s.url}${AGENTS}`, { headers: bearer(BOOTSTRAP) })).status, 200)
+      assert.equal((await call(`${s.url}/readyz`)).status, 200)
+
+      // The avatar folder turned into a file: the store cannot take writes, so /readyz says not ready.
+      const avatars = path.join(dir, 'avatars')
+      fs.rmSync(avatars, { recursive: true, force: true })
+      fs.writeFileSync(avatars, 'not a folder')
+      const notReady = await call(`${s.url}/readyz`, { headers: { 'x-request-id': 'lazy-log-1' } })
+      assert.equal(notReady.status, 503)
+      const line = await s.waitForLog((l) => l.msg === 'not ready')
+      assert.equal(line.reqId, 'lazy-log-1')
+      assert.equal(line.level, 40)
+      assert.deepEqual(s.logs().filter((l) => l.level < 40), [], 'nothing below warn is written')
     })
 
     describe('graceful shutdown', () => {

@@ -45,8 +45,8 @@ export interface LoadSpec {
   method?: 'GET' | 'POST' | 'PUT'
   headers?: Record<string, string>
   body?: string
-  /** Called for each request; returns the request to send (path, body...). */
-  setupRequest?: (req: autocannon.Request) => autocannon.Request
+  /** Called for each request with its connection's own context object; returns the request to send (path, body...). */
+  setupRequest?: (req: autocannon.Request, context: Record<string, unknown>) => autocannon.Request
   /**
    * Fixed requests each connection cycles through, built once: far cheaper for the load generator
    * than setupRequest, which rebuilds every request.
@@ -84,7 +84,7 @@ async function fire (spec: LoadSpec, seconds: number, record: boolean): Promise<
   let count = 0
   const request: autocannon.Request = { method: spec.method ?? 'GET' }
   if (spec.body !== undefined) request.body = spec.body
-  if (spec.setupRequest !== undefined) request.setupRequest = spec.setupRequest
+  if (spec.setupRequest !== undefined) request.setupRequest = spec.setupRequest as (req: autocannon.Request, context: object) => autocannon.Request
   let settle: (r: autocannon.Result) => void = () => {}
   let fail: (e: unknown) => void = () => {}
   const done = new Promise<autocannon.Result>((resolve, reject) => { settle = resolve; fail = reject })

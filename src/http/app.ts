@@ -11,6 +11,7 @@ import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
 import { registerErrorHandling } from './error-handler.js'
+import { lazyChildLoggerFactory } from './lazy-logger.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
@@ -51,6 +52,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       level: config.logLevel,
       redact: { paths: ['req.headers.authorization', 'req.headers.cookie'], remove: true }
     },
+    childLoggerFactory: lazyChildLoggerFactory,
     bodyLimit: config.bodyLimitBytes,
     requestIdHeader: false,
     genReqId: (req) => {

@@ -162,8 +162,17 @@ export async function startServe (env: Record<string, string>, timeoutMs = 10_00
       }
     }
   }
+  // Listening: its log line, or (below LOG_LEVEL=info, which has no such line) /healthz answering.
+  const healthy = until('/healthz to answer', async () => {
+    try {
+      return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok ? true : undefined
+    } catch {
+      return undefined
+    }
+  }, timeoutMs, 50)
   await Promise.race([
     waitForLog((l) => l.msg.startsWith('Server listening'), timeoutMs),
+    healthy,
     closed
   ]).catch(async (err) => {
     child.kill('SIGKILL')
