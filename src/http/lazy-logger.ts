@@ -13,9 +13,10 @@ type Logger = FastifyBaseLogger & { isLevelEnabled: (level: string) => boolean }
  * at `info` and below every request logs, and gets pino's child at once.
  */
 export function lazyChildLoggerFactory (logger: FastifyBaseLogger, bindings: Bindings, opts: ChildLoggerOptions): FastifyBaseLogger {
-  const parent = logger as Logger
-  if (opts.level !== undefined || parent.isLevelEnabled('info')) return logger.child(bindings, opts)
-  return new LazyChild(parent, bindings, opts)
+  const parent = logger as Partial<Logger> & FastifyBaseLogger
+  // Without a real pino logger (logger: false gives a null one) there is nothing to save.
+  if (typeof parent.isLevelEnabled !== 'function' || opts.level !== undefined || parent.isLevelEnabled('info')) return logger.child(bindings, opts)
+  return new LazyChild(parent as Logger, bindings, opts)
 }
 
 class LazyChild implements FastifyBaseLogger {
