@@ -45,8 +45,13 @@ export interface LoadSpec {
   method?: 'GET' | 'POST' | 'PUT'
   headers?: Record<string, string>
   body?: string
-  /** Called for each request with its connection's own context object; returns the request to send (path, body...). */
+  /**
+   * Called for each request; returns the request to send (path, body...). `context` is the
+   * connection's, fresh for each request, and the same object onResponse gets for its answer.
+   */
   setupRequest?: (req: autocannon.Request, context: Record<string, unknown>) => autocannon.Request
+  /** Called with each answer and the context its setupRequest saw. */
+  onResponse?: (status: number, context: Record<string, unknown>) => void
   /**
    * Fixed requests each connection cycles through, built once: far cheaper for the load generator
    * than setupRequest, which rebuilds every request.
@@ -85,6 +90,8 @@ async function fire (spec: LoadSpec, seconds: number, record: boolean): Promise<
   const request: autocannon.Request = { method: spec.method ?? 'GET' }
   if (spec.body !== undefined) request.body = spec.body
   if (spec.setupRequest !== undefined) request.setupRequest = spec.setupRequest as (req: autocannon.Request, context: object) => autocannon.Request
+  const onResponse = spec.onResponse
+  if (onResponse !== undefined) request.onResponse = (status: number, _body: string, context: object) => { onResponse(status, context as Record<string, unknown>) }
   let settle: (r: autocannon.Result) => void = () => {}
   let fail: (e: unknown) => void = () => {}
   const done = new Promise<autocannon.Result>((resolve, reject) => { settle = resolve; fail = reject })
