@@ -1,5 +1,5 @@
 #!/usr/bin/env -S node --max-semi-space-size=8 --single-threaded-gc
-// The flags above are measured choices for a small server (BENCHMARKS.md, "Node flags"): young-generation
+// The flags above are measured choices for a small server (README, "Performance notes"): young-generation
 // semi-spaces of 8 MB instead of V8's 16 MB, and garbage collection on the main thread only. `npm start`
 // passes the same flags; run `node <flags> bin/agentry.js` where `env -S` is missing (BusyBox).
 import { existsSync } from 'node:fs'
