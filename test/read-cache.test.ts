@@ -47,11 +47,18 @@ describe('GET /agents/:id with the read cache', () => {
 
     const put = await srv.call('PUT', `/agents/${id}`, { name: 'Renamed' })
     assert.equal(put.status, 200)
+    // The next write starts from the row the last one wrote (kept in the cache): both changes stay.
+    const second = await srv.call('PUT', `/agents/${id}`, { status: 'online' })
+    assert.equal(second.body.data.name, 'Renamed')
+    assert.equal(second.body.data.status, 'online')
+    const back = await srv.call('PUT', `/agents/${id}`, { status: 'offline' })
+    assert.equal(back.body.data.status, 'offline')
+    assert.deepEqual(back.body.data, { ...put.body.data, updatedAt: back.body.data.updatedAt })
     const renamed = await srv.call('GET', `/agents/${id}`)
     assert.equal(renamed.body.data.name, 'Renamed')
-    assert.deepEqual(renamed.body, put.body)
+    assert.deepEqual(renamed.body, back.body)
     assert.notEqual(renamed.headers.get('etag'), before.headers.get('etag'))
-    assert.equal(renamed.headers.get('etag'), put.headers.get('etag'))
+    assert.equal(renamed.headers.get('etag'), back.headers.get('etag'))
 
     const upper = await srv.call('GET', `/agents/${id.toUpperCase()}`)
     assert.equal(upper.body.data.name, 'Renamed', 'the id is case-insensitive, from the cache too')
@@ -111,6 +118,20 @@ describe('GET /agents/:id with the read cache', () => {
     }
     const res = await srv.call('GET', `/agents/${id}`)
     assert.equal(res.body.data.name, 'Changed elsewhere')
+
+    // A write starts from the cached row: after another change elsewhere, it must still build on it.
+    const other2 = new SQLite(target.file)
+    try {
+      other2.pragma('busy_timeout = 5000')
+      other2.prepare('update agents set name = ?, version = version + 1 where id = ?').run('Changed again elsewhere', id)
+    } finally {
+      other2.close()
+    }
+    const put = await srv.call('PUT', `/agents/${id}`, { status: 'online' })
+    assert.equal(put.status, 200)
+    assert.equal(put.body.data.name, 'Changed again elsewhere')
+    assert.equal(put.body.data.status, 'online')
+    assert.deepEqual((await srv.call('GET', `/agents/${id}`)).body, put.body)
   })
 
   it('on PostgreSQL there is no read cache: /metrics shows no entries and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {

@@ -1,20 +1,30 @@
+import type { AgentRow } from '../db/types.js'
+
 /** What GET /agents/:id answers, ready to send: the agent's JSON and its strong ETag. */
 export interface AgentRepresentation {
   readonly json: string
   readonly etag: string
 }
 
-interface Entry extends AgentRepresentation {
+/** A cached agent: its representation, and the row it was made from (writes start from it). */
+export interface CachedAgent extends AgentRepresentation {
+  readonly row: AgentRow
+}
+
+interface Entry extends CachedAgent {
   /** Unix seconds from which the entry is stale: when a heartbeat lapses, the agent reads as offline. */
   readonly validUntil: number
 }
 
 /**
  * A per-instance cache of agents as GET /agents/:id shows them, so a read of an unchanged agent costs
- * no query, no serialisation and no hashing. It is only correct where this instance sees every write:
+ * no query, no serialisation and no hashing; a write starts from the cached row instead of reading it
+ * (its version check still guards it, and a retry reads the database). It is only correct where this
+ * instance sees every write:
  *
- * - writes made by this instance call invalidate() once committed; a read that began before a write
- *   cannot store what it read afterwards (the ticket taken before reading no longer matches);
+ * - writes made by this instance call invalidate() once committed (then may store the row they wrote,
+ *   with a fresh ticket); a read that began before a write cannot store what it read afterwards (the
+ *   ticket taken before reading no longer matches);
  * - writes made by any other connection to the same database are noticed through `externalChanges`
  *   (SQLite's `PRAGMA data_version`, which moves only when another connection commits: ~1-2 µs),
  *   checked on every lookup; any such change empties the cache. So two servers on one SQLite file,
@@ -38,7 +48,7 @@ export class AgentReadCache {
     return this.generation
   }
 
-  get (widgetId: string, id: string, now: number): AgentRepresentation | undefined {
+  get (widgetId: string, id: string, now: number): CachedAgent | undefined {
     const external = this.externalChanges()
     if (external !== this.seenExternal) {
       this.seenExternal = external
@@ -57,14 +67,14 @@ export class AgentReadCache {
     return entry
   }
 
-  set (widgetId: string, id: string, representation: AgentRepresentation, validUntil: number, ticket: number): void {
+  set (widgetId: string, id: string, agent: CachedAgent, validUntil: number, ticket: number): void {
     if (ticket !== this.generation || this.maxEntries === 0) return
     if (this.entries.size >= this.maxEntries) {
       // Oldest first out: Map keeps insertion order.
       const oldest = this.entries.keys().next()
       if (oldest.done !== true) this.entries.delete(oldest.value)
     }
-    this.entries.set(keyOf(widgetId, id), { ...representation, validUntil })
+    this.entries.set(keyOf(widgetId, id), { ...agent, validUntil })
   }
 
   /** After a committed write to this agent. */

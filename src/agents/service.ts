@@ -133,15 +133,25 @@ export class AgentService {
     const cached = this.cache?.get(widgetId, key, now)
     if (cached !== undefined) return cached
     const ticket = this.cache?.ticket()
-    const row = effective(await this.mustFind(widgetId, id), now)
-    const json = JSON.stringify(await this.represent(row))
+    const stored = await this.mustFind(widgetId, id)
+    const json = JSON.stringify(await this.represent(effective(stored, now)))
     const representation = { json, etag: etagOfJson(json) }
-    if (ticket !== undefined) {
-      // An agent online by heartbeat reads as offline once its presence lapses: the entry ends then.
-      const validUntil = row.status === 'online' && row.presence_expires_at !== null ? row.presence_expires_at : Infinity
-      this.cache?.set(widgetId, key, representation, validUntil, ticket)
-    }
+    if (ticket !== undefined) this.cache?.set(widgetId, key, { ...representation, row: stored }, cachedUntil(stored), ticket)
     return representation
+  }
+
+  /** After a committed write of this row: the cache drops what it had and keeps what was written. */
+  private wrote (row: AgentRow, agent: Agent): void {
+    if (this.cache === undefined) return
+    this.cache.invalidate(row.widget_id, row.id)
+    const json = JSON.stringify(agent)
+    this.cache.set(row.widget_id, row.id, { json, etag: etagOfJson(json), row }, cachedUntil(row), this.cache.ticket())
+  }
+
+  /** The row a write starts from: the cached one (exact, see AgentReadCache) unless fresh is asked for. */
+  private async findForWrite (widgetId: string, id: string, fresh: boolean): Promise<AgentRow> {
+    const cached = fresh ? undefined : this.cache?.get(widgetId, id.toLowerCase(), this.now())
+    return cached?.row ?? await this.mustFind(widgetId, id)
   }
 
   async getByServiceUserId (widgetId: string, serviceUserId: string): Promise<Agent> {
@@ -162,7 +172,7 @@ export class AgentService {
   async update (widgetId: string, id: string, input: UpdateAgentInput, options: WriteOptions = {}): Promise<Agent> {
     const avatar = input.avatar === undefined && options.upload === undefined ? undefined : avatarInput(input.avatar, options.upload)
     const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
-    return await this.applyUpdate(() => this.mustFind(widgetId, id), input, avatar === null, image, options.ifMatch)
+    return await this.applyUpdate(async (retry) => await this.findForWrite(widgetId, id, retry), input, avatar === null, image, options.ifMatch)
   }
 
   /**
@@ -327,13 +337,16 @@ export class AgentService {
     }
   }
 
-  /** Reads the row, works out what changes, writes it if the row is still as read; retries otherwise. */
+  /**
+   * Reads the row, works out what changes, writes it if the row is still as read; retries otherwise,
+   * reading the database itself (`load(true)`).
+   */
   private async applyUpdate (
-    load: () => Promise<AgentRow>, input: UpdateAgentInput, removeAvatar: boolean, image: StoredImage | undefined, ifMatch: string | undefined
+    load: (retry: boolean) => Promise<AgentRow>, input: UpdateAgentInput, removeAvatar: boolean, image: StoredImage | undefined, ifMatch: string | undefined
   ): Promise<Agent> {
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
       const now = this.now()
-      const stored = await load()
+      const stored = await load(attempt > 0)
       const current = effective(stored, now)
       const currentAvatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
       if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shape(current, currentAvatar)))) throw errors.preconditionFailed()
@@ -363,11 +376,11 @@ export class AgentService {
           const after = this.shape(row, avatar)
           // A lapse written down here gets its events first, then the change itself.
           await this.record(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
-          return after
+          return { row, after }
         })
         if (result !== undefined) {
-          this.cache?.invalidate(stored.widget_id, stored.id)
-          return result
+          this.wrote(result.row, result.after)
+          return result.after
         }
       } catch (err) {
         if (isUniqueViolation(err) && changes.visible.service_user_id != null) throw errors.serviceUserIdTaken(changes.visible.service_user_id)
@@ -495,6 +508,11 @@ export class AgentService {
       updatedAt: row.updated_at
     }
   }
+}
+
+/** Until when (unix seconds) a cached agent reads as it was cached: an online heartbeat lapses. */
+function cachedUntil (row: AgentRow): number {
+  return row.status === 'online' && row.presence_expires_at !== null ? row.presence_expires_at : Infinity
 }
 
 /** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
