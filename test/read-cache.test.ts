@@ -109,24 +109,21 @@ describe('GET /agents/:id with the read cache', () => {
     assert.equal(target.kind, 'sqlite')
     if (target.kind !== 'sqlite') return
     // Another connection, as another process would have: the server cannot see this write happen.
-    const other = new SQLite(target.file)
-    try {
-      other.pragma('busy_timeout = 5000')
-      other.prepare('update agents set name = ?, version = version + 1 where id = ?').run('Changed elsewhere', id)
-    } finally {
-      other.close()
+    const renameElsewhere = (name: string) => {
+      const other = new SQLite(target.file)
+      try {
+        other.pragma('busy_timeout = 5000')
+        other.prepare('update agents set name = ?, version = version + 1 where id = ?').run(name, id)
+      } finally {
+        other.close()
+      }
     }
+    renameElsewhere('Changed elsewhere')
     const res = await srv.call('GET', `/agents/${id}`)
     assert.equal(res.body.data.name, 'Changed elsewhere')
 
     // A write starts from the cached row: after another change elsewhere, it must still build on it.
-    const other2 = new SQLite(target.file)
-    try {
-      other2.pragma('busy_timeout = 5000')
-      other2.prepare('update agents set name = ?, version = version + 1 where id = ?').run('Changed again elsewhere', id)
-    } finally {
-      other2.close()
-    }
+    renameElsewhere('Changed again elsewhere')
     const put = await srv.call('PUT', `/agents/${id}`, { status: 'online' })
     assert.equal(put.status, 200)
     assert.equal(put.body.data.name, 'Changed again elsewhere')

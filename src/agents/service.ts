@@ -55,14 +55,25 @@ export interface Page {
   limit?: number
 }
 
-/** A strong ETag over the agent's representation: equal JSON, equal tag. */
-export function agentEtag (agent: Agent): string {
-  return etagOfJson(JSON.stringify(agent))
+const representations = new WeakMap<Agent, AgentRepresentation>()
+
+/**
+ * The agent's JSON and its strong ETag over it (equal JSON, equal tag), made once per agent object:
+ * a write that keeps what it wrote in the read cache and the route that answers with it share one.
+ */
+export function representationOf (agent: Agent): AgentRepresentation {
+  let representation = representations.get(agent)
+  if (representation === undefined) {
+    const json = JSON.stringify(agent)
+    representation = { json, etag: `"${hash('sha256', json, 'base64url').slice(0, 32)}"` }
+    representations.set(agent, representation)
+  }
+  return representation
 }
 
-/** The ETag of an agent already serialised (JSON.stringify of it): the same as agentEtag's. */
-export function etagOfJson (json: string): string {
-  return `"${hash('sha256', json, 'base64url').slice(0, 32)}"`
+/** A strong ETag over the agent's representation: equal JSON, equal tag. */
+export function agentEtag (agent: Agent): string {
+  return representationOf(agent).etag
 }
 
 /** True when an If-Match / If-None-Match header value names this ETag (or is `*`). */
@@ -122,10 +133,6 @@ export class AgentService {
     return { agents: await this.toApi(page), nextCursor, limit }
   }
 
-  async get (widgetId: string, id: string): Promise<Agent> {
-    return await this.represent(await this.mustFind(widgetId, id))
-  }
-
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */
   async getRepresentation (widgetId: string, id: string): Promise<AgentRepresentation> {
     const key = id.toLowerCase()
@@ -134,8 +141,7 @@ export class AgentService {
     if (cached !== undefined) return cached
     const ticket = this.cache?.ticket()
     const stored = await this.mustFind(widgetId, id)
-    const json = JSON.stringify(await this.represent(effective(stored, now)))
-    const representation = { json, etag: etagOfJson(json) }
+    const representation = representationOf(await this.represent(effective(stored, now)))
     if (ticket !== undefined) this.cache?.set(widgetId, key, { ...representation, row: stored }, cachedUntil(stored), ticket)
     return representation
   }
@@ -144,8 +150,7 @@ export class AgentService {
   private wrote (row: AgentRow, agent: Agent): void {
     if (this.cache === undefined) return
     this.cache.invalidate(row.widget_id, row.id)
-    const json = JSON.stringify(agent)
-    this.cache.set(row.widget_id, row.id, { json, etag: etagOfJson(json), row }, cachedUntil(row), this.cache.ticket())
+    this.cache.set(row.widget_id, row.id, { ...representationOf(agent), row }, cachedUntil(row), this.cache.ticket())
   }
 
   /** The row a write starts from: the cached one (exact, see AgentReadCache) unless fresh is asked for. */

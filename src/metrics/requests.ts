@@ -51,44 +51,25 @@ export class RequestMetrics {
   /** Registers both metrics with the registry, which asks them for their values on each scrape. */
   register (registry: Registry, names: { counter: string, histogram: string }, help: { counter: string, histogram: string }): void {
     const all = () => [...this.series.values()]
-    const counter = {
-      name: names.counter,
-      help: help.counter,
-      type: 'counter',
-      aggregator: 'sum',
-      get: async (): Promise<Exposition> => ({
-        name: names.counter,
-        help: help.counter,
-        type: 'counter',
-        aggregator: 'sum',
-        values: all().map((s) => ({ labels: s.labels, value: s.count }))
+    const counter = exposed(names.counter, help.counter, 'counter', () => all().map((s) => ({ labels: s.labels, value: s.count })))
+    const histogram = exposed(names.histogram, help.histogram, 'histogram', () => all().flatMap((s) => {
+      let cumulative = 0
+      const lines: Line[] = this.buckets.map((le, i) => {
+        cumulative += s.buckets[i] as number
+        return { metricName: `${names.histogram}_bucket`, labels: { le, ...s.labels }, value: cumulative }
       })
-    }
-    const histogram = {
-      name: names.histogram,
-      help: help.histogram,
-      type: 'histogram',
-      aggregator: 'sum',
-      get: async (): Promise<Exposition> => ({
-        name: names.histogram,
-        help: help.histogram,
-        type: 'histogram',
-        aggregator: 'sum',
-        values: all().flatMap((s) => {
-          let cumulative = 0
-          const lines: Line[] = this.buckets.map((le, i) => {
-            cumulative += s.buckets[i] as number
-            return { metricName: `${names.histogram}_bucket`, labels: { le, ...s.labels }, value: cumulative }
-          })
-          lines.push({ metricName: `${names.histogram}_bucket`, labels: { le: '+Inf', ...s.labels }, value: s.count })
-          lines.push({ metricName: `${names.histogram}_sum`, labels: s.labels, value: s.sum })
-          lines.push({ metricName: `${names.histogram}_count`, labels: s.labels, value: s.count })
-          return lines
-        })
-      })
-    }
+      lines.push({ metricName: `${names.histogram}_bucket`, labels: { le: '+Inf', ...s.labels }, value: s.count })
+      lines.push({ metricName: `${names.histogram}_sum`, labels: s.labels, value: s.sum })
+      lines.push({ metricName: `${names.histogram}_count`, labels: s.labels, value: s.count })
+      return lines
+    }))
     // The registry reads name, help, type and get() only; these objects are metrics to it.
     registry.registerMetric(counter as unknown as Parameters<Registry['registerMetric']>[0])
     registry.registerMetric(histogram as unknown as Parameters<Registry['registerMetric']>[0])
   }
+}
+
+/** A metric as prom-client's registry reads it: its description, and its lines made when scraped. */
+function exposed (name: string, help: string, type: Exposition['type'], values: () => Line[]): Omit<Exposition, 'values'> & { get: () => Promise<Exposition> } {
+  return { name, help, type, aggregator: 'sum', get: async () => ({ name, help, type, aggregator: 'sum', values: values() }) }
 }

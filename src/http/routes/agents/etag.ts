@@ -1,10 +1,14 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { agentEtag, etagMatches, etagOfJson } from '../../../agents/service.js'
+import { agentEtag, etagMatches, representationOf } from '../../../agents/service.js'
 import type { Agent } from '../../schemas/agent.js'
 
 /** Sets the agent's strong ETag on the reply; true when If-None-Match says the client has it already. */
 export function withEtag (request: FastifyRequest, reply: FastifyReply, agent: Agent): boolean {
-  const etag = agentEtag(agent)
+  return setEtag(request, reply, agentEtag(agent))
+}
+
+/** Sets a strong ETag on the reply; true when If-None-Match says the client has it already. */
+export function setEtag (request: FastifyRequest, reply: FastifyReply, etag: string): boolean {
   void reply.header('etag', etag)
   const ifNoneMatch = request.headers['if-none-match']
   return request.method === 'GET' && ifNoneMatch !== undefined && etagMatches(ifNoneMatch, etag)
@@ -16,17 +20,20 @@ export function ifMatchOf (request: FastifyRequest): string | undefined {
 }
 
 /**
- * Answers 200 with the agent and its ETag, serialised once for both: the envelope is sent as text
- * (Fastify passes a string with a JSON content type through unserialised; the route's response
- * schema still documents it). Key order is the schema's, as rawShape builds the agent.
+ * Answers 200 with the agent and its ETag, serialised once for both (and not again if the write that
+ * made the agent serialised it already: see representationOf).
  */
 export async function sendAgent (reply: FastifyReply, agent: Agent): Promise<FastifyReply> {
-  const json = JSON.stringify(agent)
-  void reply.header('etag', etagOfJson(json))
-  return await sendJsonText(reply, `{"status":200,"data":${json}}`)
+  const { json, etag } = representationOf(agent)
+  void reply.header('etag', etag)
+  return await sendAgentJson(reply, json)
 }
 
-/** Sends text that is JSON already. */
-export async function sendJsonText (reply: FastifyReply, text: string): Promise<FastifyReply> {
-  return await reply.type('application/json; charset=utf-8').send(text)
+/**
+ * Answers 200 with an agent already serialised, in the envelope, as text: Fastify passes a string
+ * with a JSON content type through unserialised (the route's response schema still documents it).
+ * Key order is the schema's, as rawShape builds the agent.
+ */
+export async function sendAgentJson (reply: FastifyReply, json: string): Promise<FastifyReply> {
+  return await reply.type('application/json; charset=utf-8').send(`{"status":200,"data":${json}}`)
 }

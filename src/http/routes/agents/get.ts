@@ -1,7 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentRoutesOptions } from './index.js'
-import { etagMatches } from '../../../agents/service.js'
-import { sendJsonText } from './etag.js'
+import { sendAgentJson, setEtag } from './etag.js'
 import { AgentParams, AgentSchema } from '../../schemas/agent.js'
 import { Ok, errorResponses } from '../../schemas/envelope.js'
 
@@ -17,10 +16,7 @@ export const getAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = asyn
   }, async (request, reply) => {
     // The hottest route: the agent comes as JSON already (often from memory), so it is sent as is.
     const { json, etag } = await agents.getRepresentation(request.widgetId, request.params.id)
-    void reply.header('etag', etag)
-    const ifNoneMatch = request.headers['if-none-match']
-    if (ifNoneMatch !== undefined && etagMatches(ifNoneMatch, etag)) return await reply.code(304).send(null)
-    return await sendJsonText(reply, `{"status":200,"data":${json}}`)
+    if (setEtag(request, reply, etag)) return await reply.code(304).send(null)
+    return await sendAgentJson(reply, json)
   })
 }
-
