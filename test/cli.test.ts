@@ -303,6 +303,13 @@ describe('agentry command and server process', () => {
       assert.equal(refused.headers.get('x-request-id'), 'cli-test-refused')
       const bare = await call(`${s.url}${AGENTS}`, { headers: { authorization: token } })
       assert.equal(bare.status, 200)
+      // One agent read twice, the second time from the read cache: both requests logged all the same.
+      const created = await call(`${s.url}${AGENTS}`, { method: 'POST', headers: { ...bearer(token), 'content-type': 'application/json' }, body: JSON.stringify({ serviceUserId: 'logged-1', name: 'Logged' }) })
+      const one = `${AGENTS}/${(created.body as { data: { id: string } }).data.id}`
+      for (const reqId of ['cli-test-one-1', 'cli-test-one-2']) {
+        assert.equal((await call(`${s.url}${one}`, { headers: { ...bearer(token), 'x-request-id': reqId } })).status, 200)
+        await s.waitForLog((l) => l.reqId === reqId && l.msg === 'request completed')
+      }
 
       // Request logs are written as the response finishes: wait (bounded) for the last one.
       await s.waitForLog((l) => l.reqId === 'cli-test-refused' && l.msg === 'request completed')

@@ -48,19 +48,20 @@ export class AgentReadCache {
     return this.generation
   }
 
-  get (widgetId: string, id: string, now: number): CachedAgent | undefined {
+  /** The entry, if fresh. `countMiss` false: a miss is not counted (the caller will look again). */
+  get (widgetId: string, id: string, now: number, countMiss = true): CachedAgent | undefined {
     const external = this.externalChanges()
     if (external !== this.seenExternal) {
       this.seenExternal = external
       this.clear()
-      this.misses++
+      if (countMiss) this.misses++
       return undefined
     }
     const key = keyOf(widgetId, id)
     const entry = this.entries.get(key)
     if (entry === undefined || now >= entry.validUntil) {
       if (entry !== undefined) this.entries.delete(key)
-      this.misses++
+      if (countMiss) this.misses++
       return undefined
     }
     this.hits++

@@ -146,6 +146,15 @@ export class AgentService {
     return representation
   }
 
+  /**
+   * The agent as getRepresentation would answer it, if the read cache has it: synchronous, for the
+   * in-memory answer to GET /agents/:id (src/http/fast-path.ts). A miss is not counted: the request
+   * then goes the usual way, which looks again.
+   */
+  cachedRepresentation (widgetId: string, id: string): AgentRepresentation | undefined {
+    return this.cache?.get(widgetId, id.toLowerCase(), this.now(), false)
+  }
+
   /** After a committed write of this row: the cache drops what it had and keeps what was written. */
   private wrote (row: AgentRow, agent: Agent): void {
     if (this.cache === undefined) return

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { createServer, type ServerOptions } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { Ajv, type Options as AjvOptions } from 'ajv'
 import type { Config } from '../config/index.js'
@@ -11,14 +11,17 @@ import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
 import { registerErrorHandling } from './error-handler.js'
+import { agentFastPath, type FastPath } from './fast-path.js'
 import { lazyChildLoggerFactory } from './lazy-logger.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
+import { RateLimiter } from './plugins/rate-limit.js'
 import { registerStaticFiles } from './plugins/static.js'
 import { registerAdminConsole } from './plugins/admin.js'
 import { apiRoutes } from './routes/api.js'
 import { healthRoutes } from './routes/health.js'
+import { requestIdOf } from './request-id.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
 export interface AppDeps {
@@ -36,7 +39,16 @@ export interface AppDeps {
   logger?: FastifyServerOptions['logger']
 }
 
-const REQUEST_ID = /^[\w.:@-]{1,128}$/
+const API_PREFIX = '/api/external/v1'
+
+/** What Fastify sets on the server it makes, as it passes them to a serverFactory. */
+interface ServerTimeouts {
+  http?: ServerOptions
+  keepAliveTimeout: number
+  requestTimeout: number
+  connectionTimeout: number
+  maxRequestsPerSocket: number
+}
 
 const ajvBase: AjvOptions = { allErrors: true, strict: false, removeAdditional: false, useDefaults: false }
 // JSON bodies are strict: `active` must be a JSON boolean, the rest strings. Form bodies get their
@@ -47,6 +59,8 @@ const otherAjv = new Ajv({ ...ajvBase, coerceTypes: 'array' })
 /** Builds the HTTP application around its dependencies; listening is the caller's business. */
 export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps
+  // Set once the routes are registered; see agentFastPath.
+  let fastPath: FastPath | undefined
   const app = Fastify({
     logger: deps.logger ?? {
       level: config.logLevel,
@@ -55,9 +69,19 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     childLoggerFactory: lazyChildLoggerFactory,
     bodyLimit: config.bodyLimitBytes,
     requestIdHeader: false,
-    genReqId: (req) => {
-      const given = req.headers['x-request-id']
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID()
+    genReqId: (req) => requestIdOf(req.headers),
+    // The server Fastify would make (same timeouts), with a GET of one agent from memory ahead of it.
+    serverFactory: (handler, options) => {
+      // Fastify has filled in its defaults by now.
+      const opts = options as unknown as ServerTimeouts
+      const server = createServer(opts.http ?? {}, (req, res) => {
+        if (fastPath === undefined || !fastPath(req, res)) handler(req, res)
+      })
+      server.keepAliveTimeout = opts.keepAliveTimeout
+      server.requestTimeout = opts.requestTimeout
+      server.setTimeout(opts.connectionTimeout)
+      if (opts.maxRequestsPerSocket > 0) server.maxRequestsPerSocket = opts.maxRequestsPerSocket
+      return server
     },
     // Our own hook below answers 503 during shutdown, in the envelope rather than Fastify's body.
     return503OnClosing: false,
@@ -97,17 +121,35 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   await registerOpenApi(app, deps.version)
 
   await app.register(healthRoutes, { checkReady: deps.checkReady })
+  const rateLimiter = config.rateLimit.max > 0 ? new RateLimiter(config.rateLimit.max, config.rateLimit.windowMs) : undefined
   await app.register(apiRoutes, {
-    prefix: '/api/external/v1',
+    prefix: API_PREFIX,
     agents: deps.agents,
     tokens: deps.tokens,
     webhooks: deps.webhooks,
     streams: deps.streams,
     db: deps.database.db,
-    rateLimit: config.rateLimit,
+    rateLimiter,
     maxUploadBytes: config.avatar.maxBytes
   })
   await registerStaticFiles(app, deps.store)
   await registerAdminConsole(app, config)
+  if (!logsEveryRequest(app)) {
+    fastPath = agentFastPath({
+      prefix: API_PREFIX,
+      agents: deps.agents,
+      tokens: deps.tokens,
+      limiter: rateLimiter,
+      requests: deps.metrics.requests,
+      closing: () => closing,
+      answered: deps.metrics.fastAnswered
+    })
+  }
   return app
+}
+
+/** Whether Fastify writes a log line for every request (pino at `info` or below). */
+function logsEveryRequest (app: FastifyInstance): boolean {
+  const log = app.log as { isLevelEnabled?: (level: string) => boolean }
+  return typeof log.isLevelEnabled === 'function' && log.isLevelEnabled('info')
 }

@@ -12,6 +12,8 @@ export interface Metrics {
   registry: Registry
   /** Every answered request: agentry_http_requests_total and agentry_http_request_duration_seconds. */
   requests: RequestMetrics
+  /** Counts a GET /agents/:id answered from memory ahead of Fastify (agentry_http_fast_answers_total). */
+  fastAnswered: () => void
   avatars: AvatarObserver
 }
 
@@ -85,9 +87,21 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
     }
   })
 
+  let fastAnswers = 0
+  new Counter({
+    name: 'agentry_http_fast_answers_total',
+    help: 'GET /agents/:id requests answered from memory ahead of the full request pipeline (also counted in agentry_http_requests_total).',
+    registers: [registry],
+    collect () {
+      this.reset()
+      this.inc(fastAnswers)
+    }
+  })
+
   return {
     registry,
     requests,
+    fastAnswered: () => { fastAnswers++ },
     avatars: {
       stage: (stage, seconds) => { avatarStage.observe({ stage }, seconds) },
       failed: (reason) => { avatarFailures.inc({ reason }) }

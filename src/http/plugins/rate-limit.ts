@@ -14,10 +14,59 @@ interface Window {
   resetAt: number
 }
 
+/** What one counted request learns: the three RateLimit-* values, and whether it may go on. */
+export interface RateLimitState {
+  readonly limit: number
+  readonly remaining: number
+  /** Seconds until the window ends (RateLimit-Reset, and Retry-After when refused). */
+  readonly resetSeconds: number
+  readonly allowed: boolean
+}
+
 /**
- * Fixed-window limits per token (keyed by its hash, never the token) or, without a token, per client
- * address, counted in this instance's memory. Every answer carries RateLimit-Limit, -Remaining and
- * -Reset (IETF draft headers); past the limit the answer is 429 `rate_limited` with Retry-After.
+ * Fixed-window limits per key (a token's hash, never the token, or a client address), counted in
+ * this instance's memory. Synchronous throughout: it runs on every API request.
+ */
+export class RateLimiter {
+  private readonly windows = new Map<string, Window>()
+  private nextSweep: number
+
+  constructor (readonly max: number, readonly windowMs: number) {
+    this.nextSweep = Date.now() + windowMs
+  }
+
+  /** Whether one more request for the key would be allowed now; counts nothing. */
+  allows (key: string, now: number): boolean {
+    const w = this.windows.get(key)
+    return w === undefined || w.resetAt <= now || w.count < this.max
+  }
+
+  /** Counts one request for the key. */
+  take (key: string, now: number): RateLimitState {
+    if (now >= this.nextSweep) {
+      // Windows that ended are forgotten, so keys seen once (bad tokens, many addresses) do not pile up.
+      for (const [k, w] of this.windows) if (w.resetAt <= now) this.windows.delete(k)
+      this.nextSweep = now + this.windowMs
+    }
+    let w = this.windows.get(key)
+    if (w === undefined || w.resetAt <= now) {
+      w = { count: 0, resetAt: now + this.windowMs }
+      this.windows.set(key, w)
+    }
+    w.count++
+    return {
+      limit: this.max,
+      remaining: Math.max(0, this.max - w.count),
+      resetSeconds: Math.ceil((w.resetAt - now) / 1000),
+      allowed: w.count <= this.max
+    }
+  }
+}
+
+/**
+ * Per-token limits (per client address without a token) on every request of this scope. Every answer
+ * carries RateLimit-Limit, -Remaining and -Reset (IETF draft headers); past the limit the answer is
+ * 429 `rate_limited` with Retry-After.
  *
  * Our own, rather than @fastify/rate-limit (used until the benchmarks): that plugin's per-request
  * pipeline (async hook, awaited key generator, a promise around the store, awaited max/timeWindow)
@@ -25,36 +74,19 @@ interface Window {
  * it its three headers.
  * It runs before the token check, so guessing tokens is limited too.
  */
-export function registerRateLimit (app: FastifyInstance, options: RateLimitOptions): void {
-  const { max, windowMs } = options
-  const windows = new Map<string, Window>()
-  let nextSweep = Date.now() + windowMs
-  const per = describeWindow(windowMs)
-
+export function registerRateLimit (app: FastifyInstance, limiter: RateLimiter): void {
+  const per = describeWindow(limiter.windowMs)
   app.addHook('onRequest', (request, reply, done) => {
-    const now = Date.now()
-    if (now >= nextSweep) {
-      // Windows that ended are forgotten, so keys seen once (bad tokens, many addresses) do not pile up.
-      for (const [key, w] of windows) if (w.resetAt <= now) windows.delete(key)
-      nextSweep = now + windowMs
-    }
-    const key = tokenHashOf(request) ?? `ip:${request.ip}`
-    let w = windows.get(key)
-    if (w === undefined || w.resetAt <= now) {
-      w = { count: 0, resetAt: now + windowMs }
-      windows.set(key, w)
-    }
-    w.count++
-    const resetSeconds = Math.ceil((w.resetAt - now) / 1000)
-    void reply.header('ratelimit-limit', max)
-    void reply.header('ratelimit-remaining', Math.max(0, max - w.count))
-    void reply.header('ratelimit-reset', resetSeconds)
-    if (w.count <= max) {
+    const state = limiter.take(tokenHashOf(request) ?? `ip:${request.ip}`, Date.now())
+    void reply.header('ratelimit-limit', state.limit)
+    void reply.header('ratelimit-remaining', state.remaining)
+    void reply.header('ratelimit-reset', state.resetSeconds)
+    if (state.allowed) {
       done()
       return
     }
-    void reply.header('retry-after', resetSeconds)
-    done(new AppError('rate_limited', `Too many requests for this token: at most ${max} per ${per}. Retry after the number of seconds in the Retry-After header.`))
+    void reply.header('retry-after', state.resetSeconds)
+    done(new AppError('rate_limited', `Too many requests for this token: at most ${limiter.max} per ${per}. Retry after the number of seconds in the Retry-After header.`))
   })
 }
 

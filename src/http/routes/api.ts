@@ -5,7 +5,7 @@ import type { EventStreams } from '../../events/stream.js'
 import type { TokenService } from '../../tokens/service.js'
 import type { WebhookService } from '../../webhooks/service.js'
 import { decorateTokenHash, requireToken } from '../plugins/auth.js'
-import { registerRateLimit } from '../plugins/rate-limit.js'
+import { registerRateLimit, type RateLimiter } from '../plugins/rate-limit.js'
 import { registerMultipart } from '../plugins/multipart.js'
 import { agentRoutes } from './agents/index.js'
 import { eventRoutes } from './events/index.js'
@@ -17,7 +17,8 @@ export interface ApiOptions {
   webhooks: WebhookService
   streams: EventStreams
   db: Db
-  rateLimit: { max: number, windowMs: number }
+  /** Undefined: no rate limits. */
+  rateLimiter: RateLimiter | undefined
   maxUploadBytes: number
 }
 
@@ -27,7 +28,7 @@ export interface ApiOptions {
  */
 export const apiRoutes: FastifyPluginAsync<ApiOptions> = async (app, options) => {
   decorateTokenHash(app)
-  if (options.rateLimit.max > 0) registerRateLimit(app, options.rateLimit)
+  if (options.rateLimiter !== undefined) registerRateLimit(app, options.rateLimiter)
   requireToken(app, options.tokens)
   await registerMultipart(app, options.maxUploadBytes)
   app.addHook('onRoute', (route) => {

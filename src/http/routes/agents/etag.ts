@@ -35,5 +35,10 @@ export async function sendAgent (reply: FastifyReply, agent: Agent): Promise<Fas
  * Key order is the schema's, as rawShape builds the agent.
  */
 export async function sendAgentJson (reply: FastifyReply, json: string): Promise<FastifyReply> {
-  return await reply.type('application/json; charset=utf-8').send(`{"status":200,"data":${json}}`)
+  return await reply.type('application/json; charset=utf-8').send(agentEnvelope(json))
+}
+
+/** An agent's JSON in the success envelope. */
+export function agentEnvelope (json: string): string {
+  return `{"status":200,"data":${json}}`
 }

@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict'
+import http from 'node:http'
+import { after, before, describe, it } from 'node:test'
+import { startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
+
+/**
+ * On SQLite, GET /agents/:id for an agent in the read cache is answered ahead of Fastify
+ * (src/http/fast-path.ts). A client must not be able to tell: the same status, the same headers in
+ * the same order, the same bytes, the same rate limit, counted in the same metrics. A query string
+ * sends the very same request the usual way, so the two can be compared side by side.
+ */
+
+const onSqlite = storeLeg().startsWith('sqlite')
+
+interface Raw { status: number, rawHeaders: string[], body: Buffer }
+
+async function rawGet (url: string, headers: Record<string, string> = {}): Promise<Raw> {
+  return await new Promise((resolve, reject) => {
+    http.get(url, { headers: { authorization: `Bearer ${TEST_TOKEN}`, ...headers } }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }) })
+      res.on('error', reject)
+    }).on('error', reject)
+  })
+}
+
+/** Header names in order, lower-cased, with their values. */
+function pairs (raw: Raw): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (let i = 0; i < raw.rawHeaders.length; i += 2) out.push([(raw.rawHeaders[i] as string).toLowerCase(), raw.rawHeaders[i + 1] as string])
+  return out
+}
+
+async function metric (srv: TestServer, name: string): Promise<number> {
+  const text = await (await fetch(`${srv.url}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+  return line === undefined ? 0 : Number(line.split(' ').at(-1))
+}
+
+describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read cache (and so this path) is SQLite only' }, () => {
+  let srv: TestServer
+  let id: string
+  before(async () => {
+    srv = await startTestServer({ RATE_LIMIT_MAX: '1000' })
+    const res = await srv.call('POST', '/agents', { serviceUserId: 'fast-1', name: 'Fast' })
+    assert.equal(res.status, 200)
+    id = res.body.data.id as string
+    // The first read goes the usual way and leaves the agent in the read cache.
+    assert.equal((await srv.call('GET', `/agents/${id}`)).status, 200)
+  })
+  after(async () => { await srv.close() })
+
+  it('answers exactly what the usual way answers: status, headers in order, body', async () => {
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const fast = await rawGet(`${srv.api}/agents/${id}`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
+    const usual = await rawGet(`${srv.api}/agents/${id}?usual=1`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'a query string goes the usual way')
+
+    assert.equal(fast.status, 200)
+    assert.equal(usual.status, 200)
+    assert.deepEqual(fast.body, usual.body)
+    const f = pairs(fast)
+    const u = pairs(usual)
+    assert.deepEqual(f.map(([name]) => name), u.map(([name]) => name), 'the same headers, in the same order')
+    for (const [i, [name, value]] of f.entries()) {
+      if (name === 'x-request-id' || name === 'date') continue
+      // The usual request came one later in the same rate-limit window.
+      if (name === 'ratelimit-remaining') assert.equal(Number(value), Number(u[i]?.[1]) + 1)
+      else assert.equal(value, u[i]?.[1], name)
+    }
+    assert.deepEqual(f.map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'etag', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
+    assert.deepEqual(JSON.parse(fast.body.toString()), { status: 200, data: (await srv.call('GET', `/agents/${id}?usual=2`)).body.data })
+  })
+
+  it('echoes a usable X-Request-Id and makes one up otherwise; a trailing slash is the same path', async () => {
+    const tagged = await rawGet(`${srv.api}/agents/${id}/`, { 'x-request-id': 'fast-req-1' })
+    assert.equal(tagged.status, 200)
+    assert.equal(pairs(tagged).find(([n]) => n === 'x-request-id')?.[1], 'fast-req-1')
+    const unusable = await rawGet(`${srv.api}/agents/${id}`, { 'x-request-id': 'has spaces' })
+    assert.match(pairs(unusable).find(([n]) => n === 'x-request-id')?.[1] ?? '', /^[0-9a-f-]{36}$/)
+  })
+
+  it('is counted in the request metrics under the route, like any answer', async () => {
+    const name = 'agentry_http_requests_total{method="GET",route="/api/external/v1/agents/:id",status_code="200"}'
+    const before = await metric(srv, name)
+    for (let i = 0; i < 3; i++) assert.equal((await rawGet(`${srv.api}/agents/${id}`)).status, 200)
+    assert.equal(await metric(srv, name), before + 3)
+  })
+
+  it('shows a write at once, and leaves what it cannot answer to the usual way', async () => {
+    const put = await srv.call('PUT', `/agents/${id}`, { status: 'online' })
+    assert.equal(put.status, 200)
+    const read = await rawGet(`${srv.api}/agents/${id}`)
+    assert.equal(JSON.parse(read.body.toString()).data.status, 'online')
+    assert.equal(pairs(read).find(([n]) => n === 'etag')?.[1], put.headers.get('etag'))
+
+    // Unknown agent, bad token, no token, HEAD, If-None-Match: each answered as the API documents.
+    assert.equal((await rawGet(`${srv.api}/agents/00000000-0000-0000-0000-000000000000`)).status, 404)
+    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { authorization: 'Bearer not-a-token' })).status, 401)
+    const etag = pairs(read).find(([n]) => n === 'etag')?.[1] ?? ''
+    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': etag })).status, 304)
+    const head = await new Promise<number>((resolve, reject) => {
+      http.request(`${srv.api}/agents/${id}`, { method: 'HEAD', headers: { authorization: `Bearer ${TEST_TOKEN}` } }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
+    })
+    assert.equal(head, 200)
+  })
+})
+
+describe('GET /agents/:id from memory, under a rate limit', { skip: !onSqlite && 'the read cache (and so this path) is SQLite only' }, () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '6', RATE_LIMIT_WINDOW_MS: '60000' }) })
+  after(async () => { await srv.close() })
+
+  it('counts against the same limit, and the request past it is refused with 429', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'fast-limit', name: 'Limited' })
+    assert.equal(created.headers.get('ratelimit-remaining'), '5')
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const remaining: string[] = []
+    // The first read fills the read cache; the next ones are answered from memory.
+    for (let i = 0; i < 5; i++) {
+      const res = await rawGet(`${srv.api}/agents/${created.body.data.id as string}`)
+      assert.equal(res.status, 200)
+      remaining.push(pairs(res).find(([n]) => n === 'ratelimit-remaining')?.[1] ?? '')
+    }
+    assert.deepEqual(remaining, ['4', '3', '2', '1', '0'], 'each read counted once, whichever way it went')
+    assert.ok(await metric(srv, 'agentry_http_fast_answers_total') > before, 'some were answered from memory')
+    const refused = await rawGet(`${srv.api}/agents/${created.body.data.id as string}`)
+    assert.equal(refused.status, 429)
+    assert.equal(JSON.parse(refused.body.toString()).error.code, 'rate_limited')
+    assert.ok(pairs(refused).some(([n]) => n === 'retry-after'))
+  })
+})
