@@ -133,3 +133,46 @@ describe('GET /agents/:id from memory, under a rate limit', { skip: !onSqlite &&
     assert.ok(pairs(refused).some(([n]) => n === 'retry-after'))
   })
 })
+
+describe('one keep-alive connection, several tokens', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  it('judges every request by its own Authorization header', async () => {
+    const other = await srv.services.tokens.create('other-widget')
+    const reader = await srv.services.tokens.create('default', { scope: 'read' })
+    const mine = await srv.call('POST', '/agents', { serviceUserId: 'conn-1', name: 'Mine' })
+    const id = mine.body.data.id as string
+    // One socket for every request below, so anything remembered per connection is put to the test.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
+    const sockets = new Set<unknown>()
+    const send = async (method: string, authorization: string | undefined, body?: string): Promise<number> => await new Promise((resolve, reject) => {
+      const headers: Record<string, string> = authorization === undefined ? {} : { authorization }
+      if (body !== undefined) headers['content-type'] = 'application/json'
+      const req = http.request(`${srv.api}/agents/${id}`, { method, agent, headers }, (res) => {
+        sockets.add(res.socket)
+        res.resume()
+        res.on('end', () => { resolve(res.statusCode ?? 0) })
+      }).on('error', reject)
+      req.end(body)
+    })
+    try {
+      const rename = JSON.stringify({ name: 'Renamed' })
+      assert.deepEqual([
+        await send('GET', `Bearer ${TEST_TOKEN}`),
+        await send('GET', `Bearer ${TEST_TOKEN}`),
+        await send('GET', `Bearer ${other.token}`),
+        await send('GET', 'Bearer not-a-token'),
+        await send('GET', undefined),
+        await send('GET', reader.token),
+        await send('PUT', `Bearer ${reader.token}`, rename),
+        await send('GET', `Bearer ${TEST_TOKEN}`),
+        await send('PUT', `Bearer ${TEST_TOKEN}`, rename)
+      ], [200, 200, 404, 401, 401, 200, 403, 200, 200])
+      assert.equal(sockets.size, 1, 'all on one connection')
+    } finally {
+      agent.destroy()
+    }
+  })
+})

@@ -2,8 +2,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AgentService } from '../agents/service.js'
 import type { AgentRepresentation } from '../agents/read-cache.js'
 import type { RequestMetrics } from '../metrics/requests.js'
-import { hashToken, type TokenService } from '../tokens/service.js'
-import { tokenFromHeader } from './plugins/auth.js'
+import type { TokenService } from '../tokens/service.js'
+import { authorizationHash } from './plugins/auth.js'
 import type { RateLimiter } from './plugins/rate-limit.js'
 import { requestIdOf } from './request-id.js'
 import { agentEnvelope } from './routes/agents/etag.js'
@@ -63,9 +63,8 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     if (headers['if-none-match'] !== undefined || headers['content-length'] !== undefined ||
       headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
-    const token = tokenFromHeader(headers.authorization)
-    if (token === undefined) return false
-    const hash = hashToken(token)
+    const hash = authorizationHash(req.socket, headers.authorization)
+    if (hash === null) return false
     const caller = deps.tokens.cachedIdentity(hash)
     if (caller === undefined || caller === null) return false
     const now = Date.now()
