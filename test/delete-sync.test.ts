@@ -52,6 +52,27 @@ describe('DELETE /agents/:id', () => {
     }, 5000, 100)
   })
 
+  it('a write that fails after its avatar was stored leaves no files behind', async () => {
+    const before = await srv.storedFiles()
+    const unchanged = async () => {
+      const files = await srv.storedFiles()
+      return files.length === before.length && files.every((f, i) => f === before[i]) ? true : undefined
+    }
+    // No such agent: the image is downloaded and stored before the row is looked for.
+    const missing = await srv.call('PUT', '/agents/00000000-0000-4000-8000-000000000000', { avatar: `${fx.url}/anim.gif` })
+    assert.equal(missing.status, 404)
+    await until('the stored files of the refused write to be collected', unchanged, 5000, 100)
+
+    // If-Match not met.
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'gc-412', name: 'Guarded' })
+    const withAgent = await srv.storedFiles()
+    assert.deepEqual(withAgent, before, 'no avatar, no files')
+    const stale = await srv.call('PUT', `/agents/${a.body.data.id}`, { avatar: `${fx.url}/rotated.jpg` }, { 'if-match': '"not-the-current-etag"' })
+    assert.equal(stale.status, 412)
+    await until('the stored files of the refused write to be collected', unchanged, 5000, 100)
+    assert.equal((await srv.call('GET', `/agents/${a.body.data.id}`)).body.data.avatar, null)
+  })
+
   it('replacing or removing an avatar lets its old files go too', async () => {
     const a = await srv.call('POST', '/agents', { serviceUserId: 'gc-3', name: 'Three', avatar: `${fx.url}/photo.webp` })
     const old = a.body.data.avatar.info.path as string

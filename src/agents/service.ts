@@ -179,14 +179,15 @@ export class AgentService {
     // Checked before the avatar download so a duplicate costs nothing; the unique index decides races.
     await this.mustBeFreeServiceUserId(widgetId, input.serviceUserId)
     const image = avatar === null ? undefined : await this.ingest(avatar)
-    return await this.insert(widgetId, input, image)
+    return await this.writeWithImage(image, async () => await this.insert(widgetId, input, image))
   }
 
   /** Changes only the fields given; a request that changes nothing leaves updatedAt as it was. */
   async update (widgetId: string, id: string, input: UpdateAgentInput, options: WriteOptions = {}): Promise<Agent> {
     const avatar = input.avatar === undefined && options.upload === undefined ? undefined : avatarInput(input.avatar, options.upload)
     const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
-    return await this.applyUpdate(async (retry) => await this.findForWrite(widgetId, id, retry), input, avatar === null, image, options.ifMatch)
+    return await this.writeWithImage(image, async () =>
+      await this.applyUpdate(async (retry) => await this.findForWrite(widgetId, id, retry), input, avatar === null, image, options.ifMatch))
   }
 
   /**
@@ -218,11 +219,11 @@ export class AgentService {
       if (currentAvatar?.source_url === avatar.url) avatar = undefined
     }
     const image = avatar === undefined || avatar === null ? undefined : await this.ingest(avatar)
-    const agent = await this.applyUpdate(async () => {
+    const agent = await this.writeWithImage(image, async () => await this.applyUpdate(async () => {
       const row = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
       if (row === undefined) throw notFoundByServiceUserId(serviceUserId)
       return row
-    }, { ...input, avatar: undefined }, avatar === null, image, options.ifMatch)
+    }, { ...input, avatar: undefined }, avatar === null, image, options.ifMatch))
     return { agent, created: false }
   }
 
@@ -321,6 +322,25 @@ export class AgentService {
 
   private async ingest (avatar: NonNullable<AvatarInput>): Promise<StoredImage> {
     return 'url' in avatar ? await this.avatars.ingestUrl(avatar.url) : await this.avatars.ingestUpload(avatar.upload)
+  }
+
+  /**
+   * Runs the write that follows an ingest. The files are stored before the row that refers to them,
+   * so a write that then fails (no such agent, If-Match not met, the serviceUserId taken meanwhile)
+   * would leave them behind: their content goes to the file collector instead, which removes them
+   * after AVATAR_GC_GRACE_SECONDS unless an avatar refers to that content by then.
+   */
+  private async writeWithImage<T> (image: StoredImage | undefined, write: () => Promise<T>): Promise<T> {
+    try {
+      return await write()
+    } catch (err) {
+      if (image !== undefined) {
+        const eligibleAt = this.now() + this.options.blobGcGraceSeconds
+        // Best effort: the caller hears about the write's failure, not this one's.
+        await this.transact(async (trx) => { await scheduleBlobGc(trx, image.sha256, image.ext, eligibleAt) }).catch(() => {})
+      }
+      throw err
+    }
   }
 
   private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
