@@ -39,6 +39,7 @@ const EnvSchema = Type.Object({
   MAINTENANCE_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 50, maximum: 3600000 }),
   IDEMPOTENCY_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60, maximum: 2592000 }),
   AGENT_CACHE_ENTRIES: Type.Integer({ default: 10000, minimum: 0, maximum: 10000000 }),
+  STATIC_CACHE_BYTES: Type.Integer({ default: 16777216, minimum: 0, maximum: 17179869184 }),
   RATE_LIMIT_MAX: Type.Integer({ default: 1000, minimum: 0, maximum: 100000000 }),
   RATE_LIMIT_WINDOW_MS: Type.Integer({ default: 10000, minimum: 1000, maximum: 86400000 }),
   EVENTS_RETENTION_SECONDS: Type.Integer({ default: 604800, minimum: 60, maximum: 31536000 }),
@@ -102,6 +103,8 @@ export interface Config {
   }
   /** Agents kept ready to answer GET /agents/:id from memory (SQLite only); 0 turns the cache off. */
   readonly agentCacheEntries: number
+  /** Bytes of small avatar files kept in memory to serve /static from (local disk only); 0 turns it off. */
+  readonly staticCacheBytes: number
   /** Requests per token per window; 0 turns rate limiting off. */
   readonly rateLimit: { readonly max: number, readonly windowMs: number }
   /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
@@ -161,6 +164,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
     agentCacheEntries: e.AGENT_CACHE_ENTRIES,
+    staticCacheBytes: e.STATIC_CACHE_BYTES,
     rateLimit: { max: e.RATE_LIMIT_MAX, windowMs: e.RATE_LIMIT_WINDOW_MS },
     events: { retentionSeconds: e.EVENTS_RETENTION_SECONDS, pollMs: e.EVENTS_POLL_MS, heartbeatMs: e.EVENTS_HEARTBEAT_MS },
     webhooks: {

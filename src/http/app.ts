@@ -12,6 +12,8 @@ import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
 import { registerErrorHandling } from './error-handler.js'
 import { agentFastPath, type FastPath } from './fast-path.js'
+import { staticFastPath } from './static-cache.js'
+import { LocalBlobStore } from '../storage/local.js'
 import { lazyChildLoggerFactory } from './lazy-logger.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
@@ -59,7 +61,7 @@ const otherAjv = new Ajv({ ...ajvBase, coerceTypes: 'array' })
 /** Builds the HTTP application around its dependencies; listening is the caller's business. */
 export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   const { config } = deps
-  // Set once the routes are registered; see agentFastPath.
+  // Set once the routes are registered; see agentFastPath and staticFastPath.
   let fastPath: FastPath | undefined
   const app = Fastify({
     logger: deps.logger ?? {
@@ -135,7 +137,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   await registerStaticFiles(app, deps.store)
   await registerAdminConsole(app, config)
   if (!logsEveryRequest(app)) {
-    fastPath = agentFastPath({
+    const paths: FastPath[] = [agentFastPath({
       prefix: API_PREFIX,
       agents: deps.agents,
       tokens: deps.tokens,
@@ -143,7 +145,11 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       requests: deps.metrics.requests,
       closing: () => closing,
       answered: deps.metrics.fastAnswered
-    })
+    })]
+    if (deps.store instanceof LocalBlobStore && config.staticCacheBytes > 0) {
+      paths.push(staticFastPath({ root: deps.store.root, maxBytes: config.staticCacheBytes, requests: deps.metrics.requests, closing: () => closing, answered: deps.metrics.fastAnswered }))
+    }
+    fastPath = (req, res) => paths.some((answer) => answer(req, res))
   }
   return app
 }

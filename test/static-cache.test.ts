@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import http from 'node:http'
+import path from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { until } from './helpers/process.js'
+import { startTestServer, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
+
+/**
+ * On local disk, small avatar files are answered from memory once read (src/http/static-cache.ts).
+ * A client must not be able to tell, except by speed: the same status, headers in the same order,
+ * the same bytes; and a file that is deleted or changed on disk is never answered from memory.
+ * A query string sends the very same request the usual way (@fastify/static), for comparison.
+ */
+
+const onLocalDisk = storeLeg().endsWith('local')
+
+interface Raw { status: number, rawHeaders: string[], body: Buffer }
+
+async function rawGet (url: string, headers: Record<string, string> = {}): Promise<Raw> {
+  return await new Promise((resolve, reject) => {
+    http.get(url, { headers }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }) })
+      res.on('error', reject)
+    }).on('error', reject)
+  })
+}
+
+function pairs (raw: Raw): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (let i = 0; i < raw.rawHeaders.length; i += 2) out.push([(raw.rawHeaders[i] as string).toLowerCase(), raw.rawHeaders[i + 1] as string])
+  return out
+}
+
+const header = (raw: Raw, name: string) => pairs(raw).find(([n]) => n === name)?.[1]
+
+async function fastAnswers (srv: TestServer): Promise<number> {
+  const text = await (await fetch(`${srv.url}/metrics`)).text()
+  return Number(text.split('\n').find((l) => l.startsWith('agentry_http_fast_answers_total '))?.split(' ')[1] ?? 0)
+}
+
+describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  before(async () => {
+    fx = await startFixtureServer()
+    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  /** Creates an agent with the image and returns its 120x120 URL, once that file is served from memory. */
+  async function cachedFile (serviceUserId: string, image: string): Promise<{ id: string, url: string, key: string }> {
+    const res = await srv.call('POST', '/agents', { serviceUserId, name: serviceUserId, avatar: `${fx.url}/${image}` })
+    assert.equal(res.status, 200)
+    const url = res.body.data.avatar.url['120x120'] as string
+    await until('the file to be answered from memory', async () => {
+      const before = await fastAnswers(srv)
+      assert.equal((await rawGet(url)).status, 200)
+      return await fastAnswers(srv) > before ? true : undefined
+    }, 5000, 20)
+    return { id: res.body.data.id as string, url, key: `120x120${res.body.data.avatar.info.path as string}` }
+  }
+
+  it('answers exactly what @fastify/static answers: status, headers in order, bytes', async () => {
+    const { url } = await cachedFile('static-1', 'photo.png')
+    const before = await fastAnswers(srv)
+    const fast = await rawGet(url)
+    const usual = await rawGet(`${url}?usual=1`)
+    assert.equal(await fastAnswers(srv), before + 1, 'one from memory, one the usual way')
+    assert.equal(fast.status, 200)
+    assert.equal(usual.status, 200)
+    assert.deepEqual(fast.body, usual.body)
+    const f = pairs(fast).filter(([n]) => n !== 'x-request-id' && n !== 'date')
+    const u = pairs(usual).filter(([n]) => n !== 'x-request-id' && n !== 'date')
+    assert.deepEqual(f, u)
+    assert.deepEqual(pairs(fast).map(([n]) => n), ['x-request-id', 'accept-ranges', 'cache-control', 'last-modified', 'etag', 'content-type',
+      'content-length', 'x-content-type-options', 'content-security-policy', 'date', 'connection', 'keep-alive'])
+    assert.equal(header(fast, 'content-type'), 'image/png')
+    assert.match(header(fast, 'cache-control') ?? '', /immutable/)
+  })
+
+  it('leaves conditional, range and HEAD requests to the usual way, which answers them', async () => {
+    const { url } = await cachedFile('static-2', 'photo.webp')
+    const full = await rawGet(url)
+    const etag = header(full, 'etag') ?? ''
+    assert.equal((await rawGet(url, { 'if-none-match': etag })).status, 304)
+    const range = await rawGet(url, { range: 'bytes=0-9' })
+    assert.equal(range.status, 206)
+    assert.deepEqual(range.body, full.body.subarray(0, 10))
+    const head = await new Promise<number>((resolve, reject) => {
+      http.request(url, { method: 'HEAD' }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
+    })
+    assert.equal(head, 200)
+  })
+
+  it('never answers from memory for a file that is gone or changed on disk', async () => {
+    const { id, url, key } = await cachedFile('static-3', 'rotated.jpg')
+    // The local store's layout: DATA_DIR/avatars/<key>.
+    const stored = path.join(srv.dataDir, 'avatars', key)
+    assert.ok(fs.existsSync(stored), `the file is on disk at ${stored}`)
+
+    // Changed (its modification time stands in for any change): the usual way answers, with the file's new dates.
+    const first = await rawGet(url)
+    const later = new Date(Date.now() + 60_000)
+    fs.utimesSync(stored, later, later)
+    const changed = await rawGet(url)
+    assert.equal(changed.status, 200)
+    assert.notEqual(header(changed, 'last-modified'), header(first, 'last-modified'))
+    assert.equal(header(changed, 'last-modified'), later.toUTCString())
+
+    // Gone: the agent deleted, its files collected; a 404 from then on, never the bytes kept in memory.
+    assert.equal((await srv.call('DELETE', `/agents/${id}`)).status, 200)
+    await until('the file to be collected', () => (fs.existsSync(stored) ? undefined : true), 5000, 50)
+    assert.equal((await rawGet(url)).status, 404)
+  })
+})
+
+describe('GET /static/... with STATIC_CACHE_BYTES=0', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
+  it('always goes the usual way', async () => {
+    const fx = await startFixtureServer()
+    const srv = await startTestServer({ STATIC_CACHE_BYTES: '0' })
+    try {
+      const res = await srv.call('POST', '/agents', { serviceUserId: 'static-off', name: 'Off', avatar: `${fx.url}/photo.png` })
+      const url = res.body.data.avatar.url['120x120'] as string
+      for (let i = 0; i < 5; i++) {
+        assert.equal((await rawGet(url)).status, 200)
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+      assert.equal(await fastAnswers(srv), 0)
+    } finally {
+      await srv.close()
+      await fx.close()
+    }
+  })
+})
