@@ -72,7 +72,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     bodyLimit: config.bodyLimitBytes,
     requestIdHeader: false,
     genReqId: (req) => requestIdOf(req.headers),
-    // The server Fastify would make (same timeouts), with a GET of one agent from memory ahead of it.
+    // The server Fastify would make (same timeouts), with the answers from memory ahead of it.
     serverFactory: (handler, options) => {
       // Fastify has filled in its defaults by now.
       const opts = options as unknown as ServerTimeouts
