@@ -75,6 +75,24 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
     assert.deepEqual(JSON.parse(fast.body.toString()), { status: 200, data: (await srv.call('GET', `/agents/${id}?usual=2`)).body.data })
   })
 
+  it('answers If-None-Match with the current ETag with a bare 304, as the usual way does', async () => {
+    const etag = pairs(await rawGet(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const fast = await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': etag })
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
+    const usual = await rawGet(`${srv.api}/agents/${id}?usual=1`, { 'if-none-match': etag })
+    for (const res of [fast, usual]) {
+      assert.equal(res.status, 304)
+      assert.equal(res.body.length, 0)
+      assert.deepEqual(pairs(res).map(([n]) => n), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'etag', 'date', 'connection', 'keep-alive'],
+        'no Content-Type or Content-Length on a 304')
+      assert.equal(pairs(res).find(([n]) => n === 'etag')?.[1], etag)
+    }
+    // Another ETag (or a weak form of this one): the whole agent, or a 304 as If-None-Match compares weakly.
+    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': '"something-else"' })).status, 200)
+    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': `W/${etag}` })).status, 304)
+  })
+
   it('echoes a usable X-Request-Id and makes one up otherwise; a trailing slash is the same path', async () => {
     const tagged = await rawGet(`${srv.api}/agents/${id}/`, { 'x-request-id': 'fast-req-1' })
     assert.equal(tagged.status, 200)

@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { AgentService } from '../agents/service.js'
+import { etagMatches, type AgentService } from '../agents/service.js'
 import type { AgentRepresentation } from '../agents/read-cache.js'
 import type { RequestMetrics } from '../metrics/requests.js'
 import type { TokenService } from '../tokens/service.js'
@@ -36,10 +36,10 @@ const PLAIN_ID = /^[0-9A-Za-z_-]{1,200}$/
  * reached. It does what the usual way does for such a request, in the same order and with the same
  * bytes out (test/fast-path.test.ts compares the two, header by header): the token's rate limit is
  * counted, the token checked, the request id taken or made, the agent and its ETag sent in the
- * envelope, the request counted in the metrics. What it declines goes the usual way, unchanged:
- * anything but a plain GET of one agent (HEAD, If-None-Match, a query string, a body, an encoded
- * id), an unknown or uncached token, an agent not in the read cache (the usual way then reads it
- * and caches it), a limit reached, shutdown.
+ * envelope (or 304 when If-None-Match has its ETag), the request counted in the metrics. What it
+ * declines goes the usual way, unchanged: anything but a plain GET of one agent (HEAD, a query
+ * string, a body, an encoded id), an unknown or uncached token, an agent not in the read cache (the
+ * usual way then reads it and caches it), a limit reached, shutdown.
  *
  * Why: a GET from the read cache spends ~40 µs of CPU going through Fastify's request lifecycle
  * (request and reply objects, five hooks, parameter validation, an async handler, header
@@ -60,8 +60,7 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     if (id.endsWith('/')) id = id.slice(0, -1)
     if (!PLAIN_ID.test(id)) return false
     const headers = req.headers
-    if (headers['if-none-match'] !== undefined || headers['content-length'] !== undefined ||
-      headers['transfer-encoding'] !== undefined || deps.closing()) return false
+    if (headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
     const hash = authorizationHash(req.socket, headers.authorization)
     if (hash === null) return false
@@ -73,25 +72,31 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     const agent = deps.agents.cachedRepresentation(caller.widgetId, id)
     if (agent === undefined) return false
 
-    let body = bodies.get(agent)
-    if (body === undefined) {
-      body = Buffer.from(agentEnvelope(agent.json))
-      bodies.set(agent, body)
-    }
     // Header names, order and values as Fastify writes them for the same request.
-    const requestId = requestIdOf(headers)
-    if (limiter === undefined) {
-      res.writeHead(200, ['x-request-id', requestId, 'etag', agent.etag, 'content-type', JSON_TYPE, 'content-length', String(body.length)])
-    } else {
+    const out = ['x-request-id', requestIdOf(headers)]
+    if (limiter !== undefined) {
       const limit = limiter.take(hash, now)
-      res.writeHead(200, [
-        'x-request-id', requestId,
-        'ratelimit-limit', String(limit.limit), 'ratelimit-remaining', String(limit.remaining), 'ratelimit-reset', String(limit.resetSeconds),
-        'etag', agent.etag, 'content-type', JSON_TYPE, 'content-length', String(body.length)
-      ])
+      out.push('ratelimit-limit', String(limit.limit), 'ratelimit-remaining', String(limit.remaining), 'ratelimit-reset', String(limit.resetSeconds))
     }
-    res.end(body)
-    deps.requests.observe('GET', route, 200, (performance.now() - start) / 1000)
+    out.push('etag', agent.etag)
+    const ifNoneMatch = headers['if-none-match']
+    let status = 200
+    if (ifNoneMatch !== undefined && etagMatches(ifNoneMatch, agent.etag)) {
+      // The client has it: 304, no body, so no Content-Type or Content-Length.
+      status = 304
+      res.writeHead(304, out)
+      res.end()
+    } else {
+      let body = bodies.get(agent)
+      if (body === undefined) {
+        body = Buffer.from(agentEnvelope(agent.json))
+        bodies.set(agent, body)
+      }
+      out.push('content-type', JSON_TYPE, 'content-length', String(body.length))
+      res.writeHead(200, out)
+      res.end(body)
+    }
+    deps.requests.observe('GET', route, status, (performance.now() - start) / 1000)
     deps.answered()
     return true
   }

@@ -19,3 +19,9 @@ export const ErrorEnvelope = Type.Object({
 
 export const errorResponses = (...codes: number[]) =>
   Object.fromEntries(codes.map((c) => [c, Type.Ref('Error')]))
+
+/**
+ * 304: no body at all, so no Content-Type and no Content-Length either (RFC 9110 forbids a
+ * Content-Length other than the 200's). Answer it with `reply.code(304).send(undefined)`.
+ */
+export const NotModified = Type.Unknown({ description: 'Not modified: no body.' })
