@@ -122,6 +122,46 @@ describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept 
   })
 })
 
+describe('GET /static/... within STATIC_CACHE_BYTES', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
+  it('keeps no more than the bytes allowed: a new file pushes the oldest out', async () => {
+    const fx = await startFixtureServer()
+    const images = ['photo.png', 'photo.webp']
+    // The sizes of the two 120x120 files, from a first server with the default bound.
+    const sizes: number[] = []
+    const probe = await startTestServer()
+    try {
+      for (const [i, image] of images.entries()) {
+        const res = await probe.call('POST', '/agents', { serviceUserId: `size-${i}`, name: 'Size', avatar: `${fx.url}/${image}` })
+        sizes.push(Number(header(await rawGet(res.body.data.avatar.url['120x120'] as string), 'content-length')))
+      }
+    } finally {
+      await probe.close()
+    }
+    // Room for either file with its ~0.5 KB of bookkeeping, not for both.
+    const bound = Math.max(...sizes) + 512 + Math.floor(Math.min(...sizes) / 2)
+    const srv = await startTestServer({ STATIC_CACHE_BYTES: String(bound) })
+    try {
+      const urls: string[] = []
+      for (const [i, image] of images.entries()) {
+        const res = await srv.call('POST', '/agents', { serviceUserId: `bound-${i}`, name: 'Bound', avatar: `${fx.url}/${image}` })
+        urls.push(res.body.data.avatar.url['120x120'] as string)
+      }
+      const fromMemory = async (url: string): Promise<boolean> => {
+        const before = await fastAnswers(srv)
+        assert.equal((await rawGet(url)).status, 200)
+        return await fastAnswers(srv) > before
+      }
+      const [first, second] = urls as [string, string]
+      await until('the first file to be kept', async () => (await fromMemory(first) ? true : undefined), 5000, 20)
+      await until('the second file to be kept', async () => (await fromMemory(second) ? true : undefined), 5000, 20)
+      assert.equal(await fromMemory(first), false, 'the first was pushed out to make room')
+    } finally {
+      await srv.close()
+      await fx.close()
+    }
+  })
+})
+
 describe('GET /static/... with STATIC_CACHE_BYTES=0', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
   it('always goes the usual way', async () => {
     const fx = await startFixtureServer()

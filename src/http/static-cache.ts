@@ -10,6 +10,9 @@ import { requestIdOf } from './request-id.js'
 /** Files larger than this are always streamed from disk. */
 const MAX_FILE_BYTES = 256 * 1024
 
+/** What an entry costs beyond the file's bytes (its headers, the map entry), counted against maxBytes. */
+const ENTRY_OVERHEAD = 512
+
 interface Entry {
   readonly body: Buffer
   readonly headers: readonly string[]
@@ -51,19 +54,20 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
   const loading = new Set<string>()
   let bytes = 0
 
+  const cost = (body: Buffer): number => body.length + ENTRY_OVERHEAD
   const drop = (key: string, entry: Entry): void => {
     entries.delete(key)
-    bytes -= entry.body.length
+    bytes -= cost(entry.body)
   }
 
   const load = async (key: string, file: string): Promise<void> => {
     loading.add(key)
     try {
       const stat = await fs.promises.stat(file)
-      if (!stat.isFile() || stat.size > MAX_FILE_BYTES || stat.size > deps.maxBytes) return
+      if (!stat.isFile() || stat.size > MAX_FILE_BYTES || stat.size + ENTRY_OVERHEAD > deps.maxBytes) return
       const body = await fs.promises.readFile(file)
-      if (body.length !== stat.size) return
-      while (bytes + body.length > deps.maxBytes) {
+      if (body.length !== stat.size || entries.has(key)) return
+      while (bytes + cost(body) > deps.maxBytes) {
         // Oldest first out: Map keeps insertion order.
         const oldest = entries.entries().next()
         if (oldest.done === true) break
@@ -87,7 +91,7 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
         size: stat.size,
         mtimeMs: stat.mtimeMs
       })
-      bytes += body.length
+      bytes += cost(body)
     } catch {
       // Gone or unreadable: the usual way answers for it.
     } finally {
