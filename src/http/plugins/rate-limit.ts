@@ -2,12 +2,6 @@ import type { FastifyInstance } from 'fastify'
 import { AppError } from '../../errors/index.js'
 import { tokenHashOf } from './auth.js'
 
-export interface RateLimitOptions {
-  /** Requests per key per window. */
-  max: number
-  windowMs: number
-}
-
 interface Window {
   count: number
   /** Date.now() at which the window ends and the count starts again. */
