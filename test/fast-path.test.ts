@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import http from 'node:http'
 import { after, before, describe, it } from 'node:test'
-import { startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
+import { headerPairs, rawGet, startTestServer, TEST_TOKEN, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -13,25 +13,12 @@ import { storeLeg } from './helpers/stores.js'
 
 const onSqlite = storeLeg().startsWith('sqlite')
 
-interface Raw { status: number, rawHeaders: string[], body: Buffer }
-
-async function rawGet (url: string, headers: Record<string, string> = {}): Promise<Raw> {
-  return await new Promise((resolve, reject) => {
-    http.get(url, { headers: { authorization: `Bearer ${TEST_TOKEN}`, ...headers } }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }) })
-      res.on('error', reject)
-    }).on('error', reject)
-  })
+/** A GET with the test token unless the headers give another Authorization. */
+async function get (url: string, headers: Record<string, string> = {}): Promise<RawResponse> {
+  return await rawGet(url, { authorization: `Bearer ${TEST_TOKEN}`, ...headers })
 }
 
-/** Header names in order, lower-cased, with their values. */
-function pairs (raw: Raw): Array<[string, string]> {
-  const out: Array<[string, string]> = []
-  for (let i = 0; i < raw.rawHeaders.length; i += 2) out.push([(raw.rawHeaders[i] as string).toLowerCase(), raw.rawHeaders[i + 1] as string])
-  return out
-}
+const pairs = headerPairs
 
 async function metric (srv: TestServer, name: string): Promise<number> {
   const text = await (await fetch(`${srv.url}/metrics`)).text()
@@ -54,9 +41,9 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
 
   it('answers exactly what the usual way answers: status, headers in order, body', async () => {
     const before = await metric(srv, 'agentry_http_fast_answers_total')
-    const fast = await rawGet(`${srv.api}/agents/${id}`)
+    const fast = await get(`${srv.api}/agents/${id}`)
     assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
-    const usual = await rawGet(`${srv.api}/agents/${id}?usual=1`)
+    const usual = await get(`${srv.api}/agents/${id}?usual=1`)
     assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'a query string goes the usual way')
 
     assert.equal(fast.status, 200)
@@ -76,11 +63,11 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
   })
 
   it('answers If-None-Match with the current ETag with a bare 304, as the usual way does', async () => {
-    const etag = pairs(await rawGet(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
+    const etag = pairs(await get(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
     const before = await metric(srv, 'agentry_http_fast_answers_total')
-    const fast = await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': etag })
+    const fast = await get(`${srv.api}/agents/${id}`, { 'if-none-match': etag })
     assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
-    const usual = await rawGet(`${srv.api}/agents/${id}?usual=1`, { 'if-none-match': etag })
+    const usual = await get(`${srv.api}/agents/${id}?usual=1`, { 'if-none-match': etag })
     for (const res of [fast, usual]) {
       assert.equal(res.status, 304)
       assert.equal(res.body.length, 0)
@@ -89,37 +76,37 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
       assert.equal(pairs(res).find(([n]) => n === 'etag')?.[1], etag)
     }
     // Another ETag (or a weak form of this one): the whole agent, or a 304 as If-None-Match compares weakly.
-    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': '"something-else"' })).status, 200)
-    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': `W/${etag}` })).status, 304)
+    assert.equal((await get(`${srv.api}/agents/${id}`, { 'if-none-match': '"something-else"' })).status, 200)
+    assert.equal((await get(`${srv.api}/agents/${id}`, { 'if-none-match': `W/${etag}` })).status, 304)
   })
 
   it('echoes a usable X-Request-Id and makes one up otherwise; a trailing slash is the same path', async () => {
-    const tagged = await rawGet(`${srv.api}/agents/${id}/`, { 'x-request-id': 'fast-req-1' })
+    const tagged = await get(`${srv.api}/agents/${id}/`, { 'x-request-id': 'fast-req-1' })
     assert.equal(tagged.status, 200)
     assert.equal(pairs(tagged).find(([n]) => n === 'x-request-id')?.[1], 'fast-req-1')
-    const unusable = await rawGet(`${srv.api}/agents/${id}`, { 'x-request-id': 'has spaces' })
+    const unusable = await get(`${srv.api}/agents/${id}`, { 'x-request-id': 'has spaces' })
     assert.match(pairs(unusable).find(([n]) => n === 'x-request-id')?.[1] ?? '', /^[0-9a-f-]{36}$/)
   })
 
   it('is counted in the request metrics under the route, like any answer', async () => {
     const name = 'agentry_http_requests_total{method="GET",route="/api/external/v1/agents/:id",status_code="200"}'
     const before = await metric(srv, name)
-    for (let i = 0; i < 3; i++) assert.equal((await rawGet(`${srv.api}/agents/${id}`)).status, 200)
+    for (let i = 0; i < 3; i++) assert.equal((await get(`${srv.api}/agents/${id}`)).status, 200)
     assert.equal(await metric(srv, name), before + 3)
   })
 
   it('shows a write at once, and leaves what it cannot answer to the usual way', async () => {
     const put = await srv.call('PUT', `/agents/${id}`, { status: 'online' })
     assert.equal(put.status, 200)
-    const read = await rawGet(`${srv.api}/agents/${id}`)
+    const read = await get(`${srv.api}/agents/${id}`)
     assert.equal(JSON.parse(read.body.toString()).data.status, 'online')
     assert.equal(pairs(read).find(([n]) => n === 'etag')?.[1], put.headers.get('etag'))
 
     // Unknown agent, bad token, no token, HEAD, If-None-Match: each answered as the API documents.
-    assert.equal((await rawGet(`${srv.api}/agents/00000000-0000-0000-0000-000000000000`)).status, 404)
-    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { authorization: 'Bearer not-a-token' })).status, 401)
+    assert.equal((await get(`${srv.api}/agents/00000000-0000-0000-0000-000000000000`)).status, 404)
+    assert.equal((await get(`${srv.api}/agents/${id}`, { authorization: 'Bearer not-a-token' })).status, 401)
     const etag = pairs(read).find(([n]) => n === 'etag')?.[1] ?? ''
-    assert.equal((await rawGet(`${srv.api}/agents/${id}`, { 'if-none-match': etag })).status, 304)
+    assert.equal((await get(`${srv.api}/agents/${id}`, { 'if-none-match': etag })).status, 304)
     const head = await new Promise<number>((resolve, reject) => {
       http.request(`${srv.api}/agents/${id}`, { method: 'HEAD', headers: { authorization: `Bearer ${TEST_TOKEN}` } }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
     })
@@ -139,13 +126,13 @@ describe('GET /agents/:id from memory, under a rate limit', { skip: !onSqlite &&
     const remaining: string[] = []
     // The first read fills the read cache; the next ones are answered from memory.
     for (let i = 0; i < 5; i++) {
-      const res = await rawGet(`${srv.api}/agents/${created.body.data.id as string}`)
+      const res = await get(`${srv.api}/agents/${created.body.data.id as string}`)
       assert.equal(res.status, 200)
       remaining.push(pairs(res).find(([n]) => n === 'ratelimit-remaining')?.[1] ?? '')
     }
     assert.deepEqual(remaining, ['4', '3', '2', '1', '0'], 'each read counted once, whichever way it went')
     assert.ok(await metric(srv, 'agentry_http_fast_answers_total') > before, 'some were answered from memory')
-    const refused = await rawGet(`${srv.api}/agents/${created.body.data.id as string}`)
+    const refused = await get(`${srv.api}/agents/${created.body.data.id as string}`)
     assert.equal(refused.status, 429)
     assert.equal(JSON.parse(refused.body.toString()).error.code, 'rate_limited')
     assert.ok(pairs(refused).some(([n]) => n === 'retry-after'))

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
-import { startTestServer, type TestServer } from './helpers/server.js'
+import { headerPairs, rawGet, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -17,26 +17,8 @@ import { storeLeg } from './helpers/stores.js'
 
 const onLocalDisk = storeLeg().endsWith('local')
 
-interface Raw { status: number, rawHeaders: string[], body: Buffer }
-
-async function rawGet (url: string, headers: Record<string, string> = {}): Promise<Raw> {
-  return await new Promise((resolve, reject) => {
-    http.get(url, { headers }, (res) => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }) })
-      res.on('error', reject)
-    }).on('error', reject)
-  })
-}
-
-function pairs (raw: Raw): Array<[string, string]> {
-  const out: Array<[string, string]> = []
-  for (let i = 0; i < raw.rawHeaders.length; i += 2) out.push([(raw.rawHeaders[i] as string).toLowerCase(), raw.rawHeaders[i + 1] as string])
-  return out
-}
-
-const header = (raw: Raw, name: string) => pairs(raw).find(([n]) => n === name)?.[1]
+const pairs = headerPairs
+const header = (raw: RawResponse, name: string) => pairs(raw).find(([n]) => n === name)?.[1]
 
 async function fastAnswers (srv: TestServer): Promise<number> {
   const text = await (await fetch(`${srv.url}/metrics`)).text()

@@ -123,13 +123,28 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
  * A plain GET through node:http. fetch() adds `cache-control: no-cache` to conditional requests,
  * which (rightly) defeats If-None-Match, so conditional requests go through this instead.
  */
-export async function rawGet (url: string, headers: Record<string, string> = {}): Promise<{ status: number, headers: http.IncomingHttpHeaders, body: Buffer }> {
+export async function rawGet (url: string, headers: Record<string, string> = {}): Promise<RawResponse> {
   return await new Promise((resolve, reject) => {
     http.get(url, { headers }, (res) => {
       const chunks: Buffer[] = []
       res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => { resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }) })
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks) }) })
       res.on('error', reject)
     }).on('error', reject)
   })
+}
+
+export interface RawResponse {
+  status: number
+  headers: http.IncomingHttpHeaders
+  /** As received: names and values alternating, in the order the server wrote them. */
+  rawHeaders: string[]
+  body: Buffer
+}
+
+/** The response's headers in the order they came, names lower-cased, with their values. */
+export function headerPairs (res: RawResponse): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (let i = 0; i < res.rawHeaders.length; i += 2) out.push([(res.rawHeaders[i] as string).toLowerCase(), res.rawHeaders[i + 1] as string])
+  return out
 }
