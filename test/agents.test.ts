@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
 import { startTestServer, type TestServer } from './helpers/server.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -204,6 +205,30 @@ describe('tokens and tenancy', () => {
       assert.match(row.token_hash, /^[0-9a-f]{64}$/)
       assert.ok(!JSON.stringify(row).includes(t.token))
       assert.ok(!JSON.stringify(row).includes(srv.token))
+    }
+  })
+})
+
+describe('reads of one agent while a newer version migrates the schema', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ AGENT_CACHE_ENTRIES: '0' }) })
+  after(async () => { await srv.close() })
+
+  // On PostgreSQL GET /agents/:id runs as a prepared statement; one prepared as `select *` would fail
+  // with "cached plan must not change result type" once a column is added, as a newer instance's
+  // migration might do while this one still runs.
+  it('keeps answering when a column is added to the agents table', async () => {
+    const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId: 'schema-1', name: 'Steady' })
+    for (let i = 0; i < 10; i++) assert.equal((await srv.call('GET', `/agents/${a.id}`)).status, 200)
+    await sql`alter table agents add column added_by_a_newer_version text`.execute(srv.services.database.db)
+    try {
+      for (let i = 0; i < 10; i++) {
+        const res = await srv.call('GET', `/agents/${a.id}`)
+        assert.equal(res.status, 200, JSON.stringify(res.body))
+        assert.deepEqual(res.body.data, a)
+      }
+    } finally {
+      await sql`alter table agents drop column added_by_a_newer_version`.execute(srv.services.database.db)
     }
   })
 })

@@ -1,9 +1,9 @@
 import { hash, randomUUID } from 'node:crypto'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
-import { isUniqueViolation, type Db, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
+import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
-  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findLapsedPresence, insertAgent, listAgents,
+  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentPreparable, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar, isContentReferenced } from '../db/repositories/avatars.js'
@@ -35,6 +35,8 @@ export interface AgentServiceOptions {
   transact?: Transact
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
   readCache?: AgentReadCache
+  /** Runs the hottest reads as prepared statements (DbHandle.prepared, PostgreSQL). */
+  prepared?: DbHandle['prepared']
   now?: Clock
 }
 
@@ -454,9 +456,16 @@ export class AgentService {
   }
 
   private async mustFind (widgetId: string, id: string): Promise<AgentRow> {
-    const row = UUID.test(id) ? await findAgent(this.db, widgetId, id.toLowerCase()) : undefined
+    const row = UUID.test(id) ? await this.findAgent(widgetId, id.toLowerCase()) : undefined
     if (row === undefined) throw errors.agentNotFound(id)
     return row
+  }
+
+  /** One agent by id: on PostgreSQL as a prepared statement (half the database's CPU per read). */
+  private async findAgent (widgetId: string, id: string): Promise<AgentRow | undefined> {
+    const prepared = this.options.prepared
+    if (prepared === undefined) return await findAgent(this.db, widgetId, id)
+    return (await prepared<AgentRow>('agentry_find_agent_v1', findAgentPreparable(this.db, widgetId, id).compile()))[0]
   }
 
   private async mustBeFreeServiceUserId (widgetId: string, serviceUserId: string): Promise<void> {

@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { Kysely, PostgresDialect, SqliteDialect, sql, type SqliteDatabase, type Transaction } from 'kysely'
+import { Kysely, PostgresDialect, SqliteDialect, sql, type CompiledQuery, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
 import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
@@ -31,6 +31,11 @@ export interface DbHandle {
    * commits a change, so caches of this process know when they may be stale.
    */
   externalChanges?: () => number
+  /**
+   * PostgreSQL only: runs a compiled query as a named prepared statement, parsed and planned once
+   * per connection rather than on every run. For the hottest reads.
+   */
+  prepared?: <R>(name: string, query: CompiledQuery) => Promise<R[]>
   close: () => Promise<void>
 }
 
@@ -74,6 +79,7 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     db,
     dialect: 'postgres',
     transact: async (fn) => await db.transaction().execute(fn),
+    prepared: async <R>(name: string, query: CompiledQuery) => (await pool.query({ name, text: query.sql, values: query.parameters as unknown[] })).rows as R[],
     poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     close: () => db.destroy()
   }

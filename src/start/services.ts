@@ -98,7 +98,8 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     blobGcGraceSeconds: config.avatarGcGraceSeconds,
     dialect: database.dialect,
     transact: database.transact,
-    readCache
+    readCache,
+    prepared: database.prepared
   })
   const webhooks = new WebhookService(database.db, {
     ...config.webhooks,

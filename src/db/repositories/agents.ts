@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import type { DbOrTrx } from '../index.js'
-import type { AgentRow, AgentRowUpdate, NewAgentRow } from '../types.js'
+import type { AgentRow, AgentRowUpdate, AgentTable, NewAgentRow } from '../types.js'
 
 export async function findAgent (db: DbOrTrx, widgetId: string, id: string): Promise<AgentRow | undefined> {
   return await findAgentQuery(db, widgetId, id).executeTakeFirst()
@@ -11,6 +11,21 @@ export function findAgentQuery (db: DbOrTrx, widgetId: string, id: string) {
   return db.selectFrom('agents').selectAll()
     .where('widget_id', '=', widgetId)
     .where('id', '=', id)
+}
+
+/** Every column of an agent row, by name (the compiler checks that none is missing). */
+const AGENT_COLUMNS = Object.keys({
+  seq: true, id: true, widget_id: true, service_user_id: true, name: true, status: true, active: true, avatar_id: true,
+  name_search: true, presence_expires_at: true, version: true, created_at: true, updated_at: true
+} satisfies Record<keyof AgentTable, true>) as Array<keyof AgentTable>
+
+/**
+ * findAgentQuery with its columns named rather than `*`, for running as a prepared statement: a
+ * PostgreSQL statement prepared as `select *` fails ("cached plan must not change result type") once
+ * a newer instance's migration adds a column, so instances of two versions could not run side by side.
+ */
+export function findAgentPreparable (db: DbOrTrx, widgetId: string, id: string) {
+  return findAgentQuery(db, widgetId, id).clearSelect().select(AGENT_COLUMNS)
 }
 
 export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, serviceUserId: string): Promise<AgentRow | undefined> {
