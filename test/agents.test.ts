@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
+import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { startTestServer, type TestServer } from './helpers/server.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -229,6 +230,35 @@ describe('reads of one agent while a newer version migrates the schema', () => {
       }
     } finally {
       await sql`alter table agents drop column added_by_a_newer_version`.execute(srv.services.database.db)
+    }
+  })
+})
+
+describe('a list with more avatars than are kept in memory', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  before(async () => {
+    fx = await startFixtureServer()
+    // Avatar records are kept in memory up to a bound (10,000); two here, so three overflow it.
+    srv = await startTestServer({}, { avatarRowsKept: 2 })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  it('shows every agent with its avatar, in the list and read one by one', async () => {
+    const created = []
+    for (const [i, image] of ['photo.png', 'photo.webp', 'rotated.jpg'].entries()) {
+      const res = await srv.call('POST', '/agents', { serviceUserId: `kept-${i}`, name: `Kept ${i}`, avatar: `${fx.url}/${image}` })
+      assert.equal(res.status, 200)
+      created.push(res.body.data)
+    }
+    for (let round = 0; round < 2; round++) {
+      const list = await srv.call('GET', '/agents')
+      const byId = new Map((list.body.data as Array<{ id: string, avatar: unknown }>).map((a) => [a.id, a.avatar]))
+      for (const a of created) assert.deepEqual(byId.get(a.id), a.avatar, `round ${round}: ${a.serviceUserId as string}`)
+      for (const a of created) assert.deepEqual((await srv.call('GET', `/agents/${a.id as string}`)).body.data.avatar, a.avatar)
     }
   })
 })

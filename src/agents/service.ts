@@ -37,6 +37,8 @@ export interface AgentServiceOptions {
   readCache?: AgentReadCache
   /** Runs the hottest reads as prepared statements (DbHandle.prepared, PostgreSQL). */
   prepared?: DbHandle['prepared']
+  /** Avatar records kept in memory at most (10,000 by default). */
+  avatarRowsKept?: number
   now?: Clock
 }
 
@@ -456,13 +458,13 @@ export class AgentService {
   }
 
   private async mustFind (widgetId: string, id: string): Promise<AgentRow> {
-    const row = UUID.test(id) ? await this.findAgent(widgetId, id.toLowerCase()) : undefined
+    const row = UUID.test(id) ? await this.findById(widgetId, id.toLowerCase()) : undefined
     if (row === undefined) throw errors.agentNotFound(id)
     return row
   }
 
   /** One agent by id: on PostgreSQL as a prepared statement (half the database's CPU per read). */
-  private async findAgent (widgetId: string, id: string): Promise<AgentRow | undefined> {
+  private async findById (widgetId: string, id: string): Promise<AgentRow | undefined> {
     const prepared = this.options.prepared
     if (prepared === undefined) return await findAgent(this.db, widgetId, id)
     return (await prepared<AgentRow>('agentry_find_agent_v1', findAgentPreparable(this.db, widgetId, id).compile()))[0]
@@ -507,9 +509,20 @@ export class AgentService {
   }
 
   private async toApi (rows: AgentRow[]): Promise<Agent[]> {
-    const missing = [...new Set(rows.flatMap((r) => r.avatar_id === null || this.avatarRows.has(r.avatar_id) ? [] : [r.avatar_id]))]
-    for (const avatar of await findAvatarsByIds(this.db, missing)) this.rememberAvatar(avatar)
-    return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : this.avatarRows.get(r.avatar_id)))
+    // This list's avatars are held here: remembering the ones fetched may push others out of avatarRows.
+    const avatars = new Map<string, AvatarRow>()
+    const missing = new Set<string>()
+    for (const { avatar_id: id } of rows) {
+      if (id === null || avatars.has(id)) continue
+      const known = this.avatarRows.get(id)
+      if (known !== undefined) avatars.set(id, known)
+      else missing.add(id)
+    }
+    for (const avatar of await findAvatarsByIds(this.db, [...missing])) {
+      avatars.set(avatar.id, avatar)
+      this.rememberAvatar(avatar)
+    }
+    return rows.map((r) => this.shape(r, r.avatar_id === null ? undefined : avatars.get(r.avatar_id)))
   }
 
   /**
@@ -526,7 +539,7 @@ export class AgentService {
   }
 
   private rememberAvatar (row: AvatarRow): void {
-    if (this.avatarRows.size >= AVATAR_ROWS_KEPT) {
+    if (this.avatarRows.size >= (this.options.avatarRowsKept ?? AVATAR_ROWS_KEPT)) {
       const oldest = this.avatarRows.keys().next()
       if (oldest.done !== true) this.avatarRows.delete(oldest.value)
     }

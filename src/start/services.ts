@@ -70,7 +70,13 @@ function every (ms: number, task: () => Promise<void>): () => Promise<void> {
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /** Opens the stores named by config, brings the schema up to date and wires the domain services. */
-export async function createServices (config: Config, overrides: { isAllowedAddress?: AddressPolicy } = {}): Promise<Services> {
+/** What tests may set that the configuration does not: the address guard, and memory bounds too large to reach in a test. */
+export interface ServiceOverrides {
+  isAllowedAddress?: AddressPolicy
+  avatarRowsKept?: number
+}
+
+export async function createServices (config: Config, overrides: ServiceOverrides = {}): Promise<Services> {
   const database = await openDatabase(config.database)
   try {
     await migrateToLatest(database.db, database.dialect)
@@ -99,7 +105,8 @@ export async function createServices (config: Config, overrides: { isAllowedAddr
     dialect: database.dialect,
     transact: database.transact,
     readCache,
-    prepared: database.prepared
+    prepared: database.prepared,
+    avatarRowsKept: overrides.avatarRowsKept
   })
   const webhooks = new WebhookService(database.db, {
     ...config.webhooks,

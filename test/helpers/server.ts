@@ -5,8 +5,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { loadConfig } from '../../src/config/index.js'
 import { buildApp } from '../../src/http/app.js'
-import { createServices, type Services } from '../../src/start/services.js'
-import type { AddressPolicy } from '../../src/net/guard.js'
+import { createServices, type ServiceOverrides, type Services } from '../../src/start/services.js'
 import { provisionStores } from './stores.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
@@ -61,7 +60,7 @@ export function listFiles (dir: string): string[] {
  * limits. Fixture images are served from loopback, so private networks are allowed unless a test
  * says otherwise.
  */
-export async function startTestServer (env: Record<string, string> = {}, overrides: { isAllowedAddress?: AddressPolicy } = {}): Promise<TestServer> {
+export async function startTestServer (env: Record<string, string> = {}, overrides: ServiceOverrides = {}): Promise<TestServer> {
   const dataDir = tempDir()
   const port = await freePort()
   const stores = await provisionStores()
