@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import sharp from 'sharp'
 import { listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
@@ -123,6 +125,41 @@ describe('avatar pipeline', () => {
     assert.equal(a.body.data.avatar.info.path, b.body.data.avatar.info.path)
     assert.notEqual(a.body.data.avatar.id, b.body.data.avatar.id, 'each agent has its own avatar record')
     assert.deepEqual(await srv.storedFiles(), filesBefore)
+  })
+
+  it('downloads from the same image host reuse one connection', async () => {
+    const before = fx.connections()
+    for (let i = 0; i < 3; i++) assert.equal((await create(`${fx.url}/photo.jpg`)).status, 200)
+    assert.ok(fx.connections() - before <= 1, `${fx.connections() - before} new connections for 3 downloads`)
+  })
+
+  it('a kept connection the host closes as it is reused: the download is made again on a new one', async () => {
+    const resets = fx.resets()
+    for (let i = 0; i < 3; i++) {
+      const res = await create(`${fx.url}/reset-if-reused.jpg`)
+      assert.equal(res.status, 200, JSON.stringify(res.body))
+    }
+    assert.ok(fx.resets() - resets >= 2, 'the host did cut reused connections')
+  })
+
+  it('a damaged file at an avatar\'s place (as a crash while storing can leave) is replaced by the next ingest of that image', async (t) => {
+    if (srv.services.store.kind !== 'local') { t.skip('local disk only: a bucket never shows a partial object'); return }
+    const root = (srv.services.store as unknown as { root: string }).root
+    const first = (await create(`${fx.url}/photo.jpg`)).body.data.avatar
+    const { bytes: whole } = await download(first.url.default)
+    const keys = [first.info.path.slice(1), `120x120${first.info.path}`, `520x400${first.info.path}`]
+    const wholeFiles = keys.map((k) => fs.readFileSync(path.join(root, k)))
+    fs.writeFileSync(path.join(root, keys[0]), whole.subarray(0, 100))
+    fs.writeFileSync(path.join(root, keys[1]), Buffer.alloc(wholeFiles[1]!.length))
+    fs.rmSync(path.join(root, keys[2]))
+
+    const again = (await create(`${fx.url}/photo-copy.jpg`)).body.data.avatar
+    assert.equal(again.info.path, first.info.path)
+    for (const [i, url] of [again.url.default, again.url['120x120'], again.url['520x400']].entries()) {
+      const { res, bytes } = await download(url)
+      assert.equal(res.status, 200)
+      assert.ok(bytes.equals(wholeFiles[i]!), `${url} is whole again`)
+    }
   })
 
   it('serves files with immutable cache headers and ETags', async () => {

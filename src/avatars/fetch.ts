@@ -1,7 +1,7 @@
 import type http from 'node:http'
 import { errors, isAppError, type AppError } from '../errors/index.js'
 import type { AddressPolicy } from '../net/guard.js'
-import { ForbiddenAddressError, guardedRequest } from '../net/request.js'
+import { ForbiddenAddressError, guardedRequest, type KeptConnections } from '../net/request.js'
 
 export interface FetchLimits {
   maxBytes: number
@@ -11,6 +11,8 @@ export interface FetchLimits {
 
 export interface FetchOptions extends FetchLimits {
   isAllowedAddress: AddressPolicy
+  /** Connections to reuse between downloads (each download has its own without). */
+  connections?: KeptConnections
 }
 
 export interface Downloaded {
@@ -47,6 +49,7 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
       const res = await guardedRequest(url, {
         signal: controller.signal,
         isAllowedAddress: options.isAllowedAddress,
+        connections: options.connections,
         headers: { accept: 'image/jpeg, image/png, image/webp, image/gif;q=0.9, */*;q=0.1', 'user-agent': 'Agentry-avatar-fetcher/1' }
       })
       const status = res.statusCode ?? 0

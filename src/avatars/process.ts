@@ -86,18 +86,22 @@ export async function processAvatar (bytes: Buffer, limits: { maxPixels: number 
   }
   const base = sharp(bytes, { ...options, limitInputPixels: limits.maxPixels }).rotate()
   const encode = ENCODERS[format]
+  // An image that already fits in 520x400 once oriented is not resized for that variant, and libvips
+  // then encodes exactly the original's bytes: the original is used, one encode fewer.
+  const [width, height] = (meta.orientation ?? 1) >= 5 ? [frameHeight, meta.width] : [meta.width, frameHeight]
+  const fitsLarge = width <= 520 && height <= 400
   try {
     const [original, small, large] = await Promise.all([
       encode(base.clone()).toBuffer({ resolveWithObject: true }),
       encode(base.clone().resize(120, 120, { fit: 'cover', position: 'centre' })).toBuffer(),
-      encode(base.clone().resize(520, 400, { fit: 'inside', withoutEnlargement: true })).toBuffer()
+      fitsLarge ? undefined : encode(base.clone().resize(520, 400, { fit: 'inside', withoutEnlargement: true })).toBuffer()
     ])
     return {
       format,
       original: original.data,
       width: original.info.width,
       height: original.info.pageHeight ?? original.info.height,
-      variants: { '120x120': small, '520x400': large }
+      variants: { '120x120': small, '520x400': large ?? original.data }
     }
   } catch (err) {
     throw corrupt(err)

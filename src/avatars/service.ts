@@ -5,6 +5,7 @@ import type { Avatar } from '../http/schemas/agent.js'
 import { avatarKeys, contentPath, type BlobStore } from '../storage/blob-store.js'
 import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
+import { KeptConnections } from '../net/request.js'
 import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
 import { errors, isAppError } from '../errors/index.js'
 import type { AvatarObserver } from '../metrics/index.js'
@@ -45,6 +46,8 @@ async function timed<T> (observer: AvatarObserver, stage: Parameters<AvatarObser
 export class AvatarService {
   private readonly isAllowedAddress: AddressPolicy
   private readonly observer: AvatarObserver
+  /** Downloads from the same image host reuse their connections (all made under this policy). */
+  private readonly connections = new KeptConnections()
 
   constructor (private readonly options: AvatarServiceOptions) {
     this.isAllowedAddress = options.isAllowedAddress ?? addressPolicy(options.limits.allowPrivateNetworks)
@@ -54,7 +57,7 @@ export class AvatarService {
   /** Downloads and stores the image at url. Every file is complete in the store when this resolves. */
   async ingestUrl (url: string): Promise<StoredImage> {
     return await this.ingest(url, async () => {
-      const download = await timed(this.observer, 'download', () => fetchAvatar(url, { ...this.options.limits, isAllowedAddress: this.isAllowedAddress }))
+      const download = await timed(this.observer, 'download', () => fetchAvatar(url, { ...this.options.limits, isAllowedAddress: this.isAllowedAddress, connections: this.connections }))
       return download.bytes
     })
   }
@@ -89,6 +92,11 @@ export class AvatarService {
       observer.failed(isAppError(err) ? err.code : 'internal_error')
       throw err
     }
+  }
+
+  /** Closes the kept download connections. */
+  close (): void {
+    this.connections.close()
   }
 
   /** Removes an avatar's files from the store (the caller has made sure nothing refers to them). */

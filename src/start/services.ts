@@ -131,6 +131,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
       await stopMaintenance()
       await database.close()
       store.close?.()
+      avatars.close()
     }
   }
 }

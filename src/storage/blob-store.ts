@@ -7,8 +7,9 @@ export interface BlobStore {
   /**
    * Stores each file under its key, completely and durably, before resolving: a reader never sees a
    * partial file, and the database refers to the files only once this has resolved. Content is
-   * addressed by its hash, so an existing key is left as it is (a file a crash left alone beside
-   * missing siblings is completed by the next ingest of that content).
+   * addressed by its hash, so a key that already holds the content is left as it is (a file a crash
+   * left alone beside missing siblings is completed by the next ingest of that content; on local
+   * disk, where a crash can leave a file that is not whole, the bytes are compared).
    */
   putAll: (files: readonly BlobFile[]) => Promise<void>
   exists: (key: string) => Promise<boolean>

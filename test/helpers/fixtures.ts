@@ -66,13 +66,16 @@ export interface FixtureServer {
   images: FixtureImages
   /** How many requests each path received. */
   hits: Map<string, number>
+  /** TCP connections accepted so far, and how many of them /reset-if-reused.jpg cut. */
+  connections: () => number
+  resets: () => number
   close: () => Promise<void>
 }
 
 /**
  * Serves the fixtures, good and bad: each image format, an EXIF-rotated photo, a truncated JPEG,
  * text, text that claims to be a JPEG, an SVG, a TIFF, a decompression bomb, a slow and an endless
- * download, a redirect loop, a redirect to an image, and a 404.
+ * download, a redirect loop, a redirect to an image, a 404, and a host that cuts reused connections.
  */
 export async function startFixtureServer (): Promise<FixtureServer> {
   const images = await makeImages()
@@ -82,10 +85,19 @@ export async function startFixtureServer (): Promise<FixtureServer> {
   const send = (res: http.ServerResponse, type: string, body: Buffer) => {
     res.writeHead(200, { 'content-type': type, 'content-length': body.length }).end(body)
   }
+  const served = new WeakMap<object, number>()
+  let connections = 0
+  let resets = 0
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/'
     hits.set(path, (hits.get(path) ?? 0) + 1)
+    const before = served.get(req.socket) ?? 0
+    served.set(req.socket, before + 1)
     switch (path) {
+      // A host that closes a kept connection just as it is used again (its idle timer ran out).
+      case '/reset-if-reused.jpg':
+        if (before > 0) { resets++; req.socket.destroy(); return }
+        return send(res, 'image/jpeg', images.jpeg)
       case '/photo.jpg': return send(res, 'image/jpeg', images.jpeg)
       case '/photo-copy.jpg': return send(res, 'image/jpeg', images.jpeg)
       case '/photo.png': return send(res, 'image/png', images.png)
@@ -137,12 +149,15 @@ export async function startFixtureServer (): Promise<FixtureServer> {
       default: res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
     }
   })
+  server.on('connection', () => { connections++ })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   return {
     url: `http://127.0.0.1:${port}`,
     images,
     hits,
+    connections: () => connections,
+    resets: () => resets,
     close: async () => {
       for (const t of timers) clearInterval(t)
       for (const r of open) r.destroy()
