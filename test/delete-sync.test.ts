@@ -158,3 +158,54 @@ describe('sync by the integrator\'s own id', () => {
     assert.equal(new Set(results.map((r) => r.body.data.id)).size, 1)
   })
 })
+
+describe('the file collector and a write of the same image at the same moment', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  /** Armed by the test: the next collection stops, once it has claimed content, until released. */
+  let pause: { entered: () => void, released: Promise<void> } | undefined
+  before(async () => {
+    fx = await startFixtureServer()
+    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' }, {
+      beforeCollect: async () => {
+        const p = pause
+        if (p === undefined) return
+        pause = undefined
+        p.entered()
+        await p.released
+      }
+    })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  it('a write that refers to content being collected has its files when it is answered', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'race-a', name: 'A', avatar: `${fx.url}/photo.jpg` })
+    assert.equal(a.status, 200)
+    const whole = await Promise.all(Object.values<string>(a.body.data.avatar.url).map(async (u) => Buffer.from(await (await fetch(u)).arrayBuffer())))
+
+    let entered = (): void => {}
+    const inCollector = new Promise<void>((resolve) => { entered = resolve })
+    let release = (): void => {}
+    pause = { entered, released: new Promise<void>((resolve) => { release = resolve }) }
+    assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
+    await inCollector
+    // The collector has claimed the content and is about to delete its files; the same image comes
+    // in now, finds its files still there, and goes on to write its row.
+    const pending = srv.call('POST', '/agents', { serviceUserId: 'race-b', name: 'B', avatar: `${fx.url}/photo-copy.jpg` })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    release()
+    const b = await pending
+    assert.equal(b.status, 200, JSON.stringify(b.body))
+    assert.equal(b.body.data.avatar.info.path, a.body.data.avatar.info.path)
+    // Later passes of the collector must not take them either.
+    await new Promise((resolve) => setTimeout(resolve, 400))
+    for (const [i, url] of Object.values<string>(b.body.data.avatar.url).entries()) {
+      const res = await fetch(url)
+      assert.equal(res.status, 200, `${url} is there`)
+      assert.ok(Buffer.from(await res.arrayBuffer()).equals(whole[i] as Buffer), `${url} is whole`)
+    }
+  })
+})

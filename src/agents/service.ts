@@ -6,8 +6,8 @@ import {
   countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentPreparable, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion
 } from '../db/repositories/agents.js'
-import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar, isContentReferenced } from '../db/repositories/avatars.js'
-import { clearBlobGc, dueBlobGc, scheduleBlobGc } from '../db/repositories/blob-gc.js'
+import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
+import { claimBlobGc, clearBlobGc, dueBlobGc, forgetBlobClaims, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
@@ -20,6 +20,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
 /** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
 const AVATAR_ROWS_KEPT = 10_000
+/** How long the collector's claims are remembered: far longer than any write takes. */
+const CLAIMS_KEPT_SECONDS = 3600
 
 export type Clock = () => number
 const unixSeconds: Clock = () => Math.floor(Date.now() / 1000)
@@ -40,6 +42,8 @@ export interface AgentServiceOptions {
   /** Avatar records kept in memory at most (10,000 by default). */
   avatarRowsKept?: number
   now?: Clock
+  /** Tests only: runs when the file collector has claimed content, before it deletes the files. */
+  beforeCollect?: () => Promise<void>
 }
 
 /** An avatar given with a write: a URL to download, an uploaded file, or removal (null or ""). */
@@ -104,6 +108,8 @@ export class AgentService {
   private readonly cache: AgentReadCache | undefined
   private readonly transact: Transact
   private readonly avatarRows = new Map<string, AvatarRow>()
+  /** Images whose content the file collector claimed while a write was making an avatar of it. */
+  private readonly collectedMeanwhile = new WeakSet<StoredImage>()
 
   constructor (
     private readonly db: Db,
@@ -281,18 +287,34 @@ export class AgentService {
     return { online, available: online > 0 }
   }
 
-  /** Periodic upkeep, safe on every instance at once: lapse presence, delete unreferenced avatar files. */
+  /**
+   * Periodic upkeep, safe on every instance at once: lapse presence, delete unreferenced avatar files.
+   *
+   * Files are deleted inside the transaction that claims their content (takes it off the schedule
+   * if no avatar refers to it, and records the claim). A write that makes an avatar of the same
+   * content at that moment takes it off the schedule in its own transaction, which therefore runs
+   * wholly before the claim (which then fails: the content is referred to) or after the files are
+   * gone (and then finds the claim, and puts the files back before it answers). Without this, an
+   * ingest that found the files still there could commit its row just as they were deleted.
+   */
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
     const expired = await this.lapsePresence()
     let filesCollected = 0
     for (const due of await dueBlobGc(this.db, now, 100)) {
-      if (!await isContentReferenced(this.db, due.sha256)) {
+      const collected = await this.transact(async (trx) => {
+        if (!await claimBlobGc(trx, due.sha256, due.ext, now)) {
+          // Referred to again: off the schedule (unless rescheduled meanwhile, for later).
+          await clearBlobGc(trx, due.sha256, due.ext, now)
+          return false
+        }
+        await this.options.beforeCollect?.()
         await this.avatars.deleteFiles(due.sha256, due.ext)
-        filesCollected++
-      }
-      await clearBlobGc(this.db, due.sha256, due.ext)
+        return true
+      })
+      if (collected) filesCollected++
     }
+    await forgetBlobClaims(this.db, now - CLAIMS_KEPT_SECONDS)
     return { expired, filesCollected }
   }
 
@@ -335,8 +357,9 @@ export class AgentService {
    * after AVATAR_GC_GRACE_SECONDS unless an avatar refers to that content by then.
    */
   private async writeWithImage<T> (image: StoredImage | undefined, write: () => Promise<T>): Promise<T> {
+    let result: T
     try {
-      return await write()
+      result = await write()
     } catch (err) {
       if (image !== undefined) {
         const eligibleAt = this.now() + this.options.blobGcGraceSeconds
@@ -345,6 +368,12 @@ export class AgentService {
       }
       throw err
     }
+    // The collector deleted this content's files while the write was on its way (see maintain).
+    if (image !== undefined && this.collectedMeanwhile.has(image)) {
+      this.collectedMeanwhile.delete(image)
+      await this.avatars.putBack(image)
+    }
+    return result
   }
 
   private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
@@ -477,6 +506,8 @@ export class AgentService {
   }
 
   private async insertAvatarRow (trx: DbOrTrx, widgetId: string, image: StoredImage, now: number): Promise<AvatarRow> {
+    // First, so that a collector holding this content is waited for (see maintain).
+    if ((await unscheduleBlobGc(trx, image.sha256, image.ext)).claimed) this.collectedMeanwhile.add(image)
     const row: AvatarRow = {
       id: randomUUID(),
       widget_id: widgetId,

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Config } from '../config/index.js'
 import type { AvatarRow } from '../db/types.js'
 import type { Avatar } from '../http/schemas/agent.js'
-import { avatarKeys, contentPath, type BlobStore } from '../storage/blob-store.js'
+import { avatarKeys, contentPath, type BlobFile, type BlobStore } from '../storage/blob-store.js'
 import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { KeptConnections } from '../net/request.js'
@@ -20,6 +20,8 @@ export interface StoredImage {
   height: number
   /** Where it was downloaded from; null for an upload. */
   sourceUrl: string | null
+  /** The files as stored, to put back should the file collector delete them meanwhile (see putBack). */
+  files: readonly BlobFile[]
 }
 
 export interface AvatarServiceOptions {
@@ -81,13 +83,14 @@ export class AvatarService {
       const sha256 = createHash('sha256').update(image.original).digest('hex')
       const keys = avatarKeys(contentPath(sha256, image.format))
       const mimeType = MIME_TYPES[image.format]
-      // Every file is on disk (or in the bucket) before the caller writes a row that refers to it.
-      await timed(observer, 'store', () => store.putAll([
+      const files = [
         { key: keys['120x120'], data: image.variants['120x120'], contentType: mimeType },
         { key: keys['520x400'], data: image.variants['520x400'], contentType: mimeType },
         { key: keys.original, data: image.original, contentType: mimeType }
-      ]))
-      return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl }
+      ]
+      // Every file is on disk (or in the bucket) before the caller writes a row that refers to it.
+      await timed(observer, 'store', () => store.putAll(files))
+      return { sha256, ext: image.format, mimeType, size: image.original.length, width: image.width, height: image.height, sourceUrl, files }
     } catch (err) {
       observer.failed(isAppError(err) ? err.code : 'internal_error')
       throw err
@@ -97,6 +100,15 @@ export class AvatarService {
   /** Closes the kept download connections. */
   close (): void {
     this.connections.close()
+  }
+
+  /**
+   * Stores an ingested image's files again: after a row referring to it was committed, when the
+   * file collector had claimed the same content meanwhile (AgentService.maintain). Files still
+   * there are left as they are.
+   */
+  async putBack (image: StoredImage): Promise<void> {
+    await this.options.store.putAll(image.files)
   }
 
   /** Removes an avatar's files from the store (the caller has made sure nothing refers to them). */

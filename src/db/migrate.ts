@@ -3,13 +3,15 @@ import type { Db, DialectName } from './index.js'
 import { initial } from './migrations/001_initial.js'
 import { syncPresenceScopes } from './migrations/002_sync_presence_scopes.js'
 import { eventsWebhooks } from './migrations/003_events_webhooks.js'
+import { blobClaims } from './migrations/004_blob_claims.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 function migrations (dialect: DialectName): Record<string, Migration> {
   return {
     '001_initial': initial(dialect),
     '002_sync_presence_scopes': syncPresenceScopes(),
-    '003_events_webhooks': eventsWebhooks(dialect)
+    '003_events_webhooks': eventsWebhooks(dialect),
+    '004_blob_claims': blobClaims()
   }
 }
 

@@ -57,6 +57,12 @@ export interface BlobGcTable {
   eligible_at: number
 }
 
+export interface BlobClaimTable {
+  sha256: string
+  ext: string
+  claimed_at: number
+}
+
 export interface EventTable {
   /** Orders events; per widget it is the event id clients see (SSE id, Last-Event-ID). */
   seq: Generated<number>
@@ -126,6 +132,7 @@ export interface Database {
   avatars: AvatarTable
   idempotency_keys: IdempotencyKeyTable
   blob_gc: BlobGcTable
+  blob_claims: BlobClaimTable
   events: EventTable
   webhook_endpoints: WebhookEndpointTable
   webhook_deliveries: WebhookDeliveryTable

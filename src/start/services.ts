@@ -69,13 +69,17 @@ function every (ms: number, task: () => Promise<void>): () => Promise<void> {
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
-/** Opens the stores named by config, brings the schema up to date and wires the domain services. */
-/** What tests may set that the configuration does not: the address guard, and memory bounds too large to reach in a test. */
+/**
+ * What tests may set that the configuration does not: the address guard, memory bounds too large to
+ * reach in a test, and a pause inside the file collector (to race a write against it).
+ */
 export interface ServiceOverrides {
   isAllowedAddress?: AddressPolicy
   avatarRowsKept?: number
+  beforeCollect?: () => Promise<void>
 }
 
+/** Opens the stores named by config, brings the schema up to date and wires the domain services. */
 export async function createServices (config: Config, overrides: ServiceOverrides = {}): Promise<Services> {
   const database = await openDatabase(config.database)
   try {
@@ -106,7 +110,8 @@ export async function createServices (config: Config, overrides: ServiceOverride
     transact: database.transact,
     readCache,
     prepared: database.prepared,
-    avatarRowsKept: overrides.avatarRowsKept
+    avatarRowsKept: overrides.avatarRowsKept,
+    beforeCollect: overrides.beforeCollect
   })
   const webhooks = new WebhookService(database.db, {
     ...config.webhooks,

@@ -18,12 +18,6 @@ export async function findAvatarsByIds (db: DbOrTrx, ids: readonly string[]): Pr
   return rows
 }
 
-/** True when some avatar record still points at the content with this hash. */
-export async function isContentReferenced (db: DbOrTrx, sha256: string): Promise<boolean> {
-  const row = await db.selectFrom('avatars').select('id').where('sha256', '=', sha256).limit(1).executeTakeFirst()
-  return row !== undefined
-}
-
 export async function findAvatar (db: DbOrTrx, id: string): Promise<AvatarRow | undefined> {
   return await db.selectFrom('avatars').selectAll().where('id', '=', id).executeTakeFirst()
 }

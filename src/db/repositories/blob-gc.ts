@@ -12,6 +12,43 @@ export async function dueBlobGc (db: DbOrTrx, now: number, limit: number): Promi
   return await db.selectFrom('blob_gc').selectAll().where('eligible_at', '<=', now).orderBy('eligible_at').limit(limit).execute()
 }
 
-export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string): Promise<void> {
-  await db.deleteFrom('blob_gc').where('sha256', '=', sha256).where('ext', '=', ext).execute()
+/** Takes content off the schedule; with dueBy, only if it was due by then. */
+export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string, dueBy?: number): Promise<void> {
+  let q = db.deleteFrom('blob_gc').where('sha256', '=', sha256).where('ext', '=', ext)
+  if (dueBy !== undefined) q = q.where('eligible_at', '<=', dueBy)
+  await q.execute()
+}
+
+/**
+ * Takes due content off the schedule if no avatar refers to it, and records the claim; true when
+ * it did, and the caller may then delete the files (before its transaction commits). On
+ * PostgreSQL the deleted schedule row stays locked until then, so a write that unschedules the
+ * same content (unscheduleBlobGc) waits for the files to be gone and then finds the claim.
+ */
+export async function claimBlobGc (trx: DbOrTrx, sha256: string, ext: string, now: number): Promise<boolean> {
+  const { numDeletedRows } = await trx.deleteFrom('blob_gc')
+    .where('sha256', '=', sha256).where('ext', '=', ext).where('eligible_at', '<=', now)
+    .where((eb) => eb.not(eb.exists(eb.selectFrom('avatars').select('id').where('sha256', '=', sha256))))
+    .executeTakeFirst()
+  if (Number(numDeletedRows) === 0) return false
+  await trx.insertInto('blob_claims').values({ sha256, ext, claimed_at: now })
+    .onConflict((oc) => oc.columns(['sha256', 'ext']).doUpdateSet({ claimed_at: now }))
+    .execute()
+  return true
+}
+
+/**
+ * Called in the transaction that makes an avatar refer to this content: takes it off the
+ * collector's schedule (waiting, on PostgreSQL, for a collector holding it), then tells whether the
+ * collector has ever claimed it, in which case its files may be gone and must be put back.
+ */
+export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: string): Promise<{ claimed: boolean }> {
+  await clearBlobGc(trx, sha256, ext)
+  const claim = await trx.selectFrom('blob_claims').select('claimed_at').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
+  return { claimed: claim !== undefined }
+}
+
+/** Forgets claims older than before: every write that could have raced them is long over. */
+export async function forgetBlobClaims (db: DbOrTrx, before: number): Promise<void> {
+  await db.deleteFrom('blob_claims').where('claimed_at', '<', before).execute()
 }
