@@ -44,9 +44,9 @@ export class LocalBlobStore implements BlobStore {
    * byte and replaced when it differs, never kept as a finished one.
    *
    * The folder, write and rename calls are synchronous: each takes microseconds, and on this kind
-   * of machine a hop through libuv's thread pool costs more than the call itself (a new avatar's
-   * store step took ~5.8 ms with them asynchronous, ~3.5 ms like this; BENCHMARKS.md). Only the
-   * flushes, which wait for the disk, leave the event loop.
+   * of machine a hop through libuv's thread pool costs more than the call itself (in one trial a
+   * new avatar's store step took 5.5-6.5 ms with them asynchronous, 3.2-4.5 ms like this). Only
+   * the flushes, which wait for the disk, leave the event loop.
    */
   async putAll (files: readonly BlobFile[]): Promise<void> {
     const toFlush = new Map<string, boolean>()
@@ -58,8 +58,9 @@ export class LocalBlobStore implements BlobStore {
         const existing = compareWith(target, data, this.flushed.get(target))
         if (existing === 'same') continue
         if (existing === 'same, unsettled') {
+          // The file and every folder above it: whoever placed it may have made them too.
           toFlush.set(target, false)
-          toFlush.set(dir, true)
+          for (const d of foldersFrom(this.root, dir)) toFlush.set(d, true)
           continue
         }
         const firstMade = fs.mkdirSync(dir, { recursive: true })
