@@ -81,13 +81,13 @@ export class LocalBlobStore implements BlobStore {
     } finally {
       for (const { temp } of staged) fs.rmSync(temp, { force: true })
     }
-    await Promise.all([...toFlush].map(async ([p, isDir]) => { await flush(p, isDir) }))
-    for (const [p, isDir] of toFlush) if (!isDir) this.rememberFlushed(p)
+    await Promise.all([...toFlush].map(async ([p, isDir]) => {
+      const flushed = await flush(p, isDir)
+      if (!isDir) this.rememberFlushed(p, flushed)
+    }))
   }
 
-  private rememberFlushed (p: string): void {
-    const st = fs.statSync(p, { throwIfNoEntry: false })
-    if (st === undefined) return
+  private rememberFlushed (p: string, st: fs.Stats): void {
     this.flushed.delete(p)
     this.flushed.set(p, signature(st))
     if (this.flushed.size > FLUSHED_KEPT) this.flushed.delete(this.flushed.keys().next().value as string)
@@ -140,11 +140,12 @@ function compareWith (p: string, data: Buffer, flushedAs: string | undefined): '
     throw err
   }
   try {
+    const st = fs.fstatSync(fd)
+    if (st.size !== data.length) return 'missing or different'
     const buffer = Buffer.allocUnsafe(data.length + 1)
     let read = 0
     for (let n = -1; n !== 0 && read < buffer.length; read += n) n = fs.readSync(fd, buffer, read, buffer.length - read, read)
     if (read !== data.length || !buffer.subarray(0, read).equals(data)) return 'missing or different'
-    const st = fs.fstatSync(fd)
     return Date.now() - st.ctimeMs < UNSETTLED_MS && signature(st) !== flushedAs ? 'same, unsettled' : 'same'
   } finally {
     fs.closeSync(fd)
@@ -164,13 +165,17 @@ function foldersFrom (from: string, to: string): string[] {
   }
 }
 
-/** Flushes a file's data (and size) or a folder's entries to the disk: one trip through the thread pool. */
-async function flush (p: string, isDir: boolean): Promise<void> {
+/**
+ * Flushes a file's data (and size) or a folder's entries to the disk: one trip through the thread
+ * pool. Returns what it flushed, as it was then.
+ */
+async function flush (p: string, isDir: boolean): Promise<fs.Stats> {
   const fd = fs.openSync(p, 'r')
   try {
     await new Promise<void>((resolve, reject) => {
       (isDir ? fs.fsync : fs.fdatasync)(fd, (err) => { if (err === null) resolve(); else reject(err) })
     })
+    return fs.fstatSync(fd)
   } finally {
     fs.closeSync(fd)
   }
