@@ -7,7 +7,7 @@ import {
   updateAgentAtVersion
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
-import { claimBlobGc, clearBlobGc, dueBlobGc, forgetBlobClaims, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
+import { claimBlobGc, clearBlobGc, dueBlobGc, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
@@ -20,8 +20,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
 /** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
 const AVATAR_ROWS_KEPT = 10_000
-/** How long the collector's claims are remembered: far longer than any write takes. */
-const CLAIMS_KEPT_SECONDS = 3600
 
 export type Clock = () => number
 const unixSeconds: Clock = () => Math.floor(Date.now() / 1000)
@@ -314,7 +312,6 @@ export class AgentService {
       })
       if (collected) filesCollected++
     }
-    await forgetBlobClaims(this.db, now - CLAIMS_KEPT_SECONDS)
     return { expired, filesCollected }
   }
 

@@ -8,6 +8,7 @@ import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
+import { purgeBlobClaims } from '../db/repositories/blob-gc.js'
 import { EventStreams } from '../events/stream.js'
 import { WebhookService } from '../webhooks/service.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
@@ -30,9 +31,12 @@ export interface Services {
   close: () => Promise<void>
 }
 
+/** How long the file collector's claims are remembered: far longer than any write takes. */
+const BLOB_CLAIMS_KEPT_SECONDS = 3600
+
 /**
  * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
- * unreferenced avatar files are deleted, old idempotency keys are forgotten.
+ * unreferenced avatar files are deleted, old idempotency keys, events and collector claims are forgotten.
  */
 function startMaintenance (config: Config, database: DbHandle, agents: AgentService, webhooks: WebhookService): () => Promise<void> {
   const upkeep = every(config.maintenanceIntervalMs, async () => {
@@ -40,6 +44,7 @@ function startMaintenance (config: Config, database: DbHandle, agents: AgentServ
     await agents.maintain()
     await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds)
     await purgeEvents(database.db, now - config.events.retentionSeconds)
+    await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS)
   })
   // Webhook deliveries are polled often: a due delivery goes out within one poll on some instance.
   const dispatch = every(config.events.pollMs, async () => {

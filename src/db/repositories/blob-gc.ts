@@ -48,7 +48,7 @@ export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: strin
   return { claimed: claim !== undefined }
 }
 
-/** Forgets claims older than before: every write that could have raced them is long over. */
-export async function forgetBlobClaims (db: DbOrTrx, before: number): Promise<void> {
-  await db.deleteFrom('blob_claims').where('claimed_at', '<', before).execute()
+/** Forgets claims older than olderThan: every write that could have raced them is long over. */
+export async function purgeBlobClaims (db: DbOrTrx, olderThan: number): Promise<void> {
+  await db.deleteFrom('blob_claims').where('claimed_at', '<', olderThan).execute()
 }
