@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { startTestServer, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, startTestServer, type TestServer } from './helpers/server.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
 
@@ -9,8 +9,7 @@ describe('DELETE /agents/:id', () => {
   let fx: FixtureServer
   before(async () => {
     fx = await startFixtureServer()
-    // Unreferenced avatar files are collected at once here; production waits AVATAR_GC_GRACE_SECONDS.
-    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' })
+    srv = await startTestServer(COLLECT_AT_ONCE)
   })
   after(async () => {
     await srv.close()
@@ -166,7 +165,7 @@ describe('the file collector and a write of the same image at the same moment', 
   let pause: { entered: () => void, released: Promise<void> } | undefined
   before(async () => {
     fx = await startFixtureServer()
-    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' }, {
+    srv = await startTestServer(COLLECT_AT_ONCE, {
       beforeCollect: async () => {
         const p = pause
         if (p === undefined) return

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
-import { headerPairs, rawGet, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, headerPairs, rawGet, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -30,7 +30,7 @@ describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept 
   let fx: FixtureServer
   before(async () => {
     fx = await startFixtureServer()
-    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' })
+    srv = await startTestServer(COLLECT_AT_ONCE)
   })
   after(async () => {
     await srv.close()

@@ -10,6 +10,9 @@ import { provisionStores } from './stores.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
 
+/** Server settings under which unreferenced avatar files are collected at once (production waits AVATAR_GC_GRACE_SECONDS). */
+export const COLLECT_AT_ONCE: Readonly<Record<string, string>> = { AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100' }
+
 export interface TestServer {
   url: string
   api: string
