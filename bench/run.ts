@@ -354,7 +354,6 @@ async function seedRoster (svc: Service, fixture: FixtureServer): Promise<Seeded
 }
 
 async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Promise<void> {
-  const imageCount = images.length
   log(`\n== ${leg}: the service on ${leg === 'sqlite' ? 'its embedded defaults (SQLite file + local disk)' : 'PostgreSQL + local disk'}`)
   const svc = await startService(leg)
   const baselines: Proc[] = []
@@ -516,21 +515,32 @@ async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Prom
         leg, id: 'avatar-same', title: 'POST /agents + avatar (same JPEG)', server: 'agentry', connections: 1,
         note: '400x400 JPEG from a loopback server; files are content-addressed, so storing is a hit after the first'
       }, { ...avatarLoad, connections: 1, setupRequest: post(() => `${fixture.url}/img/0.jpg`) })
-      // Image 0 is the one above; 1..imageCount-1 are all different.
+      // Image 0 is the one above; 1.. are all different. Before each run the pool grows to what
+      // that run can use at the rate just seen (with room to spare), so no request repeats an image.
       let img = 1
       const distinct = () => `${fixture.url}/img/${img++}.jpg`
-      const distinctNote = () => img - 1 < imageCount
-        ? `a different JPEG each request (${img - 1} distinct so far), so every file is written`
-        : `a different JPEG each request until the pool of ${imageCount - 1} ran out, then repeats`
+      const topUp = async (reqPerSecond: number) => {
+        const want = img + Math.ceil(reqPerSecond * (T.warmup + T.seconds) * 1.5)
+        if (want <= images.length) return
+        const t0 = performance.now()
+        const had = images.length
+        await makeJpegs(want, images)
+        log(`           made ${fmt(images.length - had)} more distinct JPEGs for the next run in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+      }
+      const distinctNote = () => img - 1 < images.length
+        ? `a different JPEG each request (${fmt(img - 1)} distinct so far), so every file is written`
+        : `a different JPEG each request until the pool of ${fmt(images.length - 1)} ran out, then repeats`
+      await topUp(scenarios.at(-1)?.result.rps ?? 0)
       await staged({ leg, id: 'avatar-distinct', title: 'POST /agents + avatar (distinct JPEGs)', server: 'agentry', connections: 1 },
         { ...avatarLoad, connections: 1, setupRequest: post(distinct) })
       const last1 = scenarios.at(-1)
       if (last1 !== undefined) last1.note = distinctNote()
+      await topUp((last1?.result.rps ?? 0) * os.availableParallelism())
       await staged({ leg, id: 'avatar-distinct-c8', title: 'POST /agents + avatar (distinct JPEGs)', server: 'agentry', connections: 8 },
         { ...avatarLoad, connections: 8, setupRequest: post(distinct) })
       const last8 = scenarios.at(-1)
       if (last8 !== undefined) last8.note = distinctNote()
-      if (img - 1 >= imageCount) notes.push(`${leg}: the distinct-avatar runs used more requests than the ${imageCount - 1} distinct images made up front; later ones repeated (store hits)`)
+      if (img - 1 >= images.length) notes.push(`${leg}: the distinct-avatar runs used more requests than the ${fmt(images.length - 1)} distinct images made for them; later ones repeated (store hits)`)
     }
 
     if (want('static')) {

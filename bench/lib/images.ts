@@ -19,12 +19,12 @@ function gradient (): Buffer {
 }
 
 /**
- * n distinct 400x400 JPEGs: the same picture with a 16x16 block in one corner coloured from the
- * image's index, so the bytes (and the processed original's sha256) differ for every one.
+ * Grows `images` in place to n distinct 400x400 JPEGs: the same picture with a 16x16 block in one
+ * corner coloured from the image's index, so the bytes (and the processed original's sha256)
+ * differ for every one (up to 2^16 images). Returns the same array.
  */
-export async function makeJpegs (n: number): Promise<Buffer[]> {
+export async function makeJpegs (n: number, images: Buffer[] = []): Promise<Buffer[]> {
   const base = gradient()
-  const out: Buffer[] = new Array<Buffer>(n)
   const encode = async (i: number) => {
     const raw = Buffer.from(base)
     for (let y = 0; y < 16; y++) {
@@ -35,13 +35,13 @@ export async function makeJpegs (n: number): Promise<Buffer[]> {
         raw[p + 2] = ((i * 37) + x + y) & 0xff
       }
     }
-    out[i] = await sharp(raw, { raw: { width: SIZE, height: SIZE, channels: 3 } }).jpeg({ quality: 85 }).toBuffer()
+    images[i] = await sharp(raw, { raw: { width: SIZE, height: SIZE, channels: 3 } }).jpeg({ quality: 85 }).toBuffer()
   }
   const batch = 16
-  for (let i = 0; i < n; i += batch) {
+  for (let i = images.length; i < n; i += batch) {
     await Promise.all(Array.from({ length: Math.min(batch, n - i) }, (_, k) => encode(i + k)))
   }
-  return out
+  return images
 }
 
 export interface FixtureServer {
@@ -52,7 +52,7 @@ export interface FixtureServer {
   close: () => Promise<void>
 }
 
-/** Serves /img/<i>.jpg (image i modulo the pool) on loopback, as a remote image host would. */
+/** Serves /img/<i>.jpg (image i modulo the pool, which may grow meanwhile) on loopback, as a remote image host would. */
 export async function startFixtureServer (images: Buffer[]): Promise<FixtureServer> {
   let hits = 0
   const served = new Set<number>()
