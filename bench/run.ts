@@ -22,7 +22,7 @@ import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_S
 import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
 import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
 import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
-import { dropTempDir, freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type Proc } from './lib/procs.js'
+import { dropTempDir, freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sampleMemory, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type MemPeak, type Proc } from './lib/procs.js'
 import { lineChart } from './lib/svg.js'
 import { binNodeFlags, CONFIG_VARS } from '../test/helpers/process.js'
 
@@ -115,6 +115,19 @@ interface ScalingRecord {
   /** PAGE_SQL after the middle of the roster, timed on the database directly. */
   pageQuery: LatencyStats
   plans: Plans
+  /** GET /agents without limit: the whole roster, with GET /agents/:id asked meanwhile. */
+  wholeList: WholeList
+}
+
+interface WholeList {
+  bytes: number
+  /** Agents in the answer (counted in the bytes as they came). */
+  agents: number
+  firstByteMs: number
+  totalMs: number
+  mem: MemPeak
+  /** GET /agents/:id at 1 connection, one after the other, while the list was being sent. */
+  meanwhile: LatencyStats & { count: number, maxMs: number }
 }
 
 interface TargetRecord {
@@ -594,12 +607,16 @@ async function runScaling (leg: Leg): Promise<void> {
       const listQuery = await db.timeListQuery(T.listIterations)
       const pageQuery = await db.timeListQuery(T.listIterations, middle)
       const plans = await db.plans(middle)
-      scaling.push({ leg, agents: size, seedSeconds, getById, firstPage, middlePage, listQuery, pageQuery, plans })
+      const wholeList = await measureWholeList(svc, size)
+      if (wholeList.agents !== size) loud(`${leg}: GET /agents gave ${fmt(wholeList.agents)} agents, not all ${fmt(size)}`)
+      scaling.push({ leg, agents: size, seedSeconds, getById, firstPage, middlePage, listQuery, pageQuery, plans, wholeList })
       log(`  ${leg.padEnd(8)} ${size.toLocaleString('en-US').padStart(9)} agents (seeded in ${seedSeconds.toFixed(1)} s), p50/p99 ms at 1 connection:` +
         ` GET /agents/:id ${ms(getById.latency.p50)}/${ms(getById.latency.p99)};` +
         ` ?limit=100 ${ms(firstPage.latency.p50)}/${ms(firstPage.latency.p99)};` +
         ` ?limit=100&cursor=middle ${ms(middlePage.latency.p50)}/${ms(middlePage.latency.p99)};` +
-        ` queries alone: first 100 ${ms(listQuery.p50)}, after the middle ${ms(pageQuery.p50)}`)
+        ` queries alone: first 100 ${ms(listQuery.p50)}, after the middle ${ms(pageQuery.p50)};` +
+        ` whole list ${fmt(wholeList.bytes / 1e6, 1)} MB, first byte ${ms(wholeList.firstByteMs)} ms, all in ${fmt(wholeList.totalMs / 1000, 2)} s,` +
+        ` peak RSS ${fmt(wholeList.mem.peakRssMb)} MB, GET /agents/:id meanwhile p50/max ${ms(wholeList.meanwhile.p50)}/${ms(wholeList.meanwhile.maxMs)} ms (${fmt(wholeList.meanwhile.count)})`)
     }
     const last = scaling.filter((s) => s.leg === leg).at(-1)
     if (last !== undefined) {
@@ -612,6 +629,51 @@ async function runScaling (leg: Leg): Promise<void> {
     await db?.close()
     await svc.stop()
   }
+}
+
+/**
+ * GET /agents without limit or cursor (the seed's whole list) on a roster of `size` agents, read as it
+ * arrives, with the service's memory sampled and GET /agents/:id asked at 1 connection meanwhile: how
+ * long the list takes, what it costs in memory, and whether the service still answers others.
+ */
+async function measureWholeList (svc: Service, size: number): Promise<WholeList> {
+  const auth = { authorization: `Bearer ${svc.token}` }
+  const mem = sampleMemory(svc.proc.pid)
+  const probes: number[] = []
+  let listing = true
+  const prober = (async () => {
+    while (listing) {
+      const t = performance.now()
+      const res = await fetch(`${svc.url}${API}/agents/${seededId(1 + Math.floor(Math.random() * size))}`, { headers: auth })
+      await res.arrayBuffer()
+      if (res.status !== 200) throw new Error(`GET /agents/:id during the whole list: HTTP ${res.status}`)
+      probes.push(performance.now() - t)
+    }
+  })()
+  const start = performance.now()
+  let firstByteMs = NaN
+  let bytes = 0
+  let agents = 0
+  try {
+    const res = await fetch(`${svc.url}${API}/agents`, { headers: auth, signal: AbortSignal.timeout(300_000) })
+    if (res.status !== 200 || res.body === null) throw new Error(`GET /agents (whole list): HTTP ${res.status}`)
+    // Agents are counted by a key each has once, across chunk boundaries (the avatar has none of its own).
+    const key = Buffer.from('"serviceUserId":')
+    let tail = Buffer.alloc(0)
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      if (bytes === 0) firstByteMs = performance.now() - start
+      bytes += chunk.length
+      const text = Buffer.concat([tail, chunk])
+      for (let i = text.indexOf(key); i !== -1; i = text.indexOf(key, i + key.length)) agents++
+      tail = text.subarray(Math.max(0, text.length - key.length + 1))
+    }
+  } finally {
+    listing = false
+    await prober.catch((err: unknown) => { loud(`${svc.leg}: ${String(err)}`) })
+  }
+  const totalMs = performance.now() - start
+  const stats = percentiles(probes)
+  return { bytes, agents, firstByteMs, totalMs, mem: mem.stop(), meanwhile: { ...stats, count: probes.length, maxMs: Math.max(0, ...probes) } }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -749,6 +811,16 @@ function evaluateTargets (legs: Leg[]): void {
       const peak = worst.result.mem?.peakRssMb ?? 0
       targets.push({ leg, target: 'peak RSS under load <= 200 MB', value: `${fmt(peak)} MB (during ${worst.title}, c=${worst.connections})`, pass: peak <= 200 })
     }
+    const whole = scaling.filter((s) => s.leg === leg).at(-1)
+    if (whole !== undefined) {
+      const w = whole.wholeList
+      targets.push({
+        leg,
+        target: `peak RSS <= 200 MB while sending the whole list of ${whole.agents.toLocaleString('en-US')} agents (GET /agents, no limit)`,
+        value: `${fmt(w.mem.peakRssMb)} MB (${fmt(w.bytes / 1e6, 1)} MB of JSON in ${fmt(w.totalMs / 1000, 2)} s; GET /agents/:id meanwhile: ${fmt(w.meanwhile.count)} answered, p50 ${ms(w.meanwhile.p50)} ms, slowest ${ms(w.meanwhile.maxMs)} ms)`,
+        pass: w.mem.peakRssMb <= 200
+      })
+    }
   }
 }
 
@@ -861,6 +933,25 @@ function scalingRows (): { header: string[], rows: string[][], align: Array<'l' 
   }
 }
 
+function wholeListRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
+  return {
+    header: ['store', 'agents', 'JSON MB', 'first byte ms', 'all in s', 'service peak RSS MB', 'GET /:id meanwhile', 'p50 ms', 'p99 ms', 'slowest ms'],
+    align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    rows: scaling.map(({ leg, agents, wholeList: w }) => [
+      leg,
+      agents.toLocaleString('en-US'),
+      fmt(w.bytes / 1e6, 1),
+      ms(w.firstByteMs),
+      fmt(w.totalMs / 1000, 2),
+      fmt(w.mem.peakRssMb),
+      fmt(w.meanwhile.count),
+      ms(w.meanwhile.p50),
+      ms(w.meanwhile.p99),
+      ms(w.meanwhile.maxMs)
+    ])
+  }
+}
+
 const COLORS: Record<Leg, string> = { sqlite: '#1f6feb', postgres: '#d9480f' }
 
 function pagesChart (): string {
@@ -917,6 +1008,9 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       `A service with its read cache off (\`AGENT_CACHE_ENTRIES=0\`), so that every GET reads the database: at 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
       `The queries alone were timed on the database directly, ${T.listIterations} times each.`, '', mdTable(sc.header, sc.rows, sc.align))
+    const wl = wholeListRows()
+    out.push('', 'The whole list, `GET /agents` without `limit` or `cursor` (the seed\'s call), on the same rosters (seeded agents have no avatar: ' +
+      '~190 bytes of JSON each), read as it arrived, with `GET /agents/:id` asked at 1 connection, one after the other, meanwhile:', '', mdTable(wl.header, wl.rows, wl.align))
     const dir = RESULTS_SUBDIR === undefined ? 'bench/results' : `bench/results/${RESULTS_SUBDIR}`
     out.push('', `![GET /agents/:id latency against roster size](${dir}/latency-vs-agents.svg)`, '', `![List page latency against roster size](${dir}/list-pages-vs-agents.svg)`)
     for (const leg of [...new Set(scaling.map((x) => x.leg))]) {
@@ -994,6 +1088,8 @@ async function main (): Promise<number> {
   if (scaling.length > 0) {
     const sc = scalingRows()
     log(`\n${table(sc.header, sc.rows, sc.align)}`)
+    const wl = wholeListRows()
+    log(`\n${table(wl.header, wl.rows, wl.align)}`)
   }
   if (targets.length > 0) {
     log('\n== Targets\n')

@@ -295,6 +295,63 @@ describe('GET /agents: cursor alone uses the default page size', () => {
   })
 })
 
+describe('GET /agents without limit or cursor: a long list is sent as it is read, batch by batch', () => {
+  // Batches of 4 (LIST_BATCH is 1,000), so a short list takes several.
+  const BATCH = 4
+  let srv: TestServer
+  let call: Call
+  let token: string
+  let created: ListedAgent[]
+
+  before(async () => {
+    srv = await startTestServer({}, { listBatchSize: BATCH })
+    token = (await srv.services.tokens.create('batches')).token
+    call = asToken(srv, token)
+    created = await createAgents(call, 'batch', 18, (i) => ({ active: i % 3 !== 0, status: i % 2 === 0 ? 'online' : 'offline' }))
+  })
+  after(async () => { await srv.close() })
+
+  it('every agent once, newest first, in the seed\'s envelope, the same agents as the cursor pages show', async () => {
+    const whole = await call('GET', '/agents')
+    assert.equal(whole.status, 200)
+    assert.match(whole.headers.get('content-type') ?? '', /^application\/json/)
+    assert.deepEqual(Object.keys(whole.body).sort(), ['data', 'status'])
+    assert.equal(whole.body.status, 200)
+    assert.deepEqual(ids(whole), created.map((a) => a.id).reverse())
+    const pages = await walkByCursor(call, 'limit=5', 5)
+    assert.deepEqual(whole.body.data, pages.flatMap((p) => p.body.data as ListedAgent[]))
+    assert.deepEqual(whole.body.data.at(-1), created[0], 'each agent as GET /agents/:id shows it')
+  })
+
+  it('filters hold across batches, including a list that ends exactly on a batch boundary', async () => {
+    for (const query of ['active=true', 'active=false', 'status=online', 'status=offline&active=true', 'q=batch%201']) {
+      const whole = await call('GET', `/agents?${query}`)
+      assert.equal(whole.status, 200, `${query}: ${JSON.stringify(whole.body)}`)
+      const pages = await walkByCursor(call, `${query}&limit=3`, 3)
+      assert.deepEqual(ids(whole), pages.flatMap(ids), query)
+    }
+    // 12 of the 18 are active: three whole batches, then nothing.
+    assert.equal(ids(await call('GET', '/agents?active=true')).length, 3 * BATCH)
+  })
+
+  it('a list longer than a batch is streamed (no Content-Length); a shorter one is sent whole, with its length', async () => {
+    const long = await fetch(`${srv.api}/agents`, { headers: { authorization: `Bearer ${token}` } })
+    assert.equal(long.status, 200)
+    assert.equal(long.headers.get('content-length'), null)
+    assert.equal(long.headers.get('transfer-encoding'), 'chunked')
+    assert.equal((JSON.parse(await long.text()) as { data: unknown[] }).data.length, created.length)
+    const short = await call('GET', '/agents?active=false&status=online')
+    assert.ok(short.body.data.length < BATCH)
+    assert.notEqual(short.headers.get('content-length'), null)
+  })
+
+  it('an empty list is an empty array', async () => {
+    const res = await call('GET', '/agents?q=nobody')
+    assert.equal(res.status, 200)
+    assert.deepEqual(res.body, { status: 200, data: [] })
+  })
+})
+
 describe('GET /agents: filters', () => {
   let srv: TestServer
   let call: Call

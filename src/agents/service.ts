@@ -4,7 +4,7 @@ import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
   countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentPreparable, findLapsedPresence, insertAgent, listAgents,
-  updateAgentAtVersion
+  updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
 import { claimBlobGc, clearBlobGc, dueBlobGc, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
@@ -18,6 +18,8 @@ import { containsPattern, searchableName } from './search.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
+/** Agents read at a time for the unpaginated list (see listAll): ~0.5 MB of JSON with avatars. */
+export const LIST_BATCH = 1000
 /** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
 const AVATAR_ROWS_KEPT = 10_000
 
@@ -39,6 +41,8 @@ export interface AgentServiceOptions {
   prepared?: DbHandle['prepared']
   /** Avatar records kept in memory at most (10,000 by default). */
   avatarRowsKept?: number
+  /** Agents per batch of the unpaginated list (LIST_BATCH by default; tests use small ones). */
+  listBatchSize?: number
   now?: Clock
   /** Tests only: runs when the file collector has claimed content, before it deletes the files. */
   beforeCollect?: () => Promise<void>
@@ -56,9 +60,20 @@ export interface WriteOptions {
 
 export interface Page {
   agents: Agent[]
-  /** Present when pagination was asked for; null on the last page. */
-  nextCursor?: string | null
-  limit?: number
+  /** Null on the last page. */
+  nextCursor: string | null
+  limit: number
+}
+
+/** The list filters of a query, as listAgents takes them. */
+function listFilter (query: Omit<ListQueryInput, 'limit' | 'cursor'>): AgentFilter {
+  return {
+    status: query.status,
+    active: query.active,
+    serviceUserId: query.serviceUserId,
+    namePattern: query.q === undefined ? undefined : containsPattern(query.q),
+    updatedSince: query.updatedSince
+  }
 }
 
 const representations = new WeakMap<Agent, AgentRepresentation>()
@@ -119,26 +134,42 @@ export class AgentService {
     this.transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
   }
 
-  async list (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
-    const paginated = query.limit !== undefined || query.cursor !== undefined
+  /** One page of the (filtered) list: `limit` agents (DEFAULT_PAGE_SIZE by default) after the cursor, if any. */
+  async page (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
     const limit = query.limit ?? DEFAULT_PAGE_SIZE
     const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
     // Presence is decided in the database before filtering on status or updatedSince.
     await this.lapsePresence(widgetId)
-    const rows = await listAgents(this.db, widgetId, {
-      status: query.status,
-      active: query.active,
-      serviceUserId: query.serviceUserId,
-      namePattern: query.q === undefined ? undefined : containsPattern(query.q),
-      updatedSince: query.updatedSince,
-      after,
-      limit: paginated ? limit + 1 : undefined
-    })
-    if (!paginated) return { agents: await this.toApi(rows) }
+    const rows = await listAgents(this.db, widgetId, { ...listFilter(query), after, limit: limit + 1 })
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     const nextCursor = rows.length > limit && last !== undefined ? encodeCursor({ createdAt: last.created_at, seq: last.seq }) : null
     return { agents: await this.toApi(page), nextCursor, limit }
+  }
+
+  /**
+   * The whole (filtered) list, newest first, as the seed's unpaginated GET /agents gives it: read in
+   * batches of LIST_BATCH agents one after the other (keyset, like cursor pages), so memory stays
+   * bounded however long the roster and other requests are answered between batches. Every agent
+   * that exists throughout appears exactly once; one created or deleted meanwhile may or may not.
+   * `more` is false on the last batch (which may be the first).
+   */
+  async * listAll (widgetId: string, query: Omit<ListQueryInput, 'limit' | 'cursor'> = {}): AsyncGenerator<{ agents: Agent[], more: boolean }> {
+    const batch = this.options.listBatchSize ?? LIST_BATCH
+    await this.lapsePresence(widgetId)
+    let after: AgentFilter['after']
+    for (;;) {
+      const rows = await listAgents(this.db, widgetId, { ...listFilter(query), after, limit: batch + 1 })
+      const more = rows.length > batch
+      const agents = await this.toApi(more ? rows.slice(0, batch) : rows)
+      yield { agents, more }
+      if (!more) return
+      const last = rows[batch - 1] as AgentRow
+      after = { createdAt: last.created_at, seq: last.seq }
+      // Let other requests in: on loopback, say, the socket may take every batch at once, and the next
+      // one would be read without the event loop ever turning (the SQLite driver is synchronous).
+      await new Promise((resolve) => setImmediate(resolve))
+    }
   }
 
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */

@@ -75,12 +75,14 @@ function every (ms: number, task: () => Promise<void>): () => Promise<void> {
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /**
- * What tests may set that the configuration does not: the address guard, memory bounds too large to
+ * What tests may set that the configuration does not: the address guard, memory bounds and batch sizes too large to
  * reach in a test, and a pause inside the file collector (to race a write against it).
  */
 export interface ServiceOverrides {
   isAllowedAddress?: AddressPolicy
   avatarRowsKept?: number
+  /** Agents per batch of the unpaginated list (tests: small, so a short list takes several). */
+  listBatchSize?: number
   beforeCollect?: () => Promise<void>
 }
 
@@ -116,6 +118,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     readCache,
     prepared: database.prepared,
     avatarRowsKept: overrides.avatarRowsKept,
+    listBatchSize: overrides.listBatchSize,
     beforeCollect: overrides.beforeCollect
   })
   const webhooks = new WebhookService(database.db, {

@@ -1,17 +1,31 @@
+import { Readable } from 'node:stream'
 import { Type } from 'typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply } from 'fastify'
 import type { AgentRoutesOptions } from './index.js'
+import type { Agent } from '../../schemas/agent.js'
 import { AgentSchema, ListMeta, ListQuery } from '../../schemas/agent.js'
 import { errorResponses } from '../../schemas/envelope.js'
+
+const JSON_TYPE = 'application/json; charset=utf-8'
+
+/** Agents as the items of a JSON array, each as GET /agents/:id serialises it. */
+const items = (agents: Agent[]): string => agents.map((a) => JSON.stringify(a)).join(',')
+
+/** Sends JSON made here (text or a stream of it) past the response serialiser; the schema still documents it. */
+async function sendJson (reply: FastifyReply, body: string | Readable): Promise<FastifyReply> {
+  return await reply.type(JSON_TYPE).send(body)
+}
 
 export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents }) => {
   app.get('/agents', {
     schema: {
       summary: 'Get all agents',
       description: "The widget's agents, newest first (agents created in the same second: the later one first). " +
-        'Without limit or cursor the whole list comes back, as in the seed. With either, pages of `limit` agents ' +
-        'come back with `meta.nextCursor` and a `Link: <…>; rel="next"` header; a cursor stays correct while agents ' +
-        'are created or updated between pages. Filters combine with AND.',
+        'Without limit or cursor the whole list comes back, as in the seed; a long one is sent as it is read, in ' +
+        'chunks, so an agent created or deleted while it is being sent may or may not be in it. With limit or cursor, ' +
+        'pages of `limit` agents come back with `meta.nextCursor` and a `Link: <…>; rel="next"` header; a cursor stays ' +
+        'correct while agents are created or updated between pages. Filters combine with AND.',
       tags: ['Agent'],
       querystring: ListQuery,
       response: {
@@ -20,8 +34,22 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       }
     }
   }, async (request, reply) => {
-    const page = await agents.list(request.widgetId, request.query)
-    if (page.nextCursor === undefined || page.limit === undefined) return { status: 200 as const, data: page.agents }
+    const { limit, cursor, ...filters } = request.query
+    if (limit === undefined && cursor === undefined) {
+      // The first batch is read before anything is sent: a failure there is still an error envelope.
+      const batches = agents.listAll(request.widgetId, filters)
+      const first = await batches.next()
+      const head = first.done === true ? '' : items(first.value.agents)
+      if (first.done === true || !first.value.more) return await sendJson(reply, `{"status":200,"data":[${head}]}`)
+      // A long list goes out batch by batch as the client takes it (Readable.from waits for the socket
+      // to drain). Should a later batch fail, the response is cut short, never completed as valid JSON.
+      return await sendJson(reply, Readable.from((async function * () {
+        yield `{"status":200,"data":[${head}`
+        for await (const batch of batches) yield `,${items(batch.agents)}`
+        yield ']}'
+      })()))
+    }
+    const page = await agents.page(request.widgetId, request.query)
     if (page.nextCursor !== null) {
       const params = Object.entries({ ...request.query, limit: page.limit, cursor: page.nextCursor }).map(([k, v]): [string, string] => [k, String(v)])
       const next = new URLSearchParams(params)
