@@ -18,7 +18,7 @@ import type autocannon from 'autocannon'
 import { encodeCursor } from '../src/agents/cursor.js'
 import sharp from 'sharp'
 import { processAvatar } from '../src/avatars/process.js'
-import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_SQL, LIST_SQL, PAGE_SQL, type BenchDb, type Plans } from './lib/db.js'
+import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, type BenchDb, type Plans } from './lib/db.js'
 import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
 import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
 import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
@@ -623,7 +623,7 @@ async function runScaling (leg: Leg): Promise<void> {
       log(`  query plans at ${last.agents.toLocaleString('en-US')} agents:`)
       log(`    ${LIST_SQL}\n${last.plans.list.map((l) => `      ${l}`).join('\n')}`)
       log(`    ${PAGE_SQL}\n${last.plans.page.map((l) => `      ${l}`).join('\n')}`)
-      log(`    ${GET_SQL}\n${last.plans.get.map((l) => `      ${l}`).join('\n')}`)
+      log(`    ${leg === 'postgres' ? GET_BATCH_SQL : GET_SQL}\n${last.plans.get.map((l) => `      ${l}`).join('\n')}`)
     }
   } finally {
     await db?.close()
@@ -1019,7 +1019,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       out.push('', `Query plans on ${leg} at ${last.agents.toLocaleString('en-US')} agents:`, '', '```',
         LIST_SQL, ...last.plans.list.map((l) => `  ${l}`), '',
         PAGE_SQL, ...last.plans.page.map((l) => `  ${l}`), '',
-        GET_SQL, ...last.plans.get.map((l) => `  ${l}`), '```')
+        leg === 'postgres' ? GET_BATCH_SQL : GET_SQL, ...last.plans.get.map((l) => `  ${l}`), '```')
     }
   }
   if (targets.length > 0) {

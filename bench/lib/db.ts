@@ -4,7 +4,7 @@ import path from 'node:path'
 import Database from 'better-sqlite3'
 import pg from 'pg'
 import { Kysely, SqliteDialect } from 'kysely'
-import { findAgentQuery, listAgentsQuery } from '../../src/db/repositories/agents.js'
+import { findAgentQuery, findAgentsByIdsPreparable, listAgentsQuery } from '../../src/db/repositories/agents.js'
 import type { Database as DatabaseSchema } from '../../src/db/types.js'
 import { percentiles, type LatencyStats } from './load.js'
 
@@ -23,8 +23,10 @@ const PAGE_ROWS = 101
 export const LIST_SQL = listAgentsQuery(compiler, 'w', { limit: PAGE_ROWS }).compile().sql
 /** A later page, for `?limit=100&cursor=...`; parameters: widget, createdAt, createdAt, seq. */
 export const PAGE_SQL = listAgentsQuery(compiler, 'w', { limit: PAGE_ROWS, after: { createdAt: 0, seq: 0 } }).compile().sql
-/** What GET /agents/:id runs on a read-cache miss. */
+/** What GET /agents/:id runs on a read-cache miss (SQLite). */
 export const GET_SQL = findAgentQuery(compiler, 'w', 'id').compile().sql
+/** What GET /agents/:id runs on PostgreSQL, for the reads that arrive together; one parameter, the ids. */
+export const GET_BATCH_SQL = findAgentsByIdsPreparable(compiler, []).compile().sql
 
 export interface Plans {
   list: string[]
@@ -149,7 +151,7 @@ export async function openPostgres (url: string): Promise<BenchDb> {
     if (widgetId === undefined) throw new Error('no "default" widget in the service database (was BOOTSTRAP_TOKEN set?)')
     const pgList = pgParams(LIST_SQL)
     const pgPage = pgParams(PAGE_SQL)
-    const pgGet = pgParams(GET_SQL)
+    const pgGet = pgParams(GET_BATCH_SQL)
     const count = async () => Number((await client.query<{ n: string }>('select count(*) as n from agents')).rows[0]?.n ?? 0)
     return {
       dialect: 'postgres',
@@ -191,12 +193,12 @@ export async function openPostgres (url: string): Promise<BenchDb> {
         return percentiles(times)
       },
       plans: async (after) => {
-        const explain = async (q: string, params: Array<string | number>) =>
+        const explain = async (q: string, params: unknown[]) =>
           (await client.query<{ 'QUERY PLAN': string }>(`explain (costs off) ${q}`, params)).rows.map((r) => r['QUERY PLAN'])
         return {
           list: await explain(pgList, [widgetId, PAGE_ROWS]),
           page: await explain(pgPage, [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS]),
-          get: await explain(pgGet, [widgetId, seededId(1)])
+          get: await explain(pgGet, [[seededId(1), seededId(2), seededId(3)]])
         }
       },
       close: async () => { await client.end() }

@@ -3,7 +3,7 @@ import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
-  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentPreparable, findLapsedPresence, insertAgent, listAgents,
+  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentsByIdsPreparable, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
@@ -12,6 +12,7 @@ import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
+import { BatchedAgentReads } from './batched-reads.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
 import type { AgentReadCache, AgentRepresentation } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
@@ -120,6 +121,7 @@ export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
   private readonly transact: Transact
+  private readonly batchedReads: BatchedAgentReads | undefined
   private readonly avatarRows = new Map<string, AvatarRow>()
   /** Images whose content the file collector claimed while a write was making an avatar of it. */
   private readonly collectedMeanwhile = new WeakSet<StoredImage>()
@@ -132,6 +134,10 @@ export class AgentService {
     this.now = options.now ?? unixSeconds
     this.cache = options.readCache
     this.transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
+    const prepared = options.prepared
+    this.batchedReads = prepared === undefined
+      ? undefined
+      : new BatchedAgentReads(async (ids) => await prepared<AgentRow>('agentry_find_agents_v1', findAgentsByIdsPreparable(db, ids).compile()))
   }
 
   /** One page of the (filtered) list: `limit` agents (DEFAULT_PAGE_SIZE by default) after the cursor, if any. */
@@ -520,11 +526,13 @@ export class AgentService {
     return row
   }
 
-  /** One agent by id: on PostgreSQL as a prepared statement (half the database's CPU per read). */
+  /**
+   * One agent by id. On PostgreSQL with reads that arrive together batched into one query, run as a
+   * prepared statement (half the database's CPU of a plain query).
+   */
   private async findById (widgetId: string, id: string): Promise<AgentRow | undefined> {
-    const prepared = this.options.prepared
-    if (prepared === undefined) return await findAgent(this.db, widgetId, id)
-    return (await prepared<AgentRow>('agentry_find_agent_v1', findAgentPreparable(this.db, widgetId, id).compile()))[0]
+    if (this.batchedReads === undefined) return await findAgent(this.db, widgetId, id)
+    return await this.batchedReads.find(widgetId, id)
   }
 
   private async mustBeFreeServiceUserId (widgetId: string, serviceUserId: string): Promise<void> {

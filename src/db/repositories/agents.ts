@@ -20,12 +20,14 @@ const AGENT_COLUMNS = Object.keys({
 } satisfies Record<keyof AgentTable, true>) as Array<keyof AgentTable>
 
 /**
- * findAgentQuery with its columns named rather than `*`, for running as a prepared statement: a
- * PostgreSQL statement prepared as `select *` fails ("cached plan must not change result type") once
- * a newer instance's migration adds a column, so instances of two versions could not run side by side.
+ * Agents by id, whatever their widget (the caller checks it): what BatchedAgentReads sends for reads
+ * that arrive together, as a prepared statement with one parameter, the array of ids. Columns are
+ * named rather than `*`: a PostgreSQL statement prepared as `select *` fails ("cached plan must not
+ * change result type") once a newer instance's migration adds a column, so instances of two
+ * versions could not run side by side.
  */
-export function findAgentPreparable (db: DbOrTrx, widgetId: string, id: string) {
-  return findAgentQuery(db, widgetId, id).clearSelect().select(AGENT_COLUMNS)
+export function findAgentsByIdsPreparable (db: DbOrTrx, ids: string[]) {
+  return db.selectFrom('agents').select(AGENT_COLUMNS).where(sql<boolean>`id = any(${ids})`)
 }
 
 export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, serviceUserId: string): Promise<AgentRow | undefined> {
