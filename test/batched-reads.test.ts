@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
 import { startTestServer, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
 
 /**
  * On PostgreSQL, GET /agents/:id requests that arrive together are read in one query and each takes
- * its own row (src/agents/batched-reads.ts). Many concurrent GETs, of two widgets, of agents that do
+ * its own row (src/agents/batched-reads.ts), and an agent's JSON and ETag are made again only when
+ * its row reads differently from the last time. Many concurrent GETs, of two widgets, of agents that do
  * not exist, of the same agent twice, and right after a write, must each answer exactly as one
  * request alone would. On SQLite (no batching) the same must hold, so both legs run it.
  */
@@ -73,5 +76,18 @@ describe('GET /agents/:id, many at once', () => {
         if (i % 2 === 0) assert.equal(res.body.data.status, status)
       }
     }
+  })
+
+  it('a row changed in the database by other means shows on the next read, new ETag and all', { skip: storeLeg().startsWith('sqlite') && 'SQLite answers from its read cache, which sees other processes\' writes (test/read-cache.test.ts), not its own connection\'s' }, async () => {
+    const target = mine[5]!
+    const first = await srv.call('GET', `/agents/${target.id}`)
+    assert.deepEqual(await srv.call('GET', `/agents/${target.id}`).then((r) => r.body), first.body)
+    // Not through the API: no version bump, as an operator's hand-made fix would do.
+    await sql`update agents set name = ${'Renamed by SQL'} where id = ${target.id}`.execute(srv.services.database.db)
+    const second = await srv.call('GET', `/agents/${target.id}`)
+    assert.equal(second.body.data.name, 'Renamed by SQL')
+    assert.notEqual(second.headers.get('etag'), first.headers.get('etag'))
+    await sql`update agents set name = ${target.name} where id = ${target.id}`.execute(srv.services.database.db)
+    assert.deepEqual((await srv.call('GET', `/agents/${target.id}`)).body, first.body)
   })
 })

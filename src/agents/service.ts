@@ -38,6 +38,11 @@ export interface AgentServiceOptions {
   transact?: Transact
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
   readCache?: AgentReadCache
+  /**
+   * Without a read cache: how many agents' last JSON and ETag to keep, reused while a read finds
+   * their row exactly as it was (0: none).
+   */
+  representationsKept?: number
   /** Runs the hottest reads as prepared statements (DbHandle.prepared, PostgreSQL). */
   prepared?: DbHandle['prepared']
   /** Avatar records kept in memory at most (10,000 by default). */
@@ -123,6 +128,8 @@ export class AgentService {
   private readonly transact: Transact
   private readonly batchedReads: BatchedAgentReads | undefined
   private readonly avatarRows = new Map<string, AvatarRow>()
+  /** Without a read cache: each agent's last representation, with the row (as shown) it was made of. */
+  private readonly lastShown = new Map<string, { row: AgentRow, representation: AgentRepresentation }>()
   /** Images whose content the file collector claimed while a write was making an avatar of it. */
   private readonly collectedMeanwhile = new WeakSet<StoredImage>()
 
@@ -186,9 +193,23 @@ export class AgentService {
     if (cached !== undefined) return cached
     const ticket = this.cache?.ticket()
     const stored = await this.mustFind(widgetId, id)
-    const representation = representationOf(await this.represent(effective(stored, now)))
+    const current = effective(stored, now)
+    // No read cache (PostgreSQL): the row is read every time, but made into JSON and hashed for its
+    // ETag only when it differs from the last one shown (field by field, whatever changed it).
+    const last = this.cache === undefined ? this.lastShown.get(stored.id) : undefined
+    if (last !== undefined && sameRow(last.row, current)) return last.representation
+    const representation = representationOf(await this.represent(current))
     if (ticket !== undefined) this.cache?.set(widgetId, key, { ...representation, row: stored }, cachedUntil(stored), ticket)
+    else this.rememberShown(current, representation)
     return representation
+  }
+
+  private rememberShown (row: AgentRow, representation: AgentRepresentation): void {
+    const kept = this.options.representationsKept ?? 0
+    if (kept <= 0) return
+    this.lastShown.delete(row.id)
+    if (this.lastShown.size >= kept) this.lastShown.delete(this.lastShown.keys().next().value as string)
+    this.lastShown.set(row.id, { row, representation })
   }
 
   /**
@@ -639,6 +660,14 @@ function cachedUntil (row: AgentRow): number {
 }
 
 /** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
+/** Whether two rows of an agent hold the same values in every column. */
+function sameRow (a: AgentRow, b: AgentRow): boolean {
+  for (const column of Object.keys(a) as Array<keyof AgentRow>) {
+    if (a[column] !== b[column]) return false
+  }
+  return Object.keys(a).length === Object.keys(b).length
+}
+
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }

@@ -116,6 +116,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     dialect: database.dialect,
     transact: database.transact,
     readCache,
+    representationsKept: readCache === undefined ? config.agentCacheEntries : 0,
     prepared: database.prepared,
     avatarRowsKept: overrides.avatarRowsKept,
     listBatchSize: overrides.listBatchSize,
