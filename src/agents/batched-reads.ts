@@ -1,6 +1,6 @@
 import type { AgentRow } from '../db/types.js'
 
-/** At most this many ids in one query; more wait for the next. */
+/** At most this many ids in one query; more arriving together go in further queries, at the same time. */
 const MAX_BATCH = 100
 
 interface Waiting {

@@ -659,7 +659,6 @@ function cachedUntil (row: AgentRow): number {
   return row.status === 'online' && row.presence_expires_at !== null ? row.presence_expires_at : Infinity
 }
 
-/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 /** Whether two rows of an agent hold the same values in every column. */
 function sameRow (a: AgentRow, b: AgentRow): boolean {
   for (const column of Object.keys(a) as Array<keyof AgentRow>) {
@@ -668,6 +667,7 @@ function sameRow (a: AgentRow, b: AgentRow): boolean {
   return Object.keys(a).length === Object.keys(b).length
 }
 
+/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }

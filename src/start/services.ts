@@ -75,8 +75,8 @@ function every (ms: number, task: () => Promise<void>): () => Promise<void> {
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 /**
- * What tests may set that the configuration does not: the address guard, memory bounds and batch sizes too large to
- * reach in a test, and a pause inside the file collector (to race a write against it).
+ * What tests may set that the configuration does not: the address guard, memory bounds and batch
+ * sizes too large to reach in a test, and a pause inside the file collector (to race a write against it).
  */
 export interface ServiceOverrides {
   isAllowedAddress?: AddressPolicy
