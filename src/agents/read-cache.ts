@@ -1,4 +1,5 @@
 import type { AgentRow } from '../db/types.js'
+import { setBounded } from '../util/bounded-map.js'
 
 /** What GET /agents/:id answers, ready to send: the agent's JSON and its strong ETag. */
 export interface AgentRepresentation {
@@ -70,12 +71,7 @@ export class AgentReadCache {
 
   set (widgetId: string, id: string, agent: CachedAgent, validUntil: number, ticket: number): void {
     if (ticket !== this.generation || this.maxEntries === 0) return
-    if (this.entries.size >= this.maxEntries) {
-      // Oldest first out: Map keeps insertion order.
-      const oldest = this.entries.keys().next()
-      if (oldest.done !== true) this.entries.delete(oldest.value)
-    }
-    this.entries.set(keyOf(widgetId, id), { ...agent, validUntil })
+    setBounded(this.entries, keyOf(widgetId, id), { ...agent, validUntil }, this.maxEntries)
   }
 
   /** After a committed write to this agent. */

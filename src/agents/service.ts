@@ -10,6 +10,7 @@ import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/
 import { claimBlobGc, clearBlobGc, dueBlobGc, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
+import { setBounded } from '../util/bounded-map.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { BatchedAgentReads } from './batched-reads.js'
@@ -207,9 +208,7 @@ export class AgentService {
   private rememberShown (row: AgentRow, representation: AgentRepresentation): void {
     const kept = this.options.representationsKept ?? 0
     if (kept <= 0) return
-    this.lastShown.delete(row.id)
-    if (this.lastShown.size >= kept) this.lastShown.delete(this.lastShown.keys().next().value as string)
-    this.lastShown.set(row.id, { row, representation })
+    setBounded(this.lastShown, row.id, { row, representation }, kept)
   }
 
   /**
@@ -627,11 +626,7 @@ export class AgentService {
   }
 
   private rememberAvatar (row: AvatarRow): void {
-    if (this.avatarRows.size >= (this.options.avatarRowsKept ?? AVATAR_ROWS_KEPT)) {
-      const oldest = this.avatarRows.keys().next()
-      if (oldest.done !== true) this.avatarRows.delete(oldest.value)
-    }
-    this.avatarRows.set(row.id, row)
+    setBounded(this.avatarRows, row.id, row, this.options.avatarRowsKept ?? AVATAR_ROWS_KEPT)
   }
 
   /** The agent as the API shows it now (a lapsed heartbeat reads as offline). */

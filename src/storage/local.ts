@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { BlobFile, BlobStore } from './blob-store.js'
+import { setBounded } from '../util/bounded-map.js'
 
 /** Resolves a user-influenced key under root, refusing anything that would land outside it. */
 export function mustResolveUnder (root: string, key: string): string {
@@ -88,9 +89,7 @@ export class LocalBlobStore implements BlobStore {
   }
 
   private rememberFlushed (p: string, st: fs.Stats): void {
-    this.flushed.delete(p)
-    this.flushed.set(p, signature(st))
-    if (this.flushed.size > FLUSHED_KEPT) this.flushed.delete(this.flushed.keys().next().value as string)
+    setBounded(this.flushed, p, signature(st), FLUSHED_KEPT)
   }
 
   async exists (key: string): Promise<boolean> {
