@@ -12,7 +12,6 @@ export interface BlobStore {
    * disk, where a crash can leave a file that is not whole, the bytes are compared).
    */
   putAll: (files: readonly BlobFile[]) => Promise<void>
-  exists: (key: string) => Promise<boolean>
   delete: (key: string) => Promise<void>
   /** Every key in the store (files in progress excluded), in no particular order. */
   keys: () => AsyncIterable<string>

@@ -92,15 +92,6 @@ export class LocalBlobStore implements BlobStore {
     setBounded(this.flushed, p, signature(st), FLUSHED_KEPT)
   }
 
-  async exists (key: string): Promise<boolean> {
-    try {
-      await fsp.access(mustResolveUnder(this.root, key))
-      return true
-    } catch {
-      return false
-    }
-  }
-
   async delete (key: string): Promise<void> {
     const target = mustResolveUnder(this.root, key)
     this.flushed.delete(target)

@@ -52,7 +52,7 @@ export class S3BlobStore implements BlobStore {
     return true
   }
 
-  async exists (key: string): Promise<boolean> {
+  private async exists (key: string): Promise<boolean> {
     try {
       await this.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }))
       return true
