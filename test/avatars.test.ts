@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import sharp from 'sharp'
 import { listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import type { LocalBlobStore } from '../src/storage/local.js'
 
 const PATH = /^\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
 
@@ -144,14 +144,14 @@ describe('avatar pipeline', () => {
 
   it('a damaged file at an avatar\'s place (as a crash while storing can leave) is replaced by the next ingest of that image', async (t) => {
     if (srv.services.store.kind !== 'local') { t.skip('local disk only: a bucket never shows a partial object'); return }
-    const root = (srv.services.store as unknown as { root: string }).root
+    const store = srv.services.store as LocalBlobStore
     const first = (await create(`${fx.url}/photo.jpg`)).body.data.avatar
     const { bytes: whole } = await download(first.url.default)
     const keys = [first.info.path.slice(1), `120x120${first.info.path}`, `520x400${first.info.path}`]
-    const wholeFiles = keys.map((k) => fs.readFileSync(path.join(root, k)))
-    fs.writeFileSync(path.join(root, keys[0]), whole.subarray(0, 100))
-    fs.writeFileSync(path.join(root, keys[1]), Buffer.alloc(wholeFiles[1]!.length))
-    fs.rmSync(path.join(root, keys[2]))
+    const wholeFiles = keys.map((k) => fs.readFileSync(store.fileOf(k)))
+    fs.writeFileSync(store.fileOf(keys[0]), whole.subarray(0, 100))
+    fs.writeFileSync(store.fileOf(keys[1]), Buffer.alloc(wholeFiles[1]!.length))
+    fs.rmSync(store.fileOf(keys[2]))
 
     const again = (await create(`${fx.url}/photo-copy.jpg`)).body.data.avatar
     assert.equal(again.info.path, first.info.path)

@@ -84,8 +84,9 @@ describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept 
 
   it('never answers from memory for a file that is gone or changed on disk', async () => {
     const { id, url, key } = await cachedFile('static-3', 'rotated.jpg')
-    // The local store's layout: DATA_DIR/avatars/<key>.
-    const stored = path.join(srv.dataDir, 'avatars', key)
+    // The local store's layout: DATA_DIR/avatars/<first two hex digits>/<sha256>-120x120.<ext>.
+    const [, sha256, ext] = /([0-9a-f]{64})\.(\w+)$/.exec(key) as unknown as [string, string, string]
+    const stored = path.join(srv.dataDir, 'avatars', sha256.slice(0, 2), `${sha256}-120x120.${ext}`)
     assert.ok(fs.existsSync(stored), `the file is on disk at ${stored}`)
 
     // Changed (its modification time stands in for any change): the usual way answers, with the file's new dates.

@@ -146,8 +146,9 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       closing: () => closing,
       answered: deps.metrics.fastAnswered
     })]
-    if (deps.store instanceof LocalBlobStore && config.staticCacheBytes > 0) {
-      paths.push(staticFastPath({ root: deps.store.root, maxBytes: config.staticCacheBytes, requests: deps.metrics.requests, closing: () => closing, answered: deps.metrics.fastAnswered }))
+    const store = deps.store
+    if (store instanceof LocalBlobStore && config.staticCacheBytes > 0) {
+      paths.push(staticFastPath({ pathOf: (key) => store.pathOf(key), maxBytes: config.staticCacheBytes, requests: deps.metrics.requests, closing: () => closing, answered: deps.metrics.fastAnswered }))
     }
     fastPath = (req, res) => paths.some((answer) => answer(req, res))
   }

@@ -2,7 +2,6 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { RequestMetrics } from '../metrics/requests.js'
 import { AVATAR_KEY_PATTERN, IMMUTABLE } from '../storage/blob-store.js'
-import { mustResolveUnder } from '../storage/local.js'
 import { MIME_TYPES, type ImageFormat } from '../avatars/process.js'
 import type { FastPath } from './fast-path.js'
 import { requestIdOf } from './request-id.js'
@@ -14,6 +13,8 @@ const MAX_FILE_BYTES = 256 * 1024
 const ENTRY_OVERHEAD = 512
 
 interface Entry {
+  /** Where the file was read from. */
+  readonly file: string
   readonly body: Buffer
   readonly headers: readonly string[]
   readonly ino: number
@@ -22,8 +23,8 @@ interface Entry {
 }
 
 export interface StaticFastPathDeps {
-  /** The local store's root folder. */
-  root: string
+  /** The path of the file holding a key's content (LocalBlobStore.pathOf). */
+  pathOf: (key: string) => string | undefined
   /** Bytes of file content kept in memory at most; 0 turns the cache off. */
   maxBytes: number
   requests: RequestMetrics
@@ -87,6 +88,7 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
           'x-content-type-options', 'nosniff',
           'content-security-policy', "default-src 'none'"
         ],
+        file,
         ino: stat.ino,
         size: stat.size,
         mtimeMs: stat.mtimeMs
@@ -109,13 +111,15 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
     if (headers['if-none-match'] !== undefined || headers['if-modified-since'] !== undefined || headers.range !== undefined ||
       headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
-    const file = mustResolveUnder(deps.root, key)
     const entry = entries.get(key)
     if (entry === undefined) {
-      if (!loading.has(key)) void load(key, file)
+      if (!loading.has(key)) {
+        const file = deps.pathOf(key)
+        if (file !== undefined) void load(key, file)
+      }
       return false
     }
-    const stat = fs.statSync(file, { throwIfNoEntry: false })
+    const stat = fs.statSync(entry.file, { throwIfNoEntry: false })
     if (stat === undefined || stat.ino !== entry.ino || stat.size !== entry.size || stat.mtimeMs !== entry.mtimeMs) {
       drop(key, entry)
       return false

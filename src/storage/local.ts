@@ -23,9 +23,44 @@ const UNSETTLED_MS = 120_000
 /** How many files this process remembers having flushed itself (so it does not flush them again). */
 const FLUSHED_KEPT = 4096
 
+/** An avatar key's parts: the variant (none for the original), the hash, the extension. */
+const KEY_PARTS = /^(?:(120x120|520x400)\/)?[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{2}\/([0-9a-f]{64})\.([a-z]+)$/
+/** A file name of the layout on disk: `<sha256>.<ext>` or `<sha256>-<variant>.<ext>`, in the folder `<first two hex digits>`. */
+const FILE_PARTS = /^([0-9a-f]{2})\/([0-9a-f]{64})(?:-(120x120|520x400))?\.([a-z]+)$/
+
 /**
- * Files on local disk under one root folder. Each is written to a dot-named temporary file and
- * renamed into place, so a reader never sees part of one; then everything is flushed in one round.
+ * Where a key's file lives under the root: `ab/<sha256>.jpeg`, `ab/<sha256>-120x120.jpeg`,
+ * `ab/<sha256>-520x400.jpeg`. The key (the public path, `120x120/ab/cd/ef/<sha256>.jpeg`) keeps the
+ * three folders the contract gives it, but on disk an image's three files share one folder of 256:
+ * after the first few hundred images every folder exists, so a new image makes no folder and needs
+ * four flushes (three files, one folder) where the key's own layout made up to nine folders and
+ * needed twelve. Undefined for anything that is not an avatar key.
+ */
+export function fileOfKey (key: string): string | undefined {
+  const m = KEY_PARTS.exec(key)
+  if (m === null) return undefined
+  const [, variant, sha256, ext] = m as unknown as [string, string | undefined, string, string]
+  return `${sha256.slice(0, 2)}/${sha256}${variant === undefined ? '' : `-${variant}`}.${ext}`
+}
+
+/** The key of a file of the layout on disk (relative to the root, slash-separated); undefined for any other file. */
+function keyOfFile (relative: string): string | undefined {
+  const m = FILE_PARTS.exec(relative)
+  if (m === null || m[1] !== m[2]?.slice(0, 2)) return undefined
+  const [, , sha256, variant, ext] = m as unknown as [string, string, string, string | undefined, string]
+  const path = `${sha256.slice(0, 2)}/${sha256.slice(2, 4)}/${sha256.slice(4, 6)}/${sha256}.${ext}`
+  return variant === undefined ? path : `${variant}/${path}`
+}
+
+/**
+ * Files on local disk under one root folder, laid out as fileOfKey says. Each is written to a
+ * dot-named temporary file and renamed into place, so a reader never sees part of one; then
+ * everything is flushed in one round.
+ *
+ * Agentry's first layout put each file at its key itself (`120x120/ab/cd/ef/<sha256>.jpeg`). Files
+ * a folder holds from then are still found (pathOf), collected (delete) and listed (keys), and
+ * never written again: the same image ingested anew is written to the current layout (for a while
+ * both may then hold it, and keys lists it twice).
  */
 export class LocalBlobStore implements BlobStore {
   readonly kind = 'local'
@@ -54,7 +89,7 @@ export class LocalBlobStore implements BlobStore {
     const staged: Array<{ temp: string, target: string }> = []
     try {
       for (const { key, data } of files) {
-        const target = mustResolveUnder(this.root, key)
+        const target = this.fileOf(key)
         const dir = path.dirname(target)
         const existing = compareWith(target, data, this.flushed.get(target))
         if (existing === 'same') continue
@@ -92,10 +127,31 @@ export class LocalBlobStore implements BlobStore {
     setBounded(this.flushed, p, signature(st), FLUSHED_KEPT)
   }
 
+  /** The path a key's file is written to. Throws for anything that is not an avatar key. */
+  fileOf (key: string): string {
+    const file = fileOfKey(key)
+    if (file === undefined) throw new Error(`not an avatar key: ${JSON.stringify(key)}`)
+    return path.join(this.root, file)
+  }
+
+  /**
+   * The path of the file that holds a key's content now: where it is written, or else where the
+   * first layout put it. Undefined when there is neither (or key is not an avatar key).
+   */
+  pathOf (key: string): string | undefined {
+    const file = fileOfKey(key)
+    if (file === undefined) return undefined
+    for (const p of [path.join(this.root, file), mustResolveUnder(this.root, key)]) {
+      if (fs.statSync(p, { throwIfNoEntry: false })?.isFile() === true) return p
+    }
+    return undefined
+  }
+
   async delete (key: string): Promise<void> {
-    const target = mustResolveUnder(this.root, key)
+    const target = this.fileOf(key)
     this.flushed.delete(target)
-    await fsp.rm(target, { force: true })
+    // And where the first layout put it, if it is there.
+    await Promise.all([target, mustResolveUnder(this.root, key)].map(async (p) => { await fsp.rm(p, { force: true }) }))
   }
 
   async * keys (): AsyncIterable<string> {
@@ -106,7 +162,10 @@ export class LocalBlobStore implements BlobStore {
       return
     }
     for (const e of entries) {
-      if (e.isFile() && !e.name.startsWith('.')) yield path.relative(this.root, path.join(e.parentPath, e.name)).split(path.sep).join('/')
+      if (!e.isFile() || e.name.startsWith('.')) continue
+      const relative = path.relative(this.root, path.join(e.parentPath, e.name)).split(path.sep).join('/')
+      // A file of the current layout by its key; one of the first layout (at its key), or any other, as it lies.
+      yield keyOfFile(relative) ?? relative
     }
   }
 

@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import path from 'node:path'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import { AVATAR_KEY_PATTERN, IMMUTABLE, type BlobStore } from '../../storage/blob-store.js'
@@ -14,17 +15,17 @@ const isAvatarKey = (key: string) => AVATAR_KEY_PATTERN.test(key)
 /**
  * Serves avatar files at /static/... Files are content-addressed, so they never change: cached for a
  * year as immutable, with ETags. Only paths shaped like an avatar key are ever served.
- * Local disk is served by @fastify/static (sendfile, ranges); a bucket is streamed through, so the
+ * Local disk is served by @fastify/static's sendFile (sendfile, ranges, ETags); a bucket is streamed through, so the
  * default STATIC_BASE_URL keeps working with a private bucket. At scale, point STATIC_BASE_URL at a
  * CDN in front of the bucket and this route sees no traffic.
  */
 export async function registerStaticFiles (app: FastifyInstance, store: BlobStore): Promise<void> {
   if (store instanceof LocalBlobStore) {
     fs.mkdirSync(store.root, { recursive: true })
+    // Only the reply decorator: a key is not where its file lies on disk (LocalBlobStore.fileOf).
     await app.register(fastifyStatic, {
       root: store.root,
-      prefix: '/static/',
-      decorateReply: false,
+      serve: false,
       index: false,
       list: false,
       dotfiles: 'deny',
@@ -32,8 +33,13 @@ export async function registerStaticFiles (app: FastifyInstance, store: BlobStor
       lastModified: true,
       immutable: true,
       maxAge: '365d',
-      allowedPath: (pathName) => isAvatarKey(pathName.replace(/^\//, '')),
       setHeaders: securityHeaders
+    })
+    app.get('/static/*', { schema: { hide: true } }, async (request, reply) => {
+      const key = (request.params as { '*': string })['*']
+      const file = isAvatarKey(key) ? store.pathOf(key) : undefined
+      if (file === undefined) return reply.callNotFound()
+      return await reply.sendFile(path.relative(store.root, file))
     })
     return
   }

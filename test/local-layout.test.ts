@@ -1,0 +1,90 @@
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { until } from './helpers/process.js'
+import { COLLECT_AT_ONCE, listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
+
+/**
+ * Avatar files on local disk: an image's three files share one folder, named by the hash's first
+ * two hex digits, whatever their URLs say (`/120x120/ab/cd/ef/<sha256>.jpeg`). Files a folder holds
+ * from Agentry's first layout (each file at its URL's path) are still served and collected.
+ */
+describe('avatar files on local disk', { skip: !storeLeg().endsWith('local') && 'the layout of files on local disk' }, () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  let avatars: string
+  before(async () => {
+    fx = await startFixtureServer()
+    srv = await startTestServer(COLLECT_AT_ONCE)
+    avatars = path.join(srv.dataDir, 'avatars')
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  async function create (serviceUserId: string, image: string) {
+    const res = await srv.call('POST', '/agents', { serviceUserId, name: serviceUserId, avatar: `${fx.url}/${image}` })
+    assert.equal(res.status, 200, JSON.stringify(res.body))
+    const avatar = res.body.data.avatar
+    const [, sha256, ext] = /([0-9a-f]{64})\.(\w+)$/.exec(avatar.info.path as string) as unknown as [string, string, string]
+    return { id: res.body.data.id as string, avatar, sha256, ext, urls: [avatar.url.default, avatar.url['120x120'], avatar.url['520x400']] as string[] }
+  }
+
+  it('keeps an image\'s three files in one folder named by the hash\'s first two hex digits', async () => {
+    const { sha256, ext, avatar } = await create('layout-1', 'photo.jpg')
+    assert.equal(avatar.info.path, `/${sha256.slice(0, 2)}/${sha256.slice(2, 4)}/${sha256.slice(4, 6)}/${sha256}.${ext}`, 'the path the contract gives')
+    const dir = sha256.slice(0, 2)
+    assert.deepEqual(listFiles(avatars).filter((f) => f.includes(sha256)), [
+      `${dir}/${sha256}-120x120.${ext}`,
+      `${dir}/${sha256}-520x400.${ext}`,
+      `${dir}/${sha256}.${ext}`
+    ].map((f) => f.split('/').join(path.sep)).sort())
+    assert.deepEqual(fs.readdirSync(path.join(avatars, dir), { withFileTypes: true }).filter((e) => e.isDirectory()), [], 'no folder below it')
+    // The store lists them by their keys (the URLs' paths).
+    const keys = await srv.storedFiles()
+    for (const key of [avatar.info.path.slice(1), `120x120${avatar.info.path}`, `520x400${avatar.info.path}`]) assert.ok(keys.includes(key), key)
+  })
+
+  it('serves, lists and collects files of the first layout (each at its URL\'s path)', async () => {
+    const { id, sha256, ext, urls, avatar } = await create('layout-2', 'photo.png')
+    const bytes = await Promise.all(urls.map(async (url) => (await rawGet(url)).body))
+    // As the first layout had them: moved to their keys.
+    const keys = [avatar.info.path.slice(1), `120x120${avatar.info.path}`, `520x400${avatar.info.path}`] as string[]
+    const current = ['', '-120x120', '-520x400'].map((v) => path.join(avatars, sha256.slice(0, 2), `${sha256}${v}.${ext}`))
+    const first = keys.map((key) => path.join(avatars, key))
+    for (const [i, file] of first.entries()) {
+      fs.mkdirSync(path.dirname(file), { recursive: true })
+      fs.renameSync(current[i] as string, file)
+    }
+
+    for (const [i, url] of urls.entries()) {
+      for (const attempt of ['first read', 'read again']) {
+        const res = await rawGet(url)
+        assert.equal(res.status, 200, `${url}, ${attempt}`)
+        assert.ok(res.body.equals(bytes[i] as Buffer), `${url}, ${attempt}: the same bytes`)
+      }
+    }
+    const stored = await srv.storedFiles()
+    for (const key of keys) assert.ok(stored.includes(key), `listed: ${key}`)
+
+    // The agent deleted: the files are collected from where the first layout put them.
+    assert.equal((await srv.call('DELETE', `/agents/${id}`)).status, 200)
+    await until('the files to be collected', () => (first.some((f) => fs.existsSync(f)) ? undefined : true), 5000, 50)
+    for (const url of urls) assert.equal((await rawGet(url)).status, 404, url)
+    assert.deepEqual(listFiles(avatars).filter((f) => f.includes(sha256)), [])
+  })
+
+  it('answers 404 for a path shaped like no avatar, and for a dot-named file in progress', async () => {
+    const { sha256, ext, urls } = await create('layout-3', 'tiny.png')
+    const staticBase = (urls[0] as string).slice(0, (urls[0] as string).indexOf('/static/') + '/static/'.length)
+    // The disk's own names are not URLs.
+    assert.equal((await rawGet(`${staticBase}${sha256.slice(0, 2)}/${sha256}-120x120.${ext}`)).status, 404)
+    assert.equal((await rawGet(`${staticBase}${sha256.slice(0, 2)}/${sha256}.${ext}`)).status, 404)
+    fs.writeFileSync(path.join(avatars, sha256.slice(0, 2), `.${sha256}.${ext}.abc.tmp`), 'partial')
+    assert.equal((await rawGet(`${staticBase}${sha256.slice(0, 2)}/.${sha256}.${ext}.abc.tmp`)).status, 404)
+  })
+})
