@@ -68,11 +68,13 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
   if (filter.updatedSince !== undefined) q = q.where('updated_at', '>=', filter.updatedSince)
   const after = filter.after
   if (after !== undefined) {
-    // The plain bound on created_at lets both databases start the index scan at the cursor; the OR
-    // alone made them walk from the newest agent down to it. Same rows as before: within the bound,
-    // `created_at < c or seq < s` is `created_at < c or (created_at = c and seq < s)`.
+    // Rows strictly after (c, s) in list order: `(created_at, seq) < (c, s)`, a row-value comparison
+    // that PostgreSQL takes whole into the index condition (written as `created_at < c or seq < s`
+    // it scanned and filtered the agents that share the cursor's second). The plain bound on
+    // created_at lets SQLite start its index scan at the cursor; without a bound both databases
+    // walked from the newest agent down to it.
     q = q.where('created_at', '<=', after.createdAt)
-      .where((eb) => eb.or([eb('created_at', '<', after.createdAt), eb('seq', '<', after.seq)]))
+      .where(sql<boolean>`(created_at, seq) < (${after.createdAt}, ${after.seq})`)
   }
   q = q.orderBy('created_at', 'desc').orderBy('seq', 'desc')
   if (filter.limit !== undefined) q = q.limit(filter.limit)
