@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { until } from './helpers/process.js'
+import { dataDir, killAll, removeDirs, startServe, until } from './helpers/process.js'
 import { COLLECT_AT_ONCE, listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
@@ -11,6 +11,7 @@ import { storeLeg } from './helpers/stores.js'
  * Avatar files on local disk: an image's three files share one folder, named by the hash's first
  * two hex digits, whatever their URLs say (`/120x120/ab/cd/ef/<sha256>.jpeg`). Files a folder holds
  * from Agentry's first layout (each file at its URL's path) are still served and collected.
+ * Temporary files of writes that never finished (a crash) are deleted once an hour old.
  */
 describe('avatar files on local disk', { skip: !storeLeg().endsWith('local') && 'the layout of files on local disk' }, () => {
   let srv: TestServer
@@ -86,5 +87,45 @@ describe('avatar files on local disk', { skip: !storeLeg().endsWith('local') && 
     assert.equal((await rawGet(`${staticBase}${sha256.slice(0, 2)}/${sha256}.${ext}`)).status, 404)
     fs.writeFileSync(path.join(avatars, sha256.slice(0, 2), `.${sha256}.${ext}.abc.tmp`), 'partial')
     assert.equal((await rawGet(`${staticBase}${sha256.slice(0, 2)}/.${sha256}.${ext}.abc.tmp`)).status, 404)
+  })
+})
+
+describe('temporary files that unfinished writes left behind', { skip: !storeLeg().endsWith('local') && 'temporary files exist on local disk only' }, () => {
+  after(() => {
+    killAll()
+    removeDirs()
+  })
+
+  it('are deleted at start once an hour old; fresh ones, finished files and other files stay', async () => {
+    const dir = dataDir()
+    const avatars = path.join(dir, 'avatars')
+    const sha256 = 'ab'.repeat(32)
+    const place = (relative: string, ageMs: number) => {
+      const file = path.join(avatars, relative)
+      fs.mkdirSync(path.dirname(file), { recursive: true })
+      fs.writeFileSync(file, 'bytes')
+      const at = new Date(Date.now() - ageMs)
+      fs.utimesSync(file, at, at)
+      return file
+    }
+    const HOUR = 3600_000
+    const old = [
+      place(`ab/.${sha256}-120x120.jpeg.0123456789ab.tmp`, 2 * HOUR),
+      // In a folder of the first layout too.
+      place(`120x120/ab/ab/ab/.${sha256}.jpeg.ba9876543210.tmp`, 25 * HOUR)
+    ]
+    const kept = [
+      place(`ab/.${sha256}.jpeg.00112233aabb.tmp`, 60_000),
+      place(`ab/${sha256}.jpeg`, 2 * HOUR),
+      place('ab/.keep', 2 * HOUR),
+      place(`120x120/ab/ab/ab/${sha256}.jpeg`, 25 * HOUR)
+    ]
+    const server = await startServe({ DATA_DIR: dir, BOOTSTRAP_TOKEN: 'leftovers-test-token-0123456789' })
+    try {
+      await until('the old temporary files to be deleted', () => (old.some((f) => fs.existsSync(f)) ? undefined : true), 5000, 50)
+      for (const f of kept) assert.ok(fs.existsSync(f), `kept: ${path.relative(avatars, f)}`)
+    } finally {
+      await server.stop()
+    }
   })
 })

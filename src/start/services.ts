@@ -34,11 +34,17 @@ export interface Services {
 /** How long the file collector's claims are remembered: far longer than any write takes. */
 const BLOB_CLAIMS_KEPT_SECONDS = 3600
 
+/** Temporary files of avatar writes that never finished are deleted once they are this old... */
+const LEFTOVER_AGE_MS = 3600_000
+/** ...by a look through the avatar folder at start and this often after. */
+const LEFTOVER_SWEEP_MS = 6 * 3600_000
+
 /**
  * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
- * unreferenced avatar files are deleted, old idempotency keys, events and collector claims are forgotten.
+ * unreferenced avatar files are deleted, old idempotency keys, events and collector claims are
+ * forgotten; less often, files that unfinished writes left in the store are deleted.
  */
-function startMaintenance (config: Config, database: DbHandle, agents: AgentService, webhooks: WebhookService): () => Promise<void> {
+function startMaintenance (config: Config, database: DbHandle, store: BlobStore, agents: AgentService, webhooks: WebhookService): () => Promise<void> {
   const upkeep = every(config.maintenanceIntervalMs, async () => {
     const now = Math.floor(Date.now() / 1000)
     await agents.maintain()
@@ -50,21 +56,28 @@ function startMaintenance (config: Config, database: DbHandle, agents: AgentServ
   const dispatch = every(config.events.pollMs, async () => {
     while (await webhooks.dispatchDue() > 0) { /* drain what is due */ }
   })
-  return async () => { await Promise.all([upkeep(), dispatch()]) }
+  const sweep = store.sweepLeftovers?.bind(store)
+  const leftovers = sweep === undefined ? async () => {} : every(LEFTOVER_SWEEP_MS, async () => { await sweep(LEFTOVER_AGE_MS) }, { atStart: true })
+  return async () => { await Promise.all([upkeep(), dispatch(), leftovers()]) }
 }
 
-/** Runs task every ms, never two at once; returns a stop function that waits for a running one. */
-function every (ms: number, task: () => Promise<void>): () => Promise<void> {
+/**
+ * Runs task every ms (and once at once with atStart), never two at once; returns a stop function
+ * that waits for a running one.
+ */
+function every (ms: number, task: () => Promise<void>, { atStart = false } = {}): () => Promise<void> {
   let running: Promise<void> | undefined
   let stopped = false
-  const timer = setInterval(() => {
+  const run = (): void => {
     if (stopped) return
     running ??= task().catch((err: unknown) => {
       // Nobody else would hear of it; the next tick tries again.
       process.emitWarning(`agentry background task failed: ${err instanceof Error ? err.message : String(err)}`)
     }).finally(() => { running = undefined })
-  }, ms)
+  }
+  const timer = setInterval(run, ms)
   timer.unref()
+  if (atStart) run()
   return async () => {
     stopped = true
     clearInterval(timer)
@@ -127,7 +140,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
   })
   const streams = new EventStreams(database.db, config.events)
-  const stopMaintenance = startMaintenance(config, database, agents, webhooks)
+  const stopMaintenance = startMaintenance(config, database, store, agents, webhooks)
   return {
     config,
     database,

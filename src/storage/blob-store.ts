@@ -22,6 +22,12 @@ export interface BlobStore {
    * service's own static file handler (local disk) need not have it.
    */
   read?: (key: string, ifNoneMatch?: string) => Promise<StoredFile | undefined>
+  /**
+   * Deletes what writes that never finished left behind, if the store can hold such things (local
+   * disk: temporary files older than olderThanMs); returns how many. A bucket has none: an object
+   * appears whole or not at all.
+   */
+  sweepLeftovers?: (olderThanMs: number) => Promise<number>
   /** Frees connections, if the store holds any. */
   close?: () => void
 }

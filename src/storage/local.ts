@@ -20,6 +20,9 @@ export function mustResolveUnder (root: string, key: string): string {
  */
 const UNSETTLED_MS = 120_000
 
+/** The name a file has while it is written, before it is renamed to its own (see putAll, sweepLeftovers). */
+const TEMP_NAME = /^\..+\.[0-9a-f]{12}\.tmp$/
+
 /** How many files this process remembers having flushed itself (so it does not flush them again). */
 const FLUSHED_KEPT = 4096
 
@@ -167,6 +170,33 @@ export class LocalBlobStore implements BlobStore {
       // A file of the current layout by its key; one of the first layout (at its key), or any other, as it lies.
       yield keyOfFile(relative) ?? relative
     }
+  }
+
+  /**
+   * Deletes the temporary files that writes which never finished left behind (a crash between a
+   * file's write and its rename): dot-named `.<name>.<12 hex digits>.tmp` files last changed more
+   * than olderThanMs ago. A write renames its temporary file within milliseconds, so an old one
+   * belongs to nobody, whichever instance sharing the folder made it. Reads the folder as it goes,
+   * never all of it at once. Returns how many it deleted.
+   */
+  async sweepLeftovers (olderThanMs: number): Promise<number> {
+    const before = Date.now() - olderThanMs
+    let removed = 0
+    let dir: fs.Dir
+    try {
+      dir = await fsp.opendir(this.root, { recursive: true })
+    } catch {
+      return 0
+    }
+    for await (const e of dir) {
+      if (!e.isFile() || !TEMP_NAME.test(e.name)) continue
+      const p = path.join(e.parentPath, e.name)
+      const st = await fsp.lstat(p).catch(() => undefined)
+      if (st === undefined || st.mtimeMs >= before) continue
+      await fsp.rm(p, { force: true })
+      removed++
+    }
+    return removed
   }
 
   async checkReady (): Promise<void> {
