@@ -53,14 +53,20 @@ type Answer = number | 'hang'
 interface Receiver {
   url: string
   arrivals: Arrival[]
+  /** How many connections were made to it. */
+  connections: () => number
   /** Arrivals answered 2xx, in order. */
   delivered: () => Arrival[]
   close: () => Promise<void>
 }
 
-/** A webhook receiver on loopback; answer(n) decides the reply to its n-th request (from 0). */
-async function startReceiver (answer: (n: number) => Answer = () => 200): Promise<Receiver> {
+/**
+ * A webhook receiver on loopback; answer(n) decides the reply to its n-th request (from 0), and
+ * replyBody the bytes of a 2xx reply.
+ */
+async function startReceiver (answer: (n: number) => Answer = () => 200, replyBody: string | Buffer = 'thanks'): Promise<Receiver> {
   const arrivals: Arrival[] = []
+  let connections = 0
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
@@ -78,14 +84,16 @@ async function startReceiver (answer: (n: number) => Answer = () => 200): Promis
         receivedAt: Date.now()
       })
       if (reply === 'hang') return
-      res.writeHead(reply, { 'content-type': 'text/plain' }).end(reply >= 200 && reply < 300 ? 'thanks' : 'not now')
+      res.writeHead(reply, { 'content-type': 'text/plain' }).end(reply >= 200 && reply < 300 ? replyBody : 'not now')
     })
   })
+  server.on('connection', () => { connections++ })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const { port } = server.address() as AddressInfo
   return {
     url: `http://127.0.0.1:${port}/hooks/agentry`,
     arrivals,
+    connections: () => connections,
     delivered: () => arrivals.filter((a) => typeof a.answer === 'number' && a.answer >= 200 && a.answer < 300),
     close: async () => {
       server.closeAllConnections()
@@ -141,7 +149,7 @@ async function widget (srv: TestServer, name: string, scope: 'read' | 'write' = 
 describe('webhooks', () => {
   let srv: TestServer
   const receivers: Receiver[] = []
-  const receiver = async (answer?: (n: number) => Answer) => { const r = await startReceiver(answer); receivers.push(r); return r }
+  const receiver = async (answer?: (n: number) => Answer, replyBody?: string | Buffer) => { const r = await startReceiver(answer, replyBody); receivers.push(r); return r }
 
   before(async () => {
     srv = await startTestServer({
@@ -349,6 +357,34 @@ describe('webhooks', () => {
     await sleep(QUIET_MS * 2)
     assert.equal(down.arrivals.length, settled, 'no tries after the endpoint was deleted')
     assert.equal(check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`), 404).body.error.code, 'not_found')
+  })
+
+  it('deliveries to one endpoint share a kept connection; a long answer closes it (only its first KB is logged)', async () => {
+    const w = await widget(srv, 'wh-keepalive')
+    const sink = await receiver()
+    const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+    for (let i = 0; i < 4; i++) {
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: `wh-kept-${i}`, name: `Kept ${i}` }))
+      await until(`delivery ${i + 1}`, () => sink.delivered().length >= i + 1 ? true : undefined, WAIT_MS)
+    }
+    assert.equal(sink.connections(), 1, 'four deliveries, one after the other, on one connection')
+    check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+
+    // A receiver answering 200 KB: the delivery succeeds, the log keeps the first 1,024 characters,
+    // and the next delivery goes on a new connection.
+    const chatty = await receiver(() => 200, Buffer.alloc(200 * 1024, 'x'))
+    const loud = check(await w('POST', WEBHOOKS, { url: chatty.url })).body.data
+    for (let i = 0; i < 2; i++) {
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: `wh-chatty-${i}`, name: `Chatty ${i}` }))
+      await until(`delivery ${i + 1}`, () => chatty.delivered().length >= i + 1 ? true : undefined, WAIT_MS)
+    }
+    const log = await until('both to be logged as sent', async () => {
+      const l = check(await w('GET', `${WEBHOOKS}/${loud.id}/deliveries`)).body.data
+      return l.length === 2 && l.every((d: { status: string }) => d.status === 'succeeded') ? l : undefined
+    }, WAIT_MS)
+    for (const d of log) assert.equal(d.attempts[0].responseBody, 'x'.repeat(1024))
+    assert.equal(chatty.connections(), 2)
+    check(await w('DELETE', `${WEBHOOKS}/${loud.id}`))
   })
 
   it('a delivery that succeeded can be sent again by hand, with the same webhook-id', async () => {

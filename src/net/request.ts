@@ -16,7 +16,12 @@ export interface GuardedRequest {
   body?: Buffer | string
   signal: AbortSignal
   isAllowedAddress: AddressPolicy
-  /** Reuse connections (GET only); without it each request has a connection of its own. */
+  /**
+   * Reuse connections; without it each request has a connection of its own. A request sent on a
+   * kept connection that the server closed just as it was reused (reset before any answer) is sent
+   * again on a new one: give it only for requests that may arrive twice (a GET; a webhook delivery,
+   * which receivers tell apart by its webhook-id).
+   */
   connections?: KeptConnections
 }
 
@@ -54,7 +59,7 @@ export function guardedRequest (url: URL, options: GuardedRequest): Promise<http
     return Promise.reject(new ForbiddenAddressError(host))
   }
   const method = options.method ?? 'GET'
-  const kept = method === 'GET' ? options.connections : undefined
+  const kept = options.connections
   const client = url.protocol === 'https:' ? https : http
   const send = (fresh: boolean): Promise<http.IncomingMessage> => new Promise((resolve, reject) => {
     let answered = false

@@ -159,6 +159,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
       await database.close()
       store.close?.()
       avatars.close()
+      webhooks.close()
     }
   }
 }

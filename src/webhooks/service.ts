@@ -10,7 +10,7 @@ import type { WebhookDeliveryRow, WebhookEndpointRow } from '../db/types.js'
 import { AppError } from '../errors/index.js'
 import { toApiEvent } from '../events/record.js'
 import type { AddressPolicy } from '../net/guard.js'
-import { ForbiddenAddressError, guardedRequest } from '../net/request.js'
+import { ForbiddenAddressError, guardedRequest, KeptConnections } from '../net/request.js'
 import { generateSecret, sign } from './signing.js'
 
 export interface WebhookSettings {
@@ -40,6 +40,9 @@ export interface Delivery {
 
 const ENDPOINT_ID = /^wh_[0-9a-f]{32}$/
 
+/** A receiver's answer longer than this is not read to its end: its connection is closed instead. */
+const DRAINED_BYTES = 64 * 1024
+
 function endpointOf (row: WebhookEndpointRow): Endpoint {
   return { id: row.id, url: row.url, eventTypes: JSON.parse(row.event_types) as string[], createdAt: row.created_at }
 }
@@ -53,7 +56,15 @@ function webhookNotFound (): AppError {
  * and jitter, in order per endpoint, at least once, from whichever instance claims the delivery.
  */
 export class WebhookService {
+  /** Deliveries to the same endpoint reuse their connections (all made under this service's policy). */
+  private readonly connections = new KeptConnections()
+
   constructor (private readonly db: Db, private readonly settings: WebhookSettings) {}
+
+  /** Closes the kept connections. */
+  close (): void {
+    this.connections.close()
+  }
 
   async create (widgetId: string, input: { url: string, eventTypes?: string[] }): Promise<Endpoint & { secret: string }> {
     const url = mustBeWebhookUrl(input.url, this.settings.isAllowedAddress)
@@ -138,6 +149,7 @@ export class WebhookService {
         method: 'POST',
         signal: controller.signal,
         isAllowedAddress: this.settings.isAllowedAddress,
+        connections: this.connections,
         body,
         headers: {
           'content-type': 'application/json',
@@ -198,11 +210,17 @@ function mustBeWebhookUrl (raw: string, isAllowed: AddressPolicy): URL {
   return url
 }
 
+/**
+ * The first max characters of a response body. The rest is read and dropped, up to a bound, so that
+ * the connection can carry the next delivery; a longer body closes it.
+ */
 async function readSnippet (res: NodeJS.ReadableStream & { destroy: () => void }, max: number): Promise<string> {
   let text = ''
+  let bytes = 0
   for await (const chunk of res as AsyncIterable<Buffer>) {
-    text += chunk.toString('utf8')
-    if (text.length >= max) { res.destroy(); break }
+    if (text.length < max) text += chunk.toString('utf8')
+    bytes += chunk.length
+    if (bytes > DRAINED_BYTES) { res.destroy(); break }
   }
   return text.slice(0, max)
 }
