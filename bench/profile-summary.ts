@@ -1,6 +1,7 @@
 /**
  * Summarises a V8 .cpuprofile (from `npm run bench -- --cpu-prof`): where the service's CPU time
- * went, by function (self and total time) and by package.
+ * went, by function (self and total time) and by package; and draws it as a flame graph, an SVG
+ * written beside the profile (`<profile>.flame.svg`).
  *
  *   npx tsx bench/profile-summary.ts bench/results/profiles/sqlite/CPU....cpuprofile [top=30] [match]
  *
@@ -8,10 +9,8 @@
  * (e.g. `getAgentRoute` or `agents/service`), to see what one code path costs.
  */
 import fs from 'node:fs'
-
-interface CallFrame { functionName: string, url: string, lineNumber: number }
-interface ProfileNode { id: number, callFrame: CallFrame, hitCount?: number, children?: number[] }
-interface Profile { nodes: ProfileNode[], samples: number[], timeDeltas: number[], startTime: number, endTime: number }
+import { flameGraph } from './lib/flame.js'
+import { labelOf as label, samplesOf, whereOf as where, type Profile } from './lib/cpuprofile.js'
 
 const [file, topArg, match] = process.argv.slice(2)
 if (file === undefined) {
@@ -22,47 +21,22 @@ if (file === undefined) {
 process.stdout.on('error', () => process.exit(0))
 const top = Number(topArg ?? 30)
 const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile
-const byId = new Map(profile.nodes.map((n) => [n.id, n]))
-const parent = new Map<number, number>()
-for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id)
-
-const where = (f: CallFrame) => {
-  const url = f.url.replace(/^file:\/\//, '')
-  const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)
-  if (nm !== null) return nm[1] as string
-  if (url.startsWith('node:')) return 'node core'
-  if (url === '') return f.functionName.startsWith('(') ? f.functionName : 'native'
-  const own = /\/(dist|src)\/(.*)$/.exec(url)
-  return own === null ? url : `agentry ${own[2] ?? ''}`
-}
-const label = (f: CallFrame) => `${f.functionName === '' ? '(anonymous)' : f.functionName} ${where(f)}:${f.lineNumber + 1}`
-
-const stackOf = (id: number): ProfileNode[] => {
-  const out: ProfileNode[] = []
-  for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-    const node = byId.get(cur)
-    if (node !== undefined) out.push(node)
-  }
-  return out
-}
 
 const self = new Map<string, number>()
 const total = new Map<string, number>()
 const pkg = new Map<string, number>()
 let counted = 0
 let all = 0
-profile.samples.forEach((id, i) => {
-  const dt = (profile.timeDeltas[i] ?? 0) / 1000
+for (const { stack, ms: dt } of samplesOf(profile)) {
   all += dt
-  const stack = stackOf(id)
   const leaf = stack[0]
-  if (leaf === undefined) return
-  if (match !== undefined && !stack.some((n) => label(n.callFrame).includes(match) || n.callFrame.url.includes(match))) return
+  if (leaf === undefined) continue
+  if (match !== undefined && !stack.some((n) => label(n.callFrame).includes(match) || n.callFrame.url.includes(match))) continue
   counted += dt
   self.set(label(leaf.callFrame), (self.get(label(leaf.callFrame)) ?? 0) + dt)
   pkg.set(where(leaf.callFrame), (pkg.get(where(leaf.callFrame)) ?? 0) + dt)
   for (const l of new Set(stack.map((n) => label(n.callFrame)))) total.set(l, (total.get(l) ?? 0) + dt)
-})
+}
 
 const print = (title: string, m: Map<string, number>, n: number) => {
   process.stdout.write(`\n${title}\n`)
@@ -74,3 +48,9 @@ process.stdout.write(`${file}: ${all.toFixed(0)} ms sampled${match === undefined
 print('self time by package', pkg, top)
 print('self time by function', self, top)
 print('total time by function (self + callees)', total, top)
+
+// And the flame graph of the same samples, beside the profile.
+const svgFile = `${file.replace(/\.cpuprofile$/, '')}${match === undefined ? '' : `.${match.replace(/[^\w.-]+/g, '_')}`}.flame.svg`
+const { svg } = flameGraph(profile, { title: `CPU profile: ${file.split('/').pop() ?? file}`, subtitle: match === undefined ? undefined : `samples with "${match}" on the stack`, match })
+fs.writeFileSync(svgFile, svg)
+process.stdout.write(`\nflame graph: ${svgFile}\n`)

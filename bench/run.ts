@@ -24,6 +24,8 @@ import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.
 import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
 import { dropTempDir, freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sampleMemory, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type MemPeak, type Proc } from './lib/procs.js'
 import { lineChart } from './lib/svg.js'
+import { flameGraph } from './lib/flame.js'
+import type { Profile } from './lib/cpuprofile.js'
 import { binNodeFlags, CONFIG_VARS } from '../test/helpers/process.js'
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
@@ -39,8 +41,9 @@ if (argv.includes('--help') || argv.includes('-h')) {
   --quick         short runs, 1k and 10k agents only (CI smoke; well under a minute)
   --only=a,b      run only these parts: get, baselines, list, put, post, avatar, static, scaling, sharp
                   (baselines run right after get, on the SQLite leg)
-  --cpu-prof      start the service with --cpu-prof; profiles go to <results>/profiles/<store>/
-                  (summarise one with: npx tsx bench/profile-summary.ts <file>)
+  --cpu-prof      start the service with --cpu-prof; profiles go to <results>/profiles/<store>/,
+                  each with a flame graph beside it (<profile>.flame.svg); summarise one by
+                  function with: npx tsx bench/profile-summary.ts <file>
   --pin           servers on CPU 1, the bench and autocannon on CPU 0 (steadier figures and
                   cleaner profiles; sharp then has one core only)
   --update-doc    after a full run, replace the results section of BENCHMARKS.md
@@ -1115,6 +1118,7 @@ async function main (): Promise<number> {
     fs.writeFileSync(path.join(RESULTS_DIR, 'list-pages-vs-agents.svg'), pagesChart())
   }
   log(`\nwrote ${path.relative(ROOT, RESULTS_DIR)}/latest.json, latest.md${scaling.length > 0 ? ', latency-vs-agents.svg, list-pages-vs-agents.svg' : ''}`)
+  if (CPU_PROF) writeFlameGraphs(Date.now() - seconds * 1000)
   if (UPDATE_DOC) {
     if (QUICK || ONLY !== undefined) log('not updating BENCHMARKS.md: --update-doc needs a full run of every part')
     else updateDoc(md)
@@ -1127,6 +1131,24 @@ async function main (): Promise<number> {
     return 1
   }
   return 0
+}
+
+/** With --cpu-prof: a flame graph (`<profile>.flame.svg`) beside each profile the services of this run wrote. */
+function writeFlameGraphs (since: number): void {
+  const what = ONLY === undefined ? 'every part' : `parts ${ONLY.join(', ')}`
+  for (const leg of ['sqlite', 'postgres']) {
+    const dir = path.join(RESULTS_DIR, 'profiles', leg)
+    if (!fs.existsSync(dir)) continue
+    for (const name of fs.readdirSync(dir).filter((n) => n.endsWith('.cpuprofile'))) {
+      const file = path.join(dir, name)
+      if (fs.statSync(file).mtimeMs < since) continue
+      const profile = JSON.parse(fs.readFileSync(file, 'utf8')) as Profile
+      const { svg } = flameGraph(profile, { title: `agentry serve on ${leg}, npm run bench (${what}${QUICK ? ', quick' : ''})`, subtitle: `${name}: the service's own samples, from start to stop` })
+      const out = file.replace(/\.cpuprofile$/, '.flame.svg')
+      fs.writeFileSync(out, svg)
+      log(`flame graph: ${path.relative(ROOT, out)} (summary by function: npx tsx bench/profile-summary.ts ${path.relative(ROOT, file)})`)
+    }
+  }
 }
 
 main().then((code) => {
