@@ -84,7 +84,9 @@ export async function processAvatar (bytes: Buffer, limits: { maxPixels: number 
   if (pixels > limits.maxPixels) {
     throw errors.avatar('avatar_too_many_pixels', `The avatar is ${meta.width}x${frameHeight}${(meta.pages ?? 1) > 1 ? ` with ${meta.pages} frames` : ''}, over the limit of ${limits.maxPixels} pixels; use a smaller image.`)
   }
-  const base = sharp(bytes, { ...options, limitInputPixels: limits.maxPixels }).rotate()
+  // Each output gets a pipeline of its own made from the bytes, not a clone of one: clone() deep-copies
+  // the options, the input buffer included (~0.2 ms and 0.25 ms of CPU per image on a 2-core VM).
+  const oriented = () => sharp(bytes, { ...options, limitInputPixels: limits.maxPixels }).rotate()
   const encode = ENCODERS[format]
   // An image that already fits in 520x400 once oriented is not resized for that variant, and libvips
   // then encodes exactly the original's bytes: the original is used, one encode fewer.
@@ -92,9 +94,9 @@ export async function processAvatar (bytes: Buffer, limits: { maxPixels: number 
   const fitsLarge = width <= 520 && height <= 400
   try {
     const [original, small, large] = await Promise.all([
-      encode(base.clone()).toBuffer({ resolveWithObject: true }),
-      encode(base.clone().resize(120, 120, { fit: 'cover', position: 'centre' })).toBuffer(),
-      fitsLarge ? undefined : encode(base.clone().resize(520, 400, { fit: 'inside', withoutEnlargement: true })).toBuffer()
+      encode(oriented()).toBuffer({ resolveWithObject: true }),
+      encode(oriented().resize(120, 120, { fit: 'cover', position: 'centre' })).toBuffer(),
+      fitsLarge ? undefined : encode(oriented().resize(520, 400, { fit: 'inside', withoutEnlargement: true })).toBuffer()
     ])
     return {
       format,
