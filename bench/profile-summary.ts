@@ -10,7 +10,7 @@
  */
 import fs from 'node:fs'
 import { flameGraph } from './lib/flame.js'
-import { labelOf as label, samplesOf, whereOf as where, type Profile } from './lib/cpuprofile.js'
+import { frameMatches, labelOf as label, samplesOf, whereOf as where, type Profile } from './lib/cpuprofile.js'
 
 const [file, topArg, match] = process.argv.slice(2)
 if (file === undefined) {
@@ -31,7 +31,7 @@ for (const { stack, ms: dt } of samplesOf(profile)) {
   all += dt
   const leaf = stack[0]
   if (leaf === undefined) continue
-  if (match !== undefined && !stack.some((n) => label(n.callFrame).includes(match) || n.callFrame.url.includes(match))) continue
+  if (match !== undefined && !stack.some((n) => frameMatches(n.callFrame, match))) continue
   counted += dt
   self.set(label(leaf.callFrame), (self.get(label(leaf.callFrame)) ?? 0) + dt)
   pkg.set(where(leaf.callFrame), (pkg.get(where(leaf.callFrame)) ?? 0) + dt)

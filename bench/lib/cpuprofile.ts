@@ -19,6 +19,11 @@ export function labelOf (f: CallFrame): string {
   return `${f.functionName === '' ? '(anonymous)' : f.functionName} ${whereOf(f)}:${f.lineNumber + 1}`
 }
 
+/** Whether a frame is the function, package or file `match` names (a substring of its label or URL). */
+export function frameMatches (f: CallFrame, match: string): boolean {
+  return labelOf(f).includes(match) || f.url.includes(match)
+}
+
 /**
  * Every sample as its stack (leaf first) and the time it stands for, in ms. `(idle)` samples are
  * kept: callers decide whether time waiting counts.

@@ -4,7 +4,8 @@
  * library here does this from a .cpuprofile without a browser (speedscope and d3-flame-graph draw in
  * one; 0x and flamebearer read `--prof` logs), and the bench already draws its own SVG charts.
  */
-import { labelOf, samplesOf, whereOf, type CallFrame, type Profile } from './cpuprofile.js'
+import { frameMatches, labelOf, samplesOf, whereOf, type CallFrame, type Profile } from './cpuprofile.js'
+import { esc } from './svg.js'
 
 interface Frame {
   label: string
@@ -12,8 +13,6 @@ interface Frame {
   ms: number
   children: Map<string, Frame>
 }
-
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
 
 /** Agentry's own code green, Node's and V8's blue-grey, packages warm: what is ours stands out. */
 function colorOf (where: string, label: string): string {
@@ -38,12 +37,12 @@ export function flameGraph (profile: Profile, options: FlameOptions): { svg: str
   const width = options.width ?? 1200
   const rowHeight = 17
   const root: Frame = { label: 'all', where: '', ms: 0, children: new Map() }
-  const matches = (f: CallFrame) => options.match === undefined || labelOf(f).includes(options.match) || f.url.includes(options.match)
   for (const { stack, ms } of samplesOf(profile)) {
     const leaf = stack[0]
     // Waiting is not work: idle samples are left out, as are the root's own.
     if (leaf === undefined || leaf.callFrame.functionName === '(idle)' || leaf.callFrame.functionName === '(root)') continue
-    if (!stack.some((n) => matches(n.callFrame))) continue
+    const match = options.match
+    if (match !== undefined && !stack.some((n) => frameMatches(n.callFrame, match))) continue
     root.ms += ms
     let at = root
     for (let i = stack.length - 1; i >= 0; i--) {

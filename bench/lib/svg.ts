@@ -18,7 +18,8 @@ export interface ChartSpec {
   height?: number
 }
 
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
+/** Text made safe for SVG markup and attributes. */
+export const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
 
 /** 1, 2, 2.5 or 5 times a power of ten, at least v. */
 function niceCeil (v: number): number {
