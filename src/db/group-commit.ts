@@ -1,11 +1,15 @@
-import { sql, type Kysely, type Transaction } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import type { Database } from './types.js'
 
-/** Runs fn in a transaction and resolves with its result once that is committed (durably). */
-export type Transact = <T>(fn: (trx: Transaction<Database>) => Promise<T>) => Promise<T>
+/**
+ * Runs fn in a transaction and resolves with its result once that is committed (durably). fn gets
+ * the transaction as a Kysely instance (a Kysely Transaction on SQLite, see pipelinedTransact for
+ * PostgreSQL), and must not start another inside it.
+ */
+export type Transact = <T>(fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>
 
 interface Pending {
-  fn: (trx: Transaction<Database>) => Promise<unknown>
+  fn: (trx: Kysely<Database>) => Promise<unknown>
   resolve: (value: unknown) => void
   reject: (reason: unknown) => void
 }
@@ -21,7 +25,8 @@ type Outcome = { ok: true, value: unknown } | { ok: false, error: unknown }
  * never before: nothing is acknowledged that is not on disk. If the COMMIT itself fails, every write
  * of the batch failed, and every caller hears so.
  *
- * PostgreSQL needs none of this: each write is its own transaction on its own pool connection.
+ * PostgreSQL needs none of this: each write is its own transaction on its own pool connection
+ * (pipelinedTransact).
  */
 export function groupCommit (db: Kysely<Database>): Transact {
   let queue: Pending[] = []
@@ -64,7 +69,7 @@ export function groupCommit (db: Kysely<Database>): Transact {
     })
   }
 
-  return async <T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> => await new Promise<T>((resolve, reject) => {
+  return async <T>(fn: (trx: Kysely<Database>) => Promise<T>): Promise<T> => await new Promise<T>((resolve, reject) => {
     queue.push({ fn, resolve: resolve as (value: unknown) => void, reject })
     if (!scheduled) {
       scheduled = true

@@ -6,6 +6,7 @@ import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
 import type { Database } from './types.js'
 import { groupCommit, type Transact } from './group-commit.js'
+import { pipelinedTransact } from './pipelined.js'
 
 export type { Transact } from './group-commit.js'
 
@@ -69,6 +70,8 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     max: target.poolSize,
     statement_timeout: target.statementTimeoutMs === 0 ? undefined : target.statementTimeoutMs,
     application_name: 'agentry',
+    // Statements are sent without waiting for the answer to the one before (pipelinedTransact).
+    pipeline: true,
     types: { getTypeParser: pgTypeParser(pg.types) }
   })
   // An idle connection the server drops (a restart, a failover) is an 'error' on the pool; unheard,
@@ -78,7 +81,7 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
   return {
     db,
     dialect: 'postgres',
-    transact: async (fn) => await db.transaction().execute(fn),
+    transact: pipelinedTransact(pool),
     prepared: async <R>(name: string, query: CompiledQuery) => (await pool.query({ name, text: query.sql, values: query.parameters as unknown[] })).rows as R[],
     poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     close: () => db.destroy()

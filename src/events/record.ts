@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { DbOrTrx } from '../db/index.js'
-import { insertEvents } from '../db/repositories/events.js'
-import { lockWidget } from '../db/repositories/widgets.js'
+import { insertEvents, insertEventsLocked } from '../db/repositories/events.js'
 import { insertDeliveries, listEndpoints } from '../db/repositories/webhooks.js'
 import type { EventRow } from '../db/types.js'
 import type { Agent } from '../http/schemas/agent.js'
@@ -43,14 +42,9 @@ export function updateEvents (before: Agent, after: Agent): NewEvent[] {
  */
 export async function recordEvents (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number, oneWriter = false): Promise<void> {
   if (events.length === 0) return
-  // Event ids must become visible in id order, or a reader polling "after id N" could pass over
-  // one still being committed. Holding the widget's row until commit serialises the widget's
-  // event writers on PostgreSQL (a row lock); SQLite has one writer at a time anyway.
-  if (!oneWriter) await lockWidget(trx, widgetId)
-  const endpoints = await listEndpoints(trx, widgetId)
   // One statement for all of the write's events; the agent's JSON is made once however many there are.
   const agentJson = new Map<Agent, string>()
-  const seqs = await insertEvents(trx, events.map((event) => {
+  const rows = events.map((event) => {
     let json = agentJson.get(event.agent)
     if (json === undefined) agentJson.set(event.agent, json = JSON.stringify(event.agent))
     return {
@@ -61,7 +55,14 @@ export async function recordEvents (trx: DbOrTrx, widgetId: string, events: read
       payload: `{"agent":${json},"changes":${JSON.stringify(event.changes)}}`,
       created_at: now
     }
-  }))
+  })
+  // Issued together: on PostgreSQL both statements leave in one round trip (pipelinedTransact).
+  // Event ids must become visible in id order: on PostgreSQL the insert locks the widget's row first
+  // (insertEventsLocked); SQLite has one writer at a time anyway.
+  const [endpoints, seqs] = await Promise.all([
+    listEndpoints(trx, widgetId),
+    oneWriter ? insertEvents(trx, rows) : insertEventsLocked(trx, widgetId, rows)
+  ])
   if (endpoints.length === 0) return
   const nowMs = now * 1000
   const wanted = endpoints.map((e) => ({ id: e.id, types: JSON.parse(e.event_types) as string[] }))

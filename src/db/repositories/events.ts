@@ -10,6 +10,29 @@ export async function insertEvents (db: DbOrTrx, rows: Array<Insertable<EventTab
   return inserted.map((r) => Number(r.seq)).sort((x, y) => x - y)
 }
 
+/**
+ * PostgreSQL: inserts the events like insertEvents, after locking the widget's row until the
+ * transaction ends, in the same statement. Event ids must become visible in id order, or a reader
+ * polling "after id N" could pass over one still being committed: holding the widget's row from
+ * before the ids are drawn until commit serialises the widget's event writers. `FOR NO KEY UPDATE`
+ * is the lock an update of the row would take, without writing a new version of it; the rows take
+ * their ids only once the lock is held (no row is formed before `locked` is read), in the order
+ * listed.
+ */
+export async function insertEventsLocked (trx: DbOrTrx, widgetId: string, rows: Array<Insertable<EventTable>>): Promise<number[]> {
+  const column = <K extends keyof EventTable>(key: K) => rows.map((r) => r[key])
+  const inserted = await sql<{ seq: number }>`
+    with locked as (select id from widgets where id = ${widgetId} for no key update)
+    insert into events (widget_id, type, agent_id, payload, created_at)
+    select locked.id, e.type, e.agent_id, e.payload, e.created_at
+    from locked, unnest(${column('type')}::text[], ${column('agent_id')}::text[], ${column('payload')}::text[], ${column('created_at')}::bigint[])
+      with ordinality as e(type, agent_id, payload, created_at, n)
+    order by e.n
+    returning seq`.execute(trx)
+  if (inserted.rows.length !== rows.length) throw new Error(`widget ${widgetId} not found: its events were not written`)
+  return inserted.rows.map((r) => Number(r.seq)).sort((x, y) => x - y)
+}
+
 export async function listEventsAfter (db: DbOrTrx, widgetId: string, afterSeq: number, limit: number): Promise<EventRow[]> {
   return await db.selectFrom('events').selectAll()
     .where('widget_id', '=', widgetId)

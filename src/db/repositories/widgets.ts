@@ -16,8 +16,3 @@ export async function ensureWidget (db: DbOrTrx, name: string, now: number): Pro
   if (row === undefined) throw new Error(`widget ${name} vanished after insert`)
   return row
 }
-
-/** Locks the widget's row until the transaction ends (a no-op update: portable across dialects). */
-export async function lockWidget (trx: DbOrTrx, widgetId: string): Promise<void> {
-  await trx.updateTable('widgets').set((eb) => ({ name: eb.ref('name') })).where('id', '=', widgetId).execute()
-}
