@@ -562,8 +562,6 @@ export class AgentService {
   }
 
   private async insertAvatarRow (trx: DbOrTrx, widgetId: string, image: StoredImage, now: number): Promise<AvatarRow> {
-    // First, so that a collector holding this content is waited for (see maintain).
-    if ((await unscheduleBlobGc(trx, image.sha256, image.ext)).claimed) this.collectedMeanwhile.add(image)
     const row: AvatarRow = {
       id: randomUUID(),
       widget_id: widgetId,
@@ -578,7 +576,10 @@ export class AgentService {
       created_at: now,
       updated_at: now
     }
-    await insertAvatar(trx, row)
+    // Issued together (one round trip on PostgreSQL: pipelinedTransact), the unscheduling first, so
+    // that a collector holding this content is waited for (see maintain).
+    const [{ claimed }] = await Promise.all([unscheduleBlobGc(trx, image.sha256, image.ext), insertAvatar(trx, row)])
+    if (claimed) this.collectedMeanwhile.add(image)
     return row
   }
 
@@ -586,8 +587,11 @@ export class AgentService {
   private async dropAvatar (trx: DbOrTrx, avatarId: string, known?: AvatarRow): Promise<void> {
     const avatar = known ?? await findAvatar(trx, avatarId)
     this.avatarRows.delete(avatarId)
-    await deleteAvatar(trx, avatarId)
-    if (avatar !== undefined) await scheduleBlobGc(trx, avatar.sha256, avatar.ext, this.now() + this.options.blobGcGraceSeconds)
+    // Issued together: one round trip on PostgreSQL (pipelinedTransact).
+    await Promise.all([
+      deleteAvatar(trx, avatarId),
+      avatar === undefined ? undefined : scheduleBlobGc(trx, avatar.sha256, avatar.ext, this.now() + this.options.blobGcGraceSeconds)
+    ])
   }
 
   private async represent (row: AgentRow): Promise<Agent> {

@@ -1,7 +1,31 @@
-import { Kysely, PostgresDialect, type PostgresPool } from 'kysely'
+import { Kysely, PostgresDialect, type CompiledQuery, type PostgresPool } from 'kysely'
 import type pg from 'pg'
 import type { Database } from './types.js'
+import type { DbOrTrx } from './index.js'
 import type { Transact } from './group-commit.js'
+
+/** Each running transaction, by its Kysely instance: how to send a statement now, and those left to it. */
+const running = new WeakMap<DbOrTrx, { run: (query: CompiledQuery) => Promise<unknown>, left: Array<Promise<unknown>> }>()
+
+/**
+ * Inside a pipelined transaction, sends the statement at once and leaves its answer to the
+ * transaction: the caller goes on, the COMMIT follows the statement on the wire, and if the
+ * statement fails the whole transaction fails with its error (nothing of it is written). Anywhere
+ * else (SQLite's transactions) it runs the statement and waits for it.
+ */
+export async function answeredByCommit (trx: DbOrTrx, query: CompiledQuery): Promise<void> {
+  const transaction = running.get(trx)
+  if (transaction === undefined) {
+    await trx.executeQuery(query)
+    return
+  }
+  // Handed to the connection now, not after Kysely's own turns, so that it is on the wire before
+  // the COMMIT whatever the caller does next.
+  const answer = transaction.run(query)
+  // Observed by the transaction; a rejection must not go unhandled meanwhile.
+  answer.catch(() => {})
+  transaction.left.push(answer)
+}
 
 /**
  * PostgreSQL write transactions whose statements travel together.
@@ -19,6 +43,11 @@ import type { Transact } from './group-commit.js'
  *   one-statement-at-a-time guard for transactions. They reach the connection in the order they
  *   were issued (each takes the same path through Kysely, so none overtakes another), which is the
  *   order PostgreSQL runs them in.
+ * - A statement whose answer the write does not need may be left to the transaction
+ *   (answeredByCommit): the COMMIT then leaves right behind it, and the transaction waits for both.
+ *   A write's events are written that way, so the widget's event writers, which take turns from
+ *   their events to their commit (insertEventsAndDeliveries), each hold their turn for one round
+ *   trip instead of two.
  * - The `COMMIT`'s answer is checked: PostgreSQL answers `ROLLBACK` to a COMMIT when a statement of
  *   the transaction failed, and that is a failed write, whether or not the statement's own error
  *   was seen.
@@ -27,43 +56,73 @@ import type { Transact } from './group-commit.js'
  */
 export function pipelinedTransact (pool: pg.Pool): Transact {
   /** One Kysely instance per pool connection, made the first time it runs a transaction. */
-  const bound = new WeakMap<pg.PoolClient, Kysely<Database>>()
+  const bound = new WeakMap<pg.PoolClient, { trx: Kysely<Database>, send: <R>(query: () => R) => R }>()
 
   return async <T>(fn: (trx: Kysely<Database>) => Promise<T>): Promise<T> => {
     const client = await pool.connect()
-    let trx = bound.get(client)
-    if (trx === undefined) {
-      trx = boundTo(client)
-      bound.set(client, trx)
+    let connection = bound.get(client)
+    if (connection === undefined) {
+      const send = corked(client)
+      connection = { trx: boundTo(client, send), send }
+      bound.set(client, connection)
       // Kysely readies its driver on first use, which delays that first statement by a few turns;
       // readied now, every statement takes the same path (see above).
-      await trx.connection().execute(async () => {})
+      await connection.trx.connection().execute(async () => {})
     }
-    const begin = client.query('BEGIN')
+    const { trx, send } = connection
+    // Written with the first statement, in the same system call.
+    const begin = send(async () => await client.query('BEGIN'))
     // Observed below; a rejection must not go unhandled meanwhile.
     begin.catch(() => {})
+    const left: Array<Promise<unknown>> = []
+    running.set(trx, { run: (query) => send(async () => await client.query(query.sql, query.parameters as unknown[])), left })
     let result: T
     try {
       result = await fn(trx)
+      const commit = send(async () => await client.query('COMMIT'))
+      commit.catch(() => {})
       await begin
-      const commit = await client.query('COMMIT')
-      if (commit.command !== 'COMMIT') throw new Error(`PostgreSQL answered the COMMIT with ${commit.command}: a statement of the transaction failed, and none of it was written`)
+      // A statement that failed aborted the transaction, and PostgreSQL rolled it back at the COMMIT.
+      for (const statement of left) await statement
+      const { command } = await commit
+      if (command !== 'COMMIT') throw new Error(`PostgreSQL answered the COMMIT with ${command}: a statement of the transaction failed, and none of it was written`)
     } catch (err) {
+      running.delete(trx)
       // In order after whatever is still on its way; harmless when nothing is open any more.
       const rolledBack = await client.query('ROLLBACK').then(() => true, () => false)
       // A connection that cannot even roll back is not given to anyone else.
       client.release(rolledBack ? undefined : err instanceof Error ? err : new Error(String(err)))
       throw err
     }
+    running.delete(trx)
     client.release()
     return result
   }
 }
 
+/**
+ * Statements issued in one go are written to the socket in one system call: the connection's stream
+ * is corked at the first and uncorked once the current run of callbacks is over (`pg` corks each
+ * statement's own messages the same way; those nest inside).
+ */
+function corked (client: pg.PoolClient): <R>(query: () => R) => R {
+  const stream = client.connection.stream
+  let open = false
+  const uncork = () => { open = false; stream.uncork() }
+  return (query) => {
+    if (!open) {
+      open = true
+      stream.cork()
+      process.nextTick(uncork)
+    }
+    return query()
+  }
+}
+
 /** A Kysely instance that runs every statement on this one connection, as it is issued. */
-function boundTo (client: pg.PoolClient): Kysely<Database> {
+function boundTo (client: pg.PoolClient, send: <R>(query: () => R) => R): Kysely<Database> {
   // The same object every time, so that Kysely's driver makes one connection wrapper for it.
-  const connection = { query: client.query.bind(client), release: () => {} }
+  const connection = { query: (...args: unknown[]) => send(() => (client.query as (...a: unknown[]) => unknown)(...args)), release: () => {} }
   const pool = { connect: async () => connection, end: async () => {} } as unknown as PostgresPool
   return new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
 }

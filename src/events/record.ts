@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { DbOrTrx } from '../db/index.js'
-import { insertEvents, insertEventsLocked } from '../db/repositories/events.js'
+import { insertEvents, insertEventsAndDeliveries } from '../db/repositories/events.js'
+import { answeredByCommit } from '../db/pipelined.js'
 import { insertDeliveries, listEndpoints } from '../db/repositories/webhooks.js'
 import type { EventRow } from '../db/types.js'
 import type { Agent } from '../http/schemas/agent.js'
@@ -56,13 +57,15 @@ export async function recordEvents (trx: DbOrTrx, widgetId: string, events: read
       created_at: now
     }
   })
-  // Issued together: on PostgreSQL both statements leave in one round trip (pipelinedTransact).
-  // Event ids must become visible in id order: on PostgreSQL the insert locks the widget's row first
-  // (insertEventsLocked); SQLite has one writer at a time anyway.
-  const [endpoints, seqs] = await Promise.all([
-    listEndpoints(trx, widgetId),
-    oneWriter ? insertEvents(trx, rows) : insertEventsLocked(trx, widgetId, rows)
-  ])
+  if (!oneWriter) {
+    // PostgreSQL: events and deliveries in one statement, which takes the widget's turn first (event
+    // ids must become visible in id order); its answer is the commit's (answeredByCommit).
+    await answeredByCommit(trx, insertEventsAndDeliveries(trx, widgetId, rows, now * 1000))
+    return
+  }
+  // SQLite runs one write transaction at a time: no turn to take.
+  const endpoints = await listEndpoints(trx, widgetId)
+  const seqs = await insertEvents(trx, rows)
   if (endpoints.length === 0) return
   const nowMs = now * 1000
   const wanted = endpoints.map((e) => ({ id: e.id, types: JSON.parse(e.event_types) as string[] }))

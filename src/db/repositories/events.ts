@@ -1,4 +1,4 @@
-import { sql } from 'kysely'
+import { sql, type CompiledQuery } from 'kysely'
 import type { DbOrTrx } from '../index.js'
 import type { EventRow, EventTable } from '../types.js'
 import type { Insertable } from 'kysely'
@@ -11,26 +11,35 @@ export async function insertEvents (db: DbOrTrx, rows: Array<Insertable<EventTab
 }
 
 /**
- * PostgreSQL: inserts the events like insertEvents, after locking the widget's row until the
- * transaction ends, in the same statement. Event ids must become visible in id order, or a reader
- * polling "after id N" could pass over one still being committed: holding the widget's row from
- * before the ids are drawn until commit serialises the widget's event writers. `FOR NO KEY UPDATE`
- * is the lock an update of the row would take, without writing a new version of it; the rows take
- * their ids only once the lock is held (no row is formed before `locked` is read), in the order
- * listed.
+ * PostgreSQL: the statement that inserts the events like insertEvents, and a pending delivery of
+ * each to every webhook endpoint of the widget that wants its type (no round trip to read the
+ * endpoints first). It locks the widget's row until the transaction ends, before the events take
+ * their ids: event ids must become visible in id order, or a reader polling "after id N" could
+ * pass over one still being committed, so the widget's event writers take turns from there to
+ * their commit. `FOR NO KEY UPDATE` is the lock an update of the row would take, without writing a
+ * new version of it; no event row is formed before `locked` is read (the widget's row is there: the
+ * agent's row refers to it), and they take their ids in the order listed. Delivery ids are `msg_`
+ * and a random UUID's 32 hex digits, as insertDeliveries' callers make them.
  */
-export async function insertEventsLocked (trx: DbOrTrx, widgetId: string, rows: Array<Insertable<EventTable>>): Promise<number[]> {
+export function insertEventsAndDeliveries (trx: DbOrTrx, widgetId: string, rows: Array<Insertable<EventTable>>, nowMs: number): CompiledQuery {
   const column = <K extends keyof EventTable>(key: K) => rows.map((r) => r[key])
-  const inserted = await sql<{ seq: number }>`
-    with locked as (select id from widgets where id = ${widgetId} for no key update)
-    insert into events (widget_id, type, agent_id, payload, created_at)
-    select locked.id, e.type, e.agent_id, e.payload, e.created_at
-    from locked, unnest(${column('type')}::text[], ${column('agent_id')}::text[], ${column('payload')}::text[], ${column('created_at')}::bigint[])
-      with ordinality as e(type, agent_id, payload, created_at, n)
-    order by e.n
-    returning seq`.execute(trx)
-  if (inserted.rows.length !== rows.length) throw new Error(`widget ${widgetId} not found: its events were not written`)
-  return inserted.rows.map((r) => Number(r.seq)).sort((x, y) => x - y)
+  return sql`
+    with locked as (select id from widgets where id = ${widgetId} for no key update),
+    ev as (
+      insert into events (widget_id, type, agent_id, payload, created_at)
+      select locked.id, e.type, e.agent_id, e.payload, e.created_at
+      from locked, unnest(${column('type')}::text[], ${column('agent_id')}::text[], ${column('payload')}::text[], ${column('created_at')}::bigint[])
+        with ordinality as e(type, agent_id, payload, created_at, n)
+      order by e.n
+      returning seq, type
+    ),
+    deliveries as (
+      insert into webhook_deliveries (id, endpoint_id, event_seq, status, next_attempt_at, created_at, updated_at)
+      select 'msg_' || replace(gen_random_uuid()::text, '-', ''), ep.id, ev.seq, 'pending', ${nowMs}::bigint, ${nowMs}::bigint, ${nowMs}::bigint
+      from ev join webhook_endpoints ep on ep.widget_id = ${widgetId}
+        and (ep.event_types::jsonb ? '*' or ep.event_types::jsonb ? ev.type)
+    )
+    select count(*) from ev`.compile(trx)
 }
 
 export async function listEventsAfter (db: DbOrTrx, widgetId: string, afterSeq: number, limit: number): Promise<EventRow[]> {
