@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
 import { call, startTwoInstances, until, type Instances, type ServeProcess } from './helpers/process.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
@@ -303,6 +304,44 @@ describe('event stream (GET /api/external/v1/events)', () => {
       assertIncreasingIds(stream.messages)
     } finally {
       stream.close()
+    }
+  })
+
+  // PostgreSQL runs writes side by side, so an event can take its id and commit after one with a
+  // higher id: a stream that read the higher one meanwhile would pass over it for good. The widget's
+  // event writers take turns from their ids to their commit (insertEventsAndDeliveries); this makes
+  // the first one slow on purpose, inside the database, right after it took its id.
+  it('an event still being written holds back the widget\'s later ones: the stream misses neither (PostgreSQL)', {
+    skip: process.env.TEST_DATABASE_URL === undefined ? 'SQLite runs one write transaction at a time' : false
+  }, async () => {
+    const { db } = srv.services.database
+    await sql`create function agentry_test_slow() returns trigger language plpgsql as $$
+      begin
+        if new.payload like '%"name":"Slow%' then perform pg_sleep(0.6); end if;
+        return new;
+      end $$`.execute(db)
+    await sql`create trigger agentry_test_slow before insert on events for each row execute function agentry_test_slow()`.execute(db)
+    try {
+      const [a, b] = await Promise.all(['ev-slow-a', 'ev-slow-b'].map(async (serviceUserId) =>
+        check(await srv.call('POST', '/agents', { serviceUserId, name: 'Quick' })).body.data as Agent))
+      const stream = await openStream(srv.api, srv.token)
+      try {
+        const slow = srv.call('PUT', `/agents/${a!.id}`, { name: 'Slow' })
+        // The slow write has its event's id and is sleeping when the quick one comes.
+        await sleep(200)
+        const quick = check(await srv.call('PUT', `/agents/${b!.id}`, { name: 'Quick too' })).body.data as Agent
+        check(await slow)
+        await stream.take(2)
+        await sleep(QUIET_MS)
+        assert.deepEqual(stream.messages.map((m) => m.event.data.agent.name), ['Slow', 'Quick too'], 'both, the slow one first')
+        assertIncreasingIds(stream.messages)
+        assert.equal(quick.name, 'Quick too')
+      } finally {
+        stream.close()
+      }
+    } finally {
+      await sql`drop trigger agentry_test_slow on events`.execute(db)
+      await sql`drop function agentry_test_slow()`.execute(db)
     }
   })
 
