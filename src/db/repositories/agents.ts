@@ -81,8 +81,10 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
   return q
 }
 
+// Writes return the row's columns by name, not `*`: on PostgreSQL they run as prepared statements
+// (pipelinedTransact), which the same applies to as findAgentsByIdsPreparable.
 export async function insertAgent (db: DbOrTrx, row: NewAgentRow): Promise<AgentRow> {
-  return await db.insertInto('agents').values(row).returningAll().executeTakeFirstOrThrow()
+  return await db.insertInto('agents').values(row).returning(AGENT_COLUMNS).executeTakeFirstOrThrow()
 }
 
 /** Updates the row only if it is still at `version`; undefined when someone else wrote first. */
@@ -91,7 +93,7 @@ export async function updateAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'wi
     .where('widget_id', '=', row.widget_id)
     .where('id', '=', row.id)
     .where('version', '=', row.version)
-    .returningAll()
+    .returning(AGENT_COLUMNS)
     .executeTakeFirst()
 }
 

@@ -39,7 +39,7 @@ export function insertEventsAndDeliveries (trx: DbOrTrx, widgetId: string, rows:
       from ev join webhook_endpoints ep on ep.widget_id = ${widgetId}
         and (ep.event_types::jsonb ? '*' or ep.event_types::jsonb ? ev.type)
     )
-    select count(*) from ev`.compile(trx)
+    select seq from ev`.compile(trx)
 }
 
 export async function listEventsAfter (db: DbOrTrx, widgetId: string, afterSeq: number, limit: number): Promise<EventRow[]> {
