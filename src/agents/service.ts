@@ -18,6 +18,9 @@ import { decodeCursor, encodeCursor } from './cursor.js'
 import type { AgentReadCache, AgentRepresentation } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
 
+/** Thrown inside a write's transaction when its row changed since it was read: rolled back, then tried again. */
+class WrittenMeanwhile extends Error {}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
 /** Agents read at a time for the unpaginated list (see listAll): ~0.5 MB of JSON with avatars. */
@@ -434,8 +437,10 @@ export class AgentService {
     const now = this.now()
     try {
       return await this.transact(async (trx) => {
-        const avatar = image === undefined ? undefined : await this.insertAvatarRow(trx, widgetId, image, now)
-        const row = await insertAgent(trx, {
+        const avatar = image === undefined ? undefined : this.newAvatarRow(widgetId, image, now)
+        // Issued together (one round trip on PostgreSQL: pipelinedTransact), the avatar's row first:
+        // the agent's refers to it.
+        const [, row] = await Promise.all([avatar === undefined ? undefined : this.insertAvatarRow(trx, avatar, image as StoredImage), insertAgent(trx, {
           id: randomUUID(),
           widget_id: widgetId,
           service_user_id: input.serviceUserId,
@@ -447,7 +452,7 @@ export class AgentService {
           presence_expires_at: null,
           created_at: now,
           updated_at: now
-        })
+        })])
         const agent = this.shape(row, avatar)
         await this.record(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
         return agent
@@ -482,16 +487,22 @@ export class AgentService {
         const result = await this.transact(async (trx) => {
           let avatar = currentAvatar
           const update: AgentRowUpdate = { ...changes.hidden, ...changes.visible }
-          if (changes.image !== undefined) {
-            avatar = await this.insertAvatarRow(trx, current.widget_id, changes.image, now)
-            update.avatar_id = avatar.id
+          const newAvatar = changes.image === undefined ? undefined : this.newAvatarRow(current.widget_id, changes.image, now)
+          if (newAvatar !== undefined) {
+            avatar = newAvatar
+            update.avatar_id = newAvatar.id
           } else if (changes.removeAvatar) {
             avatar = undefined
             update.avatar_id = null
           }
           if (visible) update.updated_at = now
-          const row = await updateAgentAtVersion(trx, stored, update)
-          if (row === undefined) return undefined
+          // Issued together (one round trip on PostgreSQL), the new avatar's row first: the agent's refers to it.
+          const [, row] = await Promise.all([
+            newAvatar === undefined ? undefined : this.insertAvatarRow(trx, newAvatar, changes.image as StoredImage),
+            updateAgentAtVersion(trx, stored, update)
+          ])
+          // Rolled back, the new avatar's row with it, and tried again.
+          if (row === undefined) throw new WrittenMeanwhile('the agent was written meanwhile')
           if (currentAvatar !== undefined && update.avatar_id !== undefined) await this.dropAvatar(trx, currentAvatar.id, currentAvatar)
           const before = this.shape(current, currentAvatar)
           const after = this.shape(row, avatar)
@@ -499,13 +510,13 @@ export class AgentService {
           await this.record(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
           return { row, after }
         })
-        if (result !== undefined) {
-          this.wrote(result.row, result.after)
-          return result.after
-        }
+        this.wrote(result.row, result.after)
+        return result.after
       } catch (err) {
-        if (isUniqueViolation(err) && changes.visible.service_user_id != null) throw errors.serviceUserIdTaken(changes.visible.service_user_id)
-        throw err
+        if (!(err instanceof WrittenMeanwhile)) {
+          if (isUniqueViolation(err) && changes.visible.service_user_id != null) throw errors.serviceUserIdTaken(changes.visible.service_user_id)
+          throw err
+        }
       }
       // Someone else wrote first: with If-Match that is a failed precondition, otherwise read again.
       if (ifMatch !== undefined) throw errors.preconditionFailed()
@@ -561,8 +572,9 @@ export class AgentService {
     }
   }
 
-  private async insertAvatarRow (trx: DbOrTrx, widgetId: string, image: StoredImage, now: number): Promise<AvatarRow> {
-    const row: AvatarRow = {
+  /** The avatar record of a stored image, as a write will insert it (insertAvatarRow). */
+  private newAvatarRow (widgetId: string, image: StoredImage, now: number): AvatarRow {
+    return {
       id: randomUUID(),
       widget_id: widgetId,
       sha256: image.sha256,
@@ -576,11 +588,13 @@ export class AgentService {
       created_at: now,
       updated_at: now
     }
+  }
+
+  private async insertAvatarRow (trx: DbOrTrx, row: AvatarRow, image: StoredImage): Promise<void> {
     // Issued together (one round trip on PostgreSQL: pipelinedTransact), the unscheduling first, so
     // that a collector holding this content is waited for (see maintain).
     const [{ claimed }] = await Promise.all([unscheduleBlobGc(trx, image.sha256, image.ext), insertAvatar(trx, row)])
     if (claimed) this.collectedMeanwhile.add(image)
-    return row
   }
 
   /** Deletes an avatar record and queues its content for collection once nothing refers to it. */
