@@ -19,7 +19,7 @@ import pg from 'pg'
 import { encodeCursor } from '../src/agents/cursor.js'
 import sharp from 'sharp'
 import { processAvatar } from '../src/avatars/process.js'
-import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, type BenchDb, type Plans } from './lib/db.js'
+import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, QUERY_ROUNDS, QUERY_ROUND_PAUSE_MS, type BenchDb, type Plans } from './lib/db.js'
 import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
 import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
 import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
@@ -1034,7 +1034,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
     out.push('', '### Against roster size', '',
       `A service with its read cache off (\`AGENT_CACHE_ENTRIES=0\`), so that every GET reads the database: at 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
-      `The queries alone were timed on the database directly, ${T.listIterations} times each.`, '', mdTable(sc.header, sc.rows, sc.align))
+      `The queries alone were timed on the database directly, ${T.listIterations} times each, in ${QUERY_ROUNDS} rounds ${QUERY_ROUND_PAUSE_MS} ms apart; the round with the lowest p50 is shown (interference on a shared VM only adds).`, '', mdTable(sc.header, sc.rows, sc.align))
     const wl = wholeListRows()
     out.push('', 'The whole list, `GET /agents` without `limit` or `cursor` (the seed\'s call), on the same rosters (seeded agents have no avatar: ' +
       '~190 bytes of JSON each), read as it arrived, with `GET /agents/:id` asked at 1 connection, one after the other, meanwhile:', '', mdTable(wl.header, wl.rows, wl.align))
