@@ -48,7 +48,7 @@ export async function answeredByCommit (trx: DbOrTrx, query: CompiledQuery): Pro
  *   (answeredByCommit): the COMMIT then leaves right behind it, and the transaction waits for both.
  *   A write's events are written that way, so the widget's event writers, which take turns from
  *   their events to their commit (insertEventsAndDeliveries), each hold their turn for one round
- *   trip instead of two.
+ *   trip (it was four: the lock, the webhook endpoints, the events and the COMMIT, one each).
  * - The `COMMIT`'s answer is checked: PostgreSQL answers `ROLLBACK` to a COMMIT when a statement of
  *   the transaction failed, and that is a failed write, whether or not the statement's own error
  *   was seen.
