@@ -82,7 +82,8 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
 }
 
 // Writes return the row's columns by name, not `*`: on PostgreSQL they run as prepared statements
-// (pipelinedTransact), which the same applies to as findAgentsByIdsPreparable.
+// (pipelinedTransact), and a prepared `returning *` breaks once a newer instance's migration adds
+// a column (see findAgentsByIdsPreparable).
 export async function insertAgent (db: DbOrTrx, row: NewAgentRow): Promise<AgentRow> {
   return await db.insertInto('agents').values(row).returning(AGENT_COLUMNS).executeTakeFirstOrThrow()
 }
