@@ -3,6 +3,7 @@ import { createHmac } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
+import pg from 'pg'
 import { call, dataDir, killAll, removeDirs, startServe, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
@@ -357,6 +358,36 @@ describe('webhooks', () => {
     await sleep(QUIET_MS * 2)
     assert.equal(down.arrivals.length, settled, 'no tries after the endpoint was deleted')
     assert.equal(check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`), 404).body.error.code, 'not_found')
+  })
+
+  // On PostgreSQL writes and an endpoint's deletion overlap. The deletion is held open here, in the
+  // database, right after it deleted the endpoint's row: a write to the widget must neither wait
+  // for it nor then fail on the new delivery's foreign key; the endpoint simply gets no delivery.
+  it('a write while an endpoint is being deleted succeeds at once (PostgreSQL)', {
+    skip: process.env.TEST_DATABASE_URL === undefined ? 'SQLite runs one write transaction at a time' : false
+  }, async () => {
+    const w = await widget(srv, 'wh-deleting')
+    const target = srv.services.config.database
+    assert.equal(target.kind, 'postgres')
+    const agent = check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-deleting', name: 'Deleting' })).body.data
+    const endpoint = check(await w('POST', WEBHOOKS, { url: 'http://127.0.0.1:9/gone' })).body.data
+    const deletion = new pg.Client({ connectionString: target.kind === 'postgres' ? target.url : '' })
+    await deletion.connect()
+    try {
+      await deletion.query('begin')
+      await deletion.query('delete from webhook_deliveries where endpoint_id = $1', [endpoint.id])
+      await deletion.query('delete from webhook_endpoints where id = $1', [endpoint.id])
+      const write = w('PUT', `/api/external/v1/agents/${agent.id}`, { status: 'online' })
+      const outcome = await Promise.race([write, sleep(3000).then(() => 'still waiting' as const)])
+      assert.notEqual(outcome, 'still waiting', 'the write waited for the deletion')
+      assert.equal(check(outcome as ApiResponse).body.data.status, 'online')
+      await deletion.query('commit')
+    } finally {
+      await deletion.query('rollback').catch(() => {})
+      await deletion.end()
+    }
+    assert.equal(check(await w('GET', `/api/external/v1/agents/${agent.id}`)).body.data.status, 'online')
+    check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`), 404)
   })
 
   it('deliveries to one endpoint share a kept connection; a long answer closes it (only its first KB is logged)', async () => {

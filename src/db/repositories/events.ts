@@ -19,7 +19,9 @@ export async function insertEvents (db: DbOrTrx, rows: Array<Insertable<EventTab
  * their commit. `FOR NO KEY UPDATE` is the lock an update of the row would take, without writing a
  * new version of it; no event row is formed before `locked` is read (the widget's row is there: the
  * agent's row refers to it), and they take their ids in the order listed. Delivery ids are `msg_`
- * and a random UUID's 32 hex digits, as insertDeliveries' callers make them.
+ * and a random UUID's 32 hex digits, as insertDeliveries' callers make them. An endpoint being
+ * deleted at that moment (its row locked by the deletion) gets no delivery: without `skip locked`
+ * the write would wait for the deletion and then fail on the delivery's foreign key.
  */
 export function insertEventsAndDeliveries (trx: DbOrTrx, widgetId: string, rows: Array<Insertable<EventTable>>, nowMs: number): CompiledQuery {
   const column = <K extends keyof EventTable>(key: K) => rows.map((r) => r[key])
@@ -38,6 +40,7 @@ export function insertEventsAndDeliveries (trx: DbOrTrx, widgetId: string, rows:
       select 'msg_' || replace(gen_random_uuid()::text, '-', ''), ep.id, ev.seq, 'pending', ${nowMs}::bigint, ${nowMs}::bigint, ${nowMs}::bigint
       from ev join webhook_endpoints ep on ep.widget_id = ${widgetId}
         and (ep.event_types::jsonb ? '*' or ep.event_types::jsonb ? ev.type)
+      for key share of ep skip locked
     )
     select seq from ev`.compile(trx)
 }
