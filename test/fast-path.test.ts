@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict'
 import http from 'node:http'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
 import { headerPairs, rawGet, startTestServer, TEST_TOKEN, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
- * On SQLite, GET /agents/:id for an agent in the read cache is answered ahead of Fastify
- * (src/http/fast-path.ts). A client must not be able to tell: the same status, the same headers in
- * the same order, the same bytes, the same rate limit, counted in the same metrics. A query string
- * sends the very same request the usual way, so the two can be compared side by side.
+ * GET /agents/:id with a known token is answered ahead of Fastify (src/http/fast-path.ts): from
+ * memory when the SQLite read cache has the agent, else read from the database first. A client
+ * must not be able to tell: the same status, the same headers in the same order, the same bytes
+ * (errors included), the same rate limit, counted in the same metrics. A query string sends the
+ * very same request the usual way, so the two can be compared side by side.
  */
 
 const onSqlite = storeLeg().startsWith('sqlite')
@@ -26,7 +28,24 @@ async function metric (srv: TestServer, name: string): Promise<number> {
   return line === undefined ? 0 : Number(line.split(' ').at(-1))
 }
 
-describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read cache (and so this path) is SQLite only' }, () => {
+
+/** The same answer both ways: status, headers in the same order with the same values, body. */
+function sameAnswer (fast: RawResponse, usual: RawResponse, status: number): void {
+  assert.equal(fast.status, status)
+  assert.equal(usual.status, status)
+  assert.deepEqual(fast.body, usual.body)
+  const f = pairs(fast)
+  const u = pairs(usual)
+  assert.deepEqual(f.map(([name]) => name), u.map(([name]) => name), 'the same headers, in the same order')
+  for (const [i, [name, value]] of f.entries()) {
+    if (name === 'x-request-id' || name === 'date') continue
+    // The usual request came one later in the same rate-limit window.
+    if (name === 'ratelimit-remaining') assert.equal(Number(value), Number(u[i]?.[1]) + 1)
+    else assert.equal(value, u[i]?.[1], name)
+  }
+}
+
+describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () => {
   let srv: TestServer
   let id: string
   before(async () => {
@@ -34,7 +53,7 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
     const res = await srv.call('POST', '/agents', { serviceUserId: 'fast-1', name: 'Fast' })
     assert.equal(res.status, 200)
     id = res.body.data.id as string
-    // The first read goes the usual way and leaves the agent in the read cache.
+    // On SQLite the first read leaves the agent in the read cache.
     assert.equal((await srv.call('GET', `/agents/${id}`)).status, 200)
   })
   after(async () => { await srv.close() })
@@ -42,7 +61,7 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
   it('answers exactly what the usual way answers: status, headers in order, body', async () => {
     const before = await metric(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${id}`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     const usual = await get(`${srv.api}/agents/${id}?usual=1`)
     assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'a query string goes the usual way')
 
@@ -66,7 +85,7 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
     const etag = pairs(await get(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
     const before = await metric(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${id}`, { 'if-none-match': etag })
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered from memory')
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     const usual = await get(`${srv.api}/agents/${id}?usual=1`, { 'if-none-match': etag })
     for (const res of [fast, usual]) {
       assert.equal(res.status, 304)
@@ -111,10 +130,67 @@ describe('GET /agents/:id answered from memory', { skip: !onSqlite && 'the read 
       http.request(`${srv.api}/agents/${id}`, { method: 'HEAD', headers: { authorization: `Bearer ${TEST_TOKEN}` } }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
     })
     assert.equal(head, 200)
+
+    // A path shaped like an agent's that is a route of its own is that route's.
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const availability = await get(`${srv.api}/agents/availability`)
+    assert.equal(availability.status, 200)
+    assert.deepEqual(Object.keys(JSON.parse(availability.body.toString()).data).sort(), ['available', 'online'])
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before)
+  })
+
+  it('reads an agent it does not hold in memory, and answers a missing one as the usual way does', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'fast-unread', name: 'Unread' })
+    const unread = created.body.data.id as string
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const fast = await get(`${srv.api}/agents/${unread}`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    assert.equal(fast.status, 200)
+    assert.deepEqual(JSON.parse(fast.body.toString()).data, created.body.data)
+    assert.equal(pairs(fast).find(([n]) => n === 'etag')?.[1], created.headers.get('etag'))
+
+    const missing = '00000000-0000-0000-0000-000000000000'
+    const fastMissing = await get(`${srv.api}/agents/${missing}`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 2, 'a 404 too')
+    const usualMissing = await get(`${srv.api}/agents/${missing}?usual=1`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 2)
+    sameAnswer(fastMissing, usualMissing, 404)
+    assert.deepEqual(pairs(fastMissing).map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
+    assert.equal(JSON.parse(fastMissing.body.toString()).error.code, 'not_found')
+  })
+
+  it('answers a read the database fails with the same 500 envelope as the usual way', async () => {
+    const { db } = srv.services.database
+    // The database itself fails the read: its table is away for a moment (a fresh database per test server).
+    await sql`alter table agents rename to agents_away`.execute(db)
+    let fast: RawResponse
+    let usual: RawResponse
+    try {
+      const unknown = '00000000-0000-0000-0000-00000000beef'
+      const before = await metric(srv, 'agentry_http_fast_answers_total')
+      fast = await get(`${srv.api}/agents/${unknown}`)
+      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+      usual = await get(`${srv.api}/agents/${unknown}?usual=1`)
+    } finally {
+      await sql`alter table agents_away rename to agents`.execute(db)
+    }
+    sameAnswer(fast, usual, 500)
+    assert.equal(JSON.parse(fast.body.toString()).error.code, 'internal_error')
+    assert.doesNotMatch(fast.body.toString(), /agents_away|relation|table/i, 'nothing of the internals')
+    // And the next read is answered again.
+    assert.equal((await get(`${srv.api}/agents/${id}`)).status, 200)
+  })
+
+  it('shows a change made by another writer at once on PostgreSQL, where every read goes to the database', { skip: onSqlite && 'SQLite: the read cache sees other writers through data_version (test/read-cache.test.ts)' }, async () => {
+    assert.equal((await get(`${srv.api}/agents/${id}`)).status, 200)
+    // Another instance's write, as far as this one can tell: straight into the database.
+    await sql`update agents set name = 'Changed elsewhere', version = version + 1 where id = ${id}`.execute(srv.services.database.db)
+    const read = await get(`${srv.api}/agents/${id}`)
+    assert.equal(JSON.parse(read.body.toString()).data.name, 'Changed elsewhere')
   })
 })
 
-describe('GET /agents/:id from memory, under a rate limit', { skip: !onSqlite && 'the read cache (and so this path) is SQLite only' }, () => {
+describe(`GET /agents/:id ahead of the framework, under a rate limit (${storeLeg()})`, () => {
   let srv: TestServer
   before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '6', RATE_LIMIT_WINDOW_MS: '60000' }) })
   after(async () => { await srv.close() })
@@ -124,14 +200,13 @@ describe('GET /agents/:id from memory, under a rate limit', { skip: !onSqlite &&
     assert.equal(created.headers.get('ratelimit-remaining'), '5')
     const before = await metric(srv, 'agentry_http_fast_answers_total')
     const remaining: string[] = []
-    // The first read fills the read cache; the next ones are answered from memory.
     for (let i = 0; i < 5; i++) {
       const res = await get(`${srv.api}/agents/${created.body.data.id as string}`)
       assert.equal(res.status, 200)
       remaining.push(pairs(res).find(([n]) => n === 'ratelimit-remaining')?.[1] ?? '')
     }
     assert.deepEqual(remaining, ['4', '3', '2', '1', '0'], 'each read counted once, whichever way it went')
-    assert.ok(await metric(srv, 'agentry_http_fast_answers_total') > before, 'some were answered from memory')
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 5, 'all were answered ahead of the framework')
     const refused = await get(`${srv.api}/agents/${created.body.data.id as string}`)
     assert.equal(refused.status, 429)
     assert.equal(JSON.parse(refused.body.toString()).error.code, 'rate_limited')

@@ -146,9 +146,11 @@ export class AgentService {
     this.cache = options.readCache
     this.transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
     const prepared = options.prepared
-    this.batchedReads = prepared === undefined
-      ? undefined
-      : new BatchedAgentReads(async (ids) => await prepared<AgentRow>('agentry_find_agents_v1', findAgentsByIdsPreparable(db, ids).compile()))
+    if (prepared !== undefined) {
+      // Compiled once: only the array of ids (its one parameter) changes from one batch to the next.
+      const query = findAgentsByIdsPreparable(db, []).compile()
+      this.batchedReads = new BatchedAgentReads(async (ids) => await prepared<AgentRow>('agentry_find_agents_v1', { ...query, parameters: [ids] }))
+    }
   }
 
   /** One page of the (filtered) list: `limit` agents (DEFAULT_PAGE_SIZE by default) after the cursor, if any. */

@@ -116,6 +116,12 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     done()
   })
 
+  // Every GET route's path as registered: a path the fast path could take for `/agents/:id` may be
+  // another route's (`/agents/availability`), which the router prefers.
+  const getPaths = new Set<string>()
+  app.addHook('onRoute', (route) => {
+    if (([] as string[]).concat(route.method).includes('GET')) getPaths.add(route.url)
+  })
   app.addSchema(ErrorEnvelope)
   registerErrorHandling(app)
   registerMetrics(app, deps.metrics, config.metricsToken)
@@ -144,7 +150,9 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       limiter: rateLimiter,
       requests: deps.metrics.requests,
       closing: () => closing,
-      answered: deps.metrics.fastAnswered
+      answered: deps.metrics.fastAnswered,
+      log: app.log,
+      isOtherRoute: (path) => getPaths.has(path)
     })]
     const store = deps.store
     if (store instanceof LocalBlobStore && config.staticCacheBytes > 0) {

@@ -67,6 +67,11 @@ function toAppError (err: FastifyError, knownFields: readonly string[], multipar
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
     return new AppError('validation_failed', err.message)
   }
+  return internalError()
+}
+
+/** What a caller is told of any failure that is not theirs to fix: nothing of its internals. */
+export function internalError (): AppError {
   return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
 }
 

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { FastifyBaseLogger } from 'fastify'
 import { etagMatches, type AgentService } from '../agents/service.js'
 import type { AgentRepresentation } from '../agents/read-cache.js'
 import type { RequestMetrics } from '../metrics/requests.js'
@@ -7,6 +8,8 @@ import { authorizationHash } from './plugins/auth.js'
 import type { RateLimiter } from './plugins/rate-limit.js'
 import { requestIdOf } from './request-id.js'
 import { agentEnvelope } from './routes/agents/etag.js'
+import { isAppError } from '../errors/index.js'
+import { envelope, internalError } from './error-handler.js'
 
 export interface FastPathDeps {
   /** Where the API is mounted, e.g. /api/external/v1. */
@@ -20,6 +23,10 @@ export interface FastPathDeps {
   closing: () => boolean
   /** Counts the requests answered here (agentry_http_fast_answers_total). */
   answered: () => void
+  /** Where a failed read is logged (as the usual way's error handler logs it). */
+  log: FastifyBaseLogger
+  /** Whether a path is a GET route of its own (`/agents/availability`), which the router prefers to `/agents/:id`. */
+  isOtherRoute: (path: string) => boolean
 }
 
 /** Takes a request and answers it, or declines it (false) without touching it. */
@@ -31,26 +38,73 @@ const JSON_TYPE = 'application/json; charset=utf-8'
 const PLAIN_ID = /^[0-9A-Za-z_-]{1,200}$/
 
 /**
- * `GET /agents/:id` answered before Fastify sees the request, when everything the answer needs is
- * in memory already: the token in the token cache, the agent in the read cache, the rate limit not
- * reached. It does what the usual way does for such a request, in the same order and with the same
- * bytes out (test/fast-path.test.ts compares the two, header by header): the token's rate limit is
- * counted, the token checked, the request id taken or made, the agent and its ETag sent in the
- * envelope (or 304 when If-None-Match has its ETag), the request counted in the metrics. What it
- * declines goes the usual way, unchanged: anything but a plain GET of one agent (HEAD, a query
- * string, a body, an encoded id), an unknown or uncached token, an agent not in the read cache (the
- * usual way then reads it and caches it), a limit reached, shutdown.
+ * `GET /agents/:id` answered before Fastify sees the request. It does what the usual way does for
+ * such a request, in the same order and with the same bytes out (test/fast-path.test.ts compares
+ * the two, header by header, on both stores): the token's rate limit is counted, the token checked,
+ * the request id taken or made, the agent read the same way (AgentService.getRepresentation: from
+ * the read cache on SQLite when it has the agent, else from the database, batched with the reads
+ * arriving with it on PostgreSQL), its ETag and the agent sent in the envelope (or 304 when
+ * If-None-Match has its ETag, or the error envelope: 404 for no such agent, 500 when the read
+ * failed, logged), the request counted in the metrics. Answered from memory, it is answered at
+ * once, before the next request is read. What it declines goes the usual way, unchanged: anything
+ * but a plain GET of one agent (HEAD, a query string, a body, an encoded id, the path of another
+ * route such as `/agents/availability`), an unknown or uncached token (the usual way then checks it
+ * and caches it), a limit reached, shutdown.
  *
- * Why: a GET from the read cache spends ~40 µs of CPU going through Fastify's request lifecycle
- * (request and reply objects, five hooks, parameter validation, an async handler, header
- * normalisation), against ~16 µs for node:http alone answering the same bytes. See BENCHMARKS.md.
- * It is only used where no request line is logged (LOG_LEVEL above info): at info every request
- * writes two log lines, which cost more than this saves, and those lines are Fastify's.
+ * Why: Fastify's request lifecycle (request and reply objects, five hooks, parameter validation, an
+ * async handler, header normalisation) costs ~25 µs of CPU per request on a 2-core VM, against
+ * ~16 µs for node:http alone answering the same bytes from memory (BENCHMARKS.md): most of a read
+ * from the read cache, and ~15% of one from PostgreSQL. It is only used where no request line is
+ * logged (LOG_LEVEL above info): at info every request writes two log lines, which cost more than
+ * this saves, and those lines are Fastify's.
  */
 export function agentFastPath (deps: FastPathDeps): FastPath {
   const base = `${deps.prefix}/agents/`
   const route = `${deps.prefix}/agents/:id`
   const bodies = new WeakMap<AgentRepresentation, Buffer>()
+
+  /** Writes the answer; `out` holds the headers so far, in Fastify's order. */
+  const send = (res: ServerResponse, out: string[], start: number, agent: AgentRepresentation, ifNoneMatch: string | undefined): void => {
+    out.push('etag', agent.etag)
+    let status = 200
+    if (ifNoneMatch !== undefined && etagMatches(ifNoneMatch, agent.etag)) {
+      // The client has it: 304, no body, so no Content-Type or Content-Length.
+      status = 304
+      if (deps.closing()) out.push('connection', 'close')
+      res.writeHead(304, out)
+      res.end()
+    } else {
+      let body = bodies.get(agent)
+      if (body === undefined) {
+        body = Buffer.from(agentEnvelope(agent.json))
+        bodies.set(agent, body)
+      }
+      end(res, out, 200, body)
+    }
+    counted(status, start)
+  }
+
+  /** The error envelope, as the usual way's error handler makes it. */
+  const fail = (res: ServerResponse, out: string[], start: number, err: unknown): void => {
+    const appErr = isAppError(err) ? err : internalError()
+    if (appErr.statusCode >= 500) deps.log.error({ reqId: out[1], err }, 'request failed')
+    end(res, out, appErr.statusCode, Buffer.from(JSON.stringify(envelope(appErr))))
+    counted(appErr.statusCode, start)
+  }
+
+  const end = (res: ServerResponse, out: string[], status: number, body: Buffer): void => {
+    out.push('content-type', JSON_TYPE)
+    // Fastify's onSend hook adds it during shutdown, after the content type (see buildApp).
+    if (deps.closing()) out.push('connection', 'close')
+    out.push('content-length', String(body.length))
+    res.writeHead(status, out)
+    res.end(body)
+  }
+
+  const counted = (status: number, start: number): void => {
+    deps.requests.observe('GET', route, status, (performance.now() - start) / 1000)
+    deps.answered()
+  }
 
   return (req, res) => {
     if (req.method !== 'GET') return false
@@ -58,7 +112,7 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     if (!url.startsWith(base)) return false
     let id = url.slice(base.length)
     if (id.endsWith('/')) id = id.slice(0, -1)
-    if (!PLAIN_ID.test(id)) return false
+    if (!PLAIN_ID.test(id) || deps.isOtherRoute(base + id)) return false
     const headers = req.headers
     if (headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
@@ -69,8 +123,6 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     const now = Date.now()
     const limiter = deps.limiter
     if (limiter !== undefined && !limiter.allows(hash, now)) return false
-    const agent = deps.agents.cachedRepresentation(caller.widgetId, id)
-    if (agent === undefined) return false
 
     // Header names, order and values as Fastify writes them for the same request.
     const out = ['x-request-id', requestIdOf(headers)]
@@ -78,26 +130,19 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
       const limit = limiter.take(hash, now)
       out.push('ratelimit-limit', String(limit.limit), 'ratelimit-remaining', String(limit.remaining), 'ratelimit-reset', String(limit.resetSeconds))
     }
-    out.push('etag', agent.etag)
     const ifNoneMatch = headers['if-none-match']
-    let status = 200
-    if (ifNoneMatch !== undefined && etagMatches(ifNoneMatch, agent.etag)) {
-      // The client has it: 304, no body, so no Content-Type or Content-Length.
-      status = 304
-      res.writeHead(304, out)
-      res.end()
-    } else {
-      let body = bodies.get(agent)
-      if (body === undefined) {
-        body = Buffer.from(agentEnvelope(agent.json))
-        bodies.set(agent, body)
-      }
-      out.push('content-type', JSON_TYPE, 'content-length', String(body.length))
-      res.writeHead(200, out)
-      res.end(body)
+    const cached = deps.agents.cachedRepresentation(caller.widgetId, id)
+    if (cached !== undefined) {
+      send(res, out, start, cached, ifNoneMatch)
+      return true
     }
-    deps.requests.observe('GET', route, status, (performance.now() - start) / 1000)
-    deps.answered()
+    deps.agents.getRepresentation(caller.widgetId, id)
+      .then((agent) => { send(res, out, start, agent, ifNoneMatch) }, (err: unknown) => { fail(res, out, start, err) })
+      .catch((err: unknown) => {
+        // Writing the answer threw (the connection is gone, say): nothing more can be sent.
+        deps.log.error({ reqId: out[1], err }, 'answer not sent')
+        res.destroy()
+      })
     return true
   }
 }

@@ -12,7 +12,7 @@ export interface Metrics {
   registry: Registry
   /** Every answered request: agentry_http_requests_total and agentry_http_request_duration_seconds. */
   requests: RequestMetrics
-  /** Counts a request answered from memory ahead of Fastify (agentry_http_fast_answers_total). */
+  /** Counts a request answered ahead of Fastify (agentry_http_fast_answers_total). */
   fastAnswered: () => void
   avatars: AvatarObserver
 }
@@ -90,7 +90,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   let fastAnswers = 0
   new Counter({
     name: 'agentry_http_fast_answers_total',
-    help: 'Requests answered from memory ahead of the full request pipeline: GET /agents/:id and GET of small /static files (also counted in agentry_http_requests_total).',
+    help: 'Requests answered ahead of the full request pipeline: GET /agents/:id (from memory or the database) and GET of small /static files from memory (also counted in agentry_http_requests_total).',
     registers: [registry],
     collect () {
       this.reset()
