@@ -244,4 +244,29 @@ describe('avatar pipeline', () => {
       assert.deepEqual((await srv.call('GET', `/agents/${a.id}`)).body.data, a)
     })
   })
+
+  it('a serviceUserId already taken: 409 whatever the avatar, not even downloaded, nothing stored, no avatar failure counted', async () => {
+    // A server of its own, so that no avatar is stored yet.
+    const fresh = await startTestServer()
+    try {
+      assert.equal((await fresh.call('POST', '/agents', { serviceUserId: 'taken', name: 'First' })).status, 200)
+      const files = async () => [...listFiles(fresh.dataDir).filter((f) => !f.startsWith('agentry.db')), ...await fresh.storedFiles()]
+      const failures = async () => (await (await fetch(`${fresh.url}/metrics`)).text()).split('\n').filter((l) => l.startsWith('agentry_avatar_failures_total')).join('\n')
+      const failuresBefore = await failures()
+      const hits = () => ['/photo.jpg', '/missing.jpg', '/slow.jpg'].map((p) => fx.hits.get(p) ?? 0)
+      const hitsBefore = hits()
+      // An image, a download that would fail, and one that would take longer than the avatar timeout.
+      for (const url of [`${fx.url}/photo.jpg`, `${fx.url}/missing.jpg`, `${fx.url}/slow.jpg`]) {
+        const res = await fresh.call('POST', '/agents', { serviceUserId: 'taken', name: 'Again', avatar: url })
+        assert.equal(res.status, 409, `${url}: ${JSON.stringify(res.body)}`)
+        assert.equal(res.body.error.code, 'service_user_id_taken')
+      }
+      assert.deepEqual(hits(), hitsBefore, 'nothing downloaded')
+      assert.deepEqual(await files(), [], 'no file, not even a temporary one')
+      assert.equal(await failures(), failuresBefore)
+      assert.equal((await fresh.call('GET', '/agents')).body.data.length, 1)
+    } finally {
+      await fresh.close()
+    }
+  })
 })
