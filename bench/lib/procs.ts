@@ -64,11 +64,6 @@ export function tempDir (prefix: string): string {
   return dir
 }
 
-export function dropTempDir (dir: string): void {
-  fs.rmSync(dir, { recursive: true, force: true })
-  tempDirs.delete(dir)
-}
-
 export async function freePort (): Promise<number> {
   return await new Promise((resolve, reject) => {
     const srv = net.createServer()
