@@ -28,7 +28,6 @@ async function metric (srv: TestServer, name: string): Promise<number> {
   return line === undefined ? 0 : Number(line.split(' ').at(-1))
 }
 
-
 /** The same answer both ways: status, headers in the same order with the same values, body. */
 function sameAnswer (fast: RawResponse, usual: RawResponse, status: number): void {
   assert.equal(fast.status, status)
