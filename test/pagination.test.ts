@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
+import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 
 /** GET /agents: the seed's whole list, keyset cursor pages with Link headers, and the filters. */
@@ -12,6 +14,7 @@ interface ListedAgent {
   active: boolean
   createdAt: number
   updatedAt: number
+  avatar?: object | null
 }
 
 type Call = (method: string, path: string, body?: unknown) => Promise<ApiResponse>
@@ -349,6 +352,48 @@ describe('GET /agents without limit or cursor: a long list is sent as it is read
     const res = await call('GET', '/agents?q=nobody')
     assert.equal(res.status, 200)
     assert.deepEqual(res.body, { status: 200, data: [] })
+  })
+})
+
+describe('GET /agents: every agent as its row reads now (the JSON made for a row is reused only while the row reads the same)', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  let call: Call
+  let created: ListedAgent[]
+
+  before(async () => {
+    srv = await startTestServer()
+    fx = await startFixtureServer()
+    call = asToken(srv, (await srv.services.tokens.create('reused-json')).token)
+    created = await createAgents(call, 'reused', 3, (i) => (i === 0 ? { avatar: `${fx.url}/photo.jpg` } : {}))
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  // Both ways of listing: the whole list, and one page.
+  const lists = async (): Promise<ListedAgent[][]> => [(await call('GET', '/agents')).body.data, (await call('GET', '/agents?limit=10')).body.data]
+  const byId = (list: ListedAgent[], id: string): ListedAgent => list.find((a) => a.id === id) as ListedAgent
+
+  it('a change made through the API, another instance or by hand in the database shows in the very next list', async () => {
+    const [withAvatar, renamed, flipped] = created as [ListedAgent, ListedAgent, ListedAgent]
+    for (const list of await lists()) assert.deepEqual([...list].reverse(), created, 'each as it was created (and as the JSON is now kept)')
+
+    // By hand in the database: no version bump, no updatedAt, nothing this instance could have seen.
+    await sql`update agents set name = ${'Renamed by hand'} where id = ${renamed.id}`.execute(srv.services.database.db)
+    assert.equal((await call('PUT', `/agents/${flipped.id}`, { status: 'online' })).status, 200)
+    assert.equal((await call('PUT', `/agents/${withAvatar.id}`, { avatar: null })).status, 200)
+    for (const list of await lists()) {
+      assert.equal(byId(list, renamed.id).name, 'Renamed by hand')
+      assert.equal(byId(list, flipped.id).status, 'online')
+      assert.equal(byId(list, withAvatar.id).avatar, null)
+    }
+    // And again with a new avatar: the new record's URLs, as GET /agents/:id shows them.
+    const put = await call('PUT', `/agents/${withAvatar.id}`, { avatar: `${fx.url}/photo.png` })
+    assert.equal(put.status, 200)
+    for (const list of await lists()) assert.deepEqual(byId(list, withAvatar.id), put.body.data)
+    assert.equal(put.body.data.avatar.info.ext, 'png')
   })
 })
 

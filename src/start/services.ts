@@ -130,6 +130,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     transact: database.transact,
     readCache,
     representationsKept: readCache === undefined ? config.agentCacheEntries : 0,
+    listItemsKept: config.agentCacheEntries,
     prepared: database.prepared,
     avatarRowsKept: overrides.avatarRowsKept,
     listBatchSize: overrides.listBatchSize,

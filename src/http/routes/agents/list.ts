@@ -3,14 +3,10 @@ import { Type } from 'typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply } from 'fastify'
 import type { AgentRoutesOptions } from './index.js'
-import type { Agent } from '../../schemas/agent.js'
 import { AgentSchema, ListMeta, ListQuery } from '../../schemas/agent.js'
 import { errorResponses } from '../../schemas/envelope.js'
 
 const JSON_TYPE = 'application/json; charset=utf-8'
-
-/** Agents as the items of a JSON array, each as GET /agents/:id serialises it. */
-const items = (agents: Agent[]): string => agents.map((a) => JSON.stringify(a)).join(',')
 
 /** Sends JSON made here (text or a stream of it) past the response serialiser; the schema still documents it. */
 async function sendJson (reply: FastifyReply, body: string | Readable): Promise<FastifyReply> {
@@ -39,13 +35,13 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       // The first batch is read before anything is sent: a failure there is still an error envelope.
       const batches = agents.listAll(request.widgetId, filters)
       const first = await batches.next()
-      const head = first.done === true ? '' : items(first.value.agents)
+      const head = first.done === true ? '' : first.value.items.join(',')
       if (first.done === true || !first.value.more) return await sendJson(reply, `{"status":200,"data":[${head}]}`)
       // A long list goes out batch by batch as the client takes it (Readable.from waits for the socket
       // to drain). Should a later batch fail, the response is cut short, never completed as valid JSON.
       return await sendJson(reply, Readable.from((async function * () {
         yield `{"status":200,"data":[${head}`
-        for await (const batch of batches) yield `,${items(batch.agents)}`
+        for await (const batch of batches) yield `,${batch.items.join(',')}`
         yield ']}'
       })()))
     }
@@ -55,6 +51,6 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       const next = new URLSearchParams(params)
       void reply.header('link', `<${request.url.split('?')[0] ?? ''}?${next.toString()}>; rel="next"`)
     }
-    return { status: 200 as const, data: page.agents, meta: { nextCursor: page.nextCursor, limit: page.limit } }
+    return await sendJson(reply, `{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`)
   })
 }
