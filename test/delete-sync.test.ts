@@ -161,8 +161,11 @@ describe('sync by the integrator\'s own id', () => {
 describe('the file collector and a write of the same image at the same moment', () => {
   let srv: TestServer
   let fx: FixtureServer
-  /** Armed by the test: the next collection stops, once it has claimed content, until released. */
-  let pause: { entered: () => void, released: Promise<void> } | undefined
+  /**
+   * Armed by a test: the next collection, once it has claimed content, stops until released (or,
+   * with fail, fails as a store that refuses the deletion would).
+   */
+  let pause: { entered: () => void, released: Promise<void>, fail?: boolean } | undefined
   before(async () => {
     fx = await startFixtureServer()
     srv = await startTestServer(COLLECT_AT_ONCE, {
@@ -172,6 +175,7 @@ describe('the file collector and a write of the same image at the same moment', 
         pause = undefined
         p.entered()
         await p.released
+        if (p.fail === true) throw new Error('the store refused the deletion (test)')
       }
     })
   })
@@ -180,15 +184,67 @@ describe('the file collector and a write of the same image at the same moment', 
     await fx.close()
   })
 
-  it('a write that refers to content being collected has its files when it is answered', async () => {
-    const a = await srv.call('POST', '/agents', { serviceUserId: 'race-a', name: 'A', avatar: `${fx.url}/photo.jpg` })
-    assert.equal(a.status, 200)
-    const whole = await Promise.all(Object.values<string>(a.body.data.avatar.url).map(async (u) => Buffer.from(await (await fetch(u)).arrayBuffer())))
-
+  /** Arms the pause; resolves (with the release) once the collector has claimed content and stopped. */
+  const armPause = (fail = false): { inCollector: Promise<void>, release: () => void } => {
     let entered = (): void => {}
     const inCollector = new Promise<void>((resolve) => { entered = resolve })
     let release = (): void => {}
-    pause = { entered, released: new Promise<void>((resolve) => { release = resolve }) }
+    pause = { entered, released: new Promise<void>((resolve) => { release = resolve }), fail }
+    return { inCollector, release }
+  }
+
+  /** The agent's three files, fetched as a browser would. */
+  const filesOf = async (agent: { avatar: { url: Record<string, string> } }): Promise<Buffer[]> =>
+    await Promise.all(Object.values(agent.avatar.url).map(async (u) => {
+      const res = await fetch(u)
+      assert.equal(res.status, 200, `${u} is there`)
+      return Buffer.from(await res.arrayBuffer())
+    }))
+
+  it('reads and writes of other agents go on while the collector deletes files', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'busy-a', name: 'A', avatar: `${fx.url}/photo.png` })
+    assert.equal(a.status, 200)
+    const other = await srv.call('POST', '/agents', { serviceUserId: 'busy-other', name: 'Other' })
+    const { inCollector, release } = armPause()
+    try {
+      assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
+      await inCollector
+      // The collector holds its claim and waits (as on a slow bucket); nothing else may wait for it.
+      const meanwhile = Promise.all([
+        srv.call('POST', '/agents', { serviceUserId: 'busy-b', name: 'B' }),
+        srv.call('PUT', `/agents/${other.body.data.id}`, { status: 'online' }),
+        srv.call('GET', `/agents/${other.body.data.id}`),
+        srv.call('GET', '/agents')
+      ])
+      const answered = await Promise.race([meanwhile, new Promise<undefined>((resolve) => setTimeout(() => { resolve(undefined) }, 5000))])
+      assert.ok(answered !== undefined, 'answered while the collector was deleting files')
+      assert.deepEqual(answered.map((r) => r.status), [200, 200, 200, 200])
+      assert.equal(answered[1].body.data.status, 'online')
+    } finally {
+      release()
+    }
+    const path = a.body.data.avatar.info.path as string
+    await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
+  })
+
+  it('a deletion that fails leaves the files for a later pass of the collector', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'refused-a', name: 'A', avatar: `${fx.url}/photo.webp` })
+    assert.equal(a.status, 200)
+    const path = a.body.data.avatar.info.path as string
+    const { inCollector, release } = armPause(true)
+    assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
+    await inCollector
+    release()
+    // The failed pass put the content back on the schedule (grace 0 here): the next pass takes it.
+    await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
+  })
+
+  it('a write that refers to content being collected has its files when it is answered', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'race-a', name: 'A', avatar: `${fx.url}/photo.jpg` })
+    assert.equal(a.status, 200)
+    const whole = await filesOf(a.body.data)
+
+    const { inCollector, release } = armPause()
     assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
     await inCollector
     // The collector has claimed the content and is about to delete its files; the same image comes
@@ -201,10 +257,67 @@ describe('the file collector and a write of the same image at the same moment', 
     assert.equal(b.body.data.avatar.info.path, a.body.data.avatar.info.path)
     // Later passes of the collector must not take them either.
     await new Promise((resolve) => setTimeout(resolve, 400))
-    for (const [i, url] of Object.values<string>(b.body.data.avatar.url).entries()) {
-      const res = await fetch(url)
-      assert.equal(res.status, 200, `${url} is there`)
-      assert.ok(Buffer.from(await res.arrayBuffer()).equals(whole[i] as Buffer), `${url} is whole`)
+    assert.deepEqual(await filesOf(b.body.data), whole, 'the files are there, whole')
+  })
+
+  it('a write on another server waits for this server\'s collector, then puts the files back', async () => {
+    // A second server on the same database and store, whose own collector does not run meanwhile.
+    const other = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '3600000' })
+    try {
+      // An image no agent of this suite refers to (photo.jpg is race-b's now); the same bytes again.
+      const a = await srv.call('POST', '/agents', { serviceUserId: 'race-c', name: 'C', avatar: `${fx.url}/rotated.jpg` })
+      assert.equal(a.status, 200)
+      const whole = await filesOf(a.body.data)
+
+      const { inCollector, release } = armPause()
+      assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
+      await inCollector
+      let answered = false
+      const pending = other.call('POST', '/agents', { serviceUserId: 'race-d', name: 'D', avatar: `${fx.url}/rotated.jpg?again` })
+        .finally(() => { answered = true })
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      assert.equal(answered, false, 'not answered while the files may still be being deleted')
+      release()
+      const d = await pending
+      assert.equal(d.status, 200, JSON.stringify(d.body))
+      assert.equal(d.body.data.avatar.info.path, a.body.data.avatar.info.path)
+      await new Promise((resolve) => setTimeout(resolve, 400))
+      assert.deepEqual(await filesOf(d.body.data), whole, 'the files are there, whole')
+    } finally {
+      await other.close()
     }
+  })
+})
+
+describe('a file collector that stops on the way', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  before(async () => {
+    fx = await startFixtureServer()
+    // Content is collected an hour after nothing refers to it: only what the test makes due is.
+    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '3600', MAINTENANCE_INTERVAL_MS: '100' })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  it('leaves a claim that expires; its content is then collected by a later pass', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'stopped', name: 'Stopped', avatar: `${fx.url}/photo.png` })
+    assert.equal(a.status, 200)
+    const { ext, path } = a.body.data.avatar.info as { ext: string, path: string }
+    const sha256 = path.slice(path.lastIndexOf('/') + 1, -(ext.length + 1))
+    assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
+    // What a collector killed between its claim and its deletions leaves in the database: the
+    // content off the schedule and its claim, whose deadline has passed, never ended.
+    const db = srv.services.database.db
+    const now = Math.floor(Date.now() / 1000)
+    await db.deleteFrom('blob_gc').where('sha256', '=', sha256).execute()
+    await db.insertInto('blob_claims').values({ sha256, ext, claimed_at: now - 120, deleting_until: now - 60 }).execute()
+    assert.ok((await srv.storedFiles()).includes(path.slice(1)), 'the files are still there')
+
+    await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
+    const claim = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).executeTakeFirst()
+    assert.equal(claim?.deleting_until, 0, 'the claim is ended')
   })
 })

@@ -7,7 +7,7 @@ import {
   updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
-import { claimBlobGc, clearBlobGc, dueBlobGc, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
+import { abandonedBlobClaims, blobClaimDeletingUntil, claimBlobGc, clearBlobGc, dueBlobGc, endBlobClaim, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import { setBounded } from '../util/bounded-map.js'
@@ -27,6 +27,13 @@ export const DEFAULT_PAGE_SIZE = 50
 export const LIST_BATCH = 1000
 /** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
 const AVATAR_ROWS_KEPT = 10_000
+/**
+ * How long the file collector may take to delete one image's files (see maintain): it stops waiting
+ * for the store after half of it, and a write that finds the claim waits for it at most this long.
+ */
+const COLLECT_DEADLINE_SECONDS = 60
+/** How often a write waiting for another instance's collector looks whether it is done. */
+const COLLECT_POLL_MS = 50
 
 export type Clock = () => number
 const unixSeconds: Clock = () => Math.floor(Date.now() / 1000)
@@ -59,7 +66,7 @@ export interface AgentServiceOptions {
   /** Agents per batch of the unpaginated list (LIST_BATCH by default; tests use small ones). */
   listBatchSize?: number
   now?: Clock
-  /** Tests only: runs when the file collector has claimed content, before it deletes the files. */
+  /** Tests only: runs when the file collector has claimed content, before it deletes the files (a throw: the deletion failed). */
   beforeCollect?: () => Promise<void>
 }
 
@@ -142,8 +149,13 @@ export class AgentService {
   private readonly lastShown = new Map<string, { row: AgentRow, representation: AgentRepresentation }>()
   /** Each listed agent's JSON, with the row (as shown) it was made of. */
   private readonly listed = new Map<string, { row: AgentRow, json: string }>()
-  /** Images whose content the file collector claimed while a write was making an avatar of it. */
-  private readonly collectedMeanwhile = new WeakSet<StoredImage>()
+  /**
+   * Images whose content the file collector claimed while a write was making an avatar of it, with
+   * until when the collector may be deleting the files (see maintain).
+   */
+  private readonly collectedMeanwhile = new WeakMap<StoredImage, number>()
+  /** Content this instance's collector is working on (see maintain), by contentKey; ends when it is done. */
+  private readonly collecting = new Map<string, Promise<void>>()
 
   constructor (
     private readonly db: Db,
@@ -358,31 +370,81 @@ export class AgentService {
   /**
    * Periodic upkeep, safe on every instance at once: lapse presence, delete unreferenced avatar files.
    *
-   * Files are deleted inside the transaction that claims their content (takes it off the schedule
-   * if no avatar refers to it, and records the claim). A write that makes an avatar of the same
-   * content at that moment takes it off the schedule in its own transaction, which therefore runs
-   * wholly before the claim (which then fails: the content is referred to) or after the files are
-   * gone (and then finds the claim, and puts the files back before it answers). Without this, an
-   * ingest that found the files still there could commit its row just as they were deleted.
+   * Content is collected in three steps: a transaction claims it (takes it off the schedule if no
+   * avatar refers to it, and records the claim with a deadline); then its files are deleted, outside
+   * any transaction, so neither SQLite's one connection nor a PostgreSQL one waits for the store
+   * (a bucket's round trips); then the claim is ended. A write that makes an avatar of the same
+   * content takes it off the schedule in its own transaction, which therefore comes wholly before
+   * the claim (which then fails: the content is referred to) or after it (and then finds the claim).
+   * Finding it, the write waits until the collector is done (or its deadline passed) and puts the
+   * files back before it answers. Without this, an ingest that found the files still there could
+   * commit its row just as they were deleted.
+   *
+   * A collector that stops on the way (the process killed) leaves its claim unended: once its
+   * deadline has passed, the content goes back on the schedule, to be collected again unless an
+   * avatar refers to it by then.
    */
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
     const expired = await this.lapsePresence()
+    for (const abandoned of await abandonedBlobClaims(this.db, now, 100)) {
+      await this.transact(async (trx) => {
+        await scheduleBlobGc(trx, abandoned.sha256, abandoned.ext, now)
+        await endBlobClaim(trx, abandoned.sha256, abandoned.ext)
+      })
+    }
     let filesCollected = 0
     for (const due of await dueBlobGc(this.db, now, 100)) {
-      const collected = await this.transact(async (trx) => {
-        if (!await claimBlobGc(trx, due.sha256, due.ext, now)) {
-          // Referred to again: off the schedule (unless rescheduled meanwhile, for later).
-          await clearBlobGc(trx, due.sha256, due.ext, now)
-          return false
-        }
-        await this.options.beforeCollect?.()
-        await this.avatars.deleteFiles(due.sha256, due.ext)
-        return true
-      })
-      if (collected) filesCollected++
+      const key = contentKey(due.sha256, due.ext)
+      let done = (): void => {}
+      // Before the claim: a write of this instance that finds the claim finds this too.
+      this.collecting.set(key, new Promise<void>((resolve) => { done = resolve }))
+      try {
+        if (await this.collect(due.sha256, due.ext, now)) filesCollected++
+      } finally {
+        this.collecting.delete(key)
+        done()
+      }
     }
     return { expired, filesCollected }
+  }
+
+  /** Claims due content, deletes its files and ends the claim (see maintain); false if it was referred to again. */
+  private async collect (sha256: string, ext: string, now: number): Promise<boolean> {
+    const claimed = await this.transact(async (trx) => {
+      if (await claimBlobGc(trx, sha256, ext, now, now + COLLECT_DEADLINE_SECONDS)) return true
+      // Referred to again: off the schedule (unless rescheduled meanwhile, for later).
+      await clearBlobGc(trx, sha256, ext, now)
+      return false
+    })
+    if (!claimed) return false
+    try {
+      await this.options.beforeCollect?.()
+      await this.avatars.deleteFiles(sha256, ext, AbortSignal.timeout(COLLECT_DEADLINE_SECONDS * 500))
+    } catch (err) {
+      // Some files may be left: back on the schedule, for a later pass.
+      await this.transact(async (trx) => {
+        await scheduleBlobGc(trx, sha256, ext, this.now() + this.options.blobGcGraceSeconds)
+        await endBlobClaim(trx, sha256, ext)
+      })
+      throw err
+    }
+    await this.transact(async (trx) => { await endBlobClaim(trx, sha256, ext) })
+    return true
+  }
+
+  /**
+   * A write made an avatar of content the collector had claimed: waits until the collector is done
+   * deleting its files (its deadline at most), so that they can be put back.
+   */
+  private async collectionEnded (image: StoredImage, deletingUntil: number): Promise<void> {
+    let until = deletingUntil
+    while (until > 0 && this.now() < until) {
+      const here = this.collecting.get(contentKey(image.sha256, image.ext))
+      if (here !== undefined) await here
+      else await new Promise((resolve) => setTimeout(resolve, COLLECT_POLL_MS))
+      until = await blobClaimDeletingUntil(this.db, image.sha256, image.ext) ?? 0
+    }
   }
 
   /**
@@ -435,9 +497,11 @@ export class AgentService {
       }
       throw err
     }
-    // The collector deleted this content's files while the write was on its way (see maintain).
-    if (image !== undefined && this.collectedMeanwhile.has(image)) {
+    // The collector deleted (or is deleting) this content's files while the write was on its way (see maintain).
+    const deletingUntil = image === undefined ? undefined : this.collectedMeanwhile.get(image)
+    if (image !== undefined && deletingUntil !== undefined) {
       this.collectedMeanwhile.delete(image)
+      await this.collectionEnded(image, deletingUntil)
       await this.avatars.putBack(image)
     }
     return result
@@ -603,8 +667,8 @@ export class AgentService {
   private async insertAvatarRow (trx: DbOrTrx, row: AvatarRow, image: StoredImage): Promise<void> {
     // Issued together (one round trip on PostgreSQL: pipelinedTransact), the unscheduling first, so
     // that a collector holding this content is waited for (see maintain).
-    const [{ claimed }] = await Promise.all([unscheduleBlobGc(trx, image.sha256, image.ext), insertAvatar(trx, row)])
-    if (claimed) this.collectedMeanwhile.add(image)
+    const [claim] = await Promise.all([unscheduleBlobGc(trx, image.sha256, image.ext), insertAvatar(trx, row)])
+    if (claim.claimed) this.collectedMeanwhile.set(image, claim.deletingUntil)
   }
 
   /** Deletes an avatar record and queues its content for collection once nothing refers to it. */
@@ -742,4 +806,9 @@ function avatarInput (avatar: string | null | undefined, upload: Buffer | undefi
 
 function notFoundByServiceUserId (serviceUserId: string): AppError {
   return new AppError('not_found', `No agent with serviceUserId ${JSON.stringify(serviceUserId)} exists for this widget.`)
+}
+
+/** One image's content, as the file collector's schedule and claims name it. */
+function contentKey (sha256: string, ext: string): string {
+  return `${sha256}.${ext}`
 }

@@ -111,11 +111,14 @@ export class AvatarService {
     await this.options.store.putAll(image.files)
   }
 
-  /** Removes an avatar's files from the store (the caller has made sure nothing refers to them). */
-  async deleteFiles (sha256: string, ext: string): Promise<void> {
+  /**
+   * Removes an avatar's files from the store (the caller has made sure nothing refers to them);
+   * signal: stop waiting for the store when it aborts.
+   */
+  async deleteFiles (sha256: string, ext: string, signal?: AbortSignal): Promise<void> {
     const keys = avatarKeys(contentPath(sha256, ext))
     // No record refers to this content any more (the caller checked), so the order does not matter.
-    await Promise.all([keys.original, keys['120x120'], keys['520x400']].map(async (key) => { await this.options.store.delete(key) }))
+    await Promise.all([keys.original, keys['120x120'], keys['520x400']].map(async (key) => { await this.options.store.delete(key, signal) }))
   }
 
   /** The seed's avatar object for a stored row. */

@@ -4,6 +4,7 @@ import { initial } from './migrations/001_initial.js'
 import { syncPresenceScopes } from './migrations/002_sync_presence_scopes.js'
 import { eventsWebhooks } from './migrations/003_events_webhooks.js'
 import { blobClaims } from './migrations/004_blob_claims.js'
+import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 function migrations (dialect: DialectName): Record<string, Migration> {
@@ -11,7 +12,8 @@ function migrations (dialect: DialectName): Record<string, Migration> {
     '001_initial': initial(dialect),
     '002_sync_presence_scopes': syncPresenceScopes(),
     '003_events_webhooks': eventsWebhooks(dialect),
-    '004_blob_claims': blobClaims()
+    '004_blob_claims': blobClaims(),
+    '005_blob_claims_deleting': blobClaimsDeleting()
   }
 }
 

@@ -1,4 +1,4 @@
-import type { Generated, Insertable, Selectable, Updateable } from 'kysely'
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely'
 
 /** Row types per table. Times are integer unix seconds; booleans are 0/1 so both dialects store them alike. */
 export interface WidgetTable {
@@ -61,6 +61,8 @@ export interface BlobClaimTable {
   sha256: string
   ext: string
   claimed_at: number
+  /** Until when the collector may still be deleting the files (unix seconds); 0 once it is done. */
+  deleting_until: ColumnType<number, number | undefined, number>
 }
 
 export interface EventTable {

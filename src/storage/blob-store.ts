@@ -12,7 +12,8 @@ export interface BlobStore {
    * disk, where a crash can leave a file that is not whole, the bytes are compared).
    */
   putAll: (files: readonly BlobFile[]) => Promise<void>
-  delete: (key: string) => Promise<void>
+  /** signal: stop waiting for the store when it aborts (honoured by S3; a local delete is quick). */
+  delete: (key: string, signal?: AbortSignal) => Promise<void>
   /** Every key in the store (files in progress excluded), in no particular order. */
   keys: () => AsyncIterable<string>
   /** Throws when the store cannot take writes; used by /readyz. */

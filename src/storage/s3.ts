@@ -62,8 +62,8 @@ export class S3BlobStore implements BlobStore {
     }
   }
 
-  async delete (key: string): Promise<void> {
-    await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }))
+  async delete (key: string, signal?: AbortSignal): Promise<void> {
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }), { abortSignal: signal })
   }
 
   async * keys (): AsyncIterable<string> {

@@ -18,6 +18,8 @@ export interface TestServer {
   api: string
   token: string
   dataDir: string
+  /** The variables that make another server share this one's database and avatar store. */
+  sharedEnv: Record<string, string>
   services: Services
   /** Keys of every file in the avatar store (local folder or bucket), sorted. */
   storedFiles: () => Promise<string[]>
@@ -104,6 +106,7 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
     api: `${url}/api/external/v1`,
     token: TEST_TOKEN,
     dataDir,
+    sharedEnv: { ...stores.env, DATA_DIR: config.dataDir, ...env },
     services,
     storedFiles: async () => {
       const keys: string[] = []

@@ -20,40 +20,59 @@ export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string, due
 }
 
 /**
- * Takes due content off the schedule if no avatar refers to it, and records the claim; true when
- * it did, and the caller may then delete the files (before its transaction commits). On
- * PostgreSQL the deleted schedule row stays locked until then, so a write that unschedules the
- * same content (unscheduleBlobGc) waits for the files to be gone and then finds the claim.
+ * Takes due content off the schedule if no avatar refers to it, and records the claim, with until
+ * when its files may be being deleted; true when it did. The caller commits this, then deletes the
+ * files, then ends the claim (endBlobClaim). On PostgreSQL the deleted schedule row stays locked
+ * until the claim commits, so a write that unschedules the same content at that moment
+ * (unscheduleBlobGc) waits for the claim and then finds it.
  */
-export async function claimBlobGc (trx: DbOrTrx, sha256: string, ext: string, now: number): Promise<boolean> {
+export async function claimBlobGc (trx: DbOrTrx, sha256: string, ext: string, now: number, deletingUntil: number): Promise<boolean> {
   const { numDeletedRows } = await trx.deleteFrom('blob_gc')
     .where('sha256', '=', sha256).where('ext', '=', ext).where('eligible_at', '<=', now)
     .where((eb) => eb.not(eb.exists(eb.selectFrom('avatars').select('id').where('sha256', '=', sha256))))
     .executeTakeFirst()
   if (Number(numDeletedRows) === 0) return false
-  await trx.insertInto('blob_claims').values({ sha256, ext, claimed_at: now })
-    .onConflict((oc) => oc.columns(['sha256', 'ext']).doUpdateSet({ claimed_at: now }))
+  await trx.insertInto('blob_claims').values({ sha256, ext, claimed_at: now, deleting_until: deletingUntil })
+    .onConflict((oc) => oc.columns(['sha256', 'ext']).doUpdateSet({ claimed_at: now, deleting_until: deletingUntil }))
     .execute()
   return true
 }
 
+/** The collector is done with this claim: its files are deleted (or it gave up and rescheduled them). */
+export async function endBlobClaim (db: DbOrTrx, sha256: string, ext: string): Promise<void> {
+  await db.updateTable('blob_claims').set({ deleting_until: 0 }).where('sha256', '=', sha256).where('ext', '=', ext).execute()
+}
+
+/** Until when this content's files may still be being deleted; 0 (or undefined: no claim) when not. */
+export async function blobClaimDeletingUntil (db: DbOrTrx, sha256: string, ext: string): Promise<number | undefined> {
+  const row = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
+  return row?.deleting_until
+}
+
+/** Claims whose collector never ended them (it stopped on the way) and whose time is up. */
+export async function abandonedBlobClaims (db: DbOrTrx, now: number, limit: number): Promise<Array<{ sha256: string, ext: string }>> {
+  return await db.selectFrom('blob_claims').select(['sha256', 'ext'])
+    .where('deleting_until', '>', 0).where('deleting_until', '<=', now).limit(limit).execute()
+}
+
 /**
  * Called in the transaction that makes an avatar refer to this content: takes it off the
- * collector's schedule (waiting, on PostgreSQL, for a collector holding it), then tells whether the
- * collector has ever claimed it, in which case its files may be gone and must be put back.
+ * collector's schedule (waiting, on PostgreSQL, for a collector claiming it), then tells whether the
+ * collector has ever claimed it, in which case its files may be gone and must be put back once it
+ * is done deleting them (deletingUntil: see claimBlobGc).
  */
-export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: string): Promise<{ claimed: boolean }> {
+export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: string): Promise<{ claimed: false } | { claimed: true, deletingUntil: number }> {
   // Two statements, in this order: the claim is read only once the delete has waited for the
   // collector. Issued together, they leave in one round trip on PostgreSQL (pipelinedTransact),
   // which runs them in the order issued.
   const [, claim] = await Promise.all([
     clearBlobGc(trx, sha256, ext),
-    trx.selectFrom('blob_claims').select('claimed_at').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
+    trx.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
   ])
-  return { claimed: claim !== undefined }
+  return claim === undefined ? { claimed: false } : { claimed: true, deletingUntil: claim.deleting_until }
 }
 
-/** Forgets claims older than olderThan: every write that could have raced them is long over. */
+/** Forgets ended claims older than olderThan: every write that could have raced them is long over. */
 export async function purgeBlobClaims (db: DbOrTrx, olderThan: number): Promise<void> {
-  await db.deleteFrom('blob_claims').where('claimed_at', '<', olderThan).execute()
+  await db.deleteFrom('blob_claims').where('claimed_at', '<', olderThan).where('deleting_until', '=', 0).execute()
 }
