@@ -317,7 +317,10 @@ describe('a file collector that stops on the way', () => {
     assert.ok((await srv.storedFiles()).includes(path.slice(1)), 'the files are still there')
 
     await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
-    const claim = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).executeTakeFirst()
-    assert.equal(claim?.deleting_until, 0, 'the claim is ended')
+    // The claim is ended just after the last file goes.
+    await until('the claim to be ended', async () => {
+      const claim = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).executeTakeFirst()
+      return claim?.deleting_until === 0 ? true : undefined
+    }, 5000, 100)
   })
 })
