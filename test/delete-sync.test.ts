@@ -239,18 +239,26 @@ describe('the file collector and a write of the same image at the same moment', 
     await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
   })
 
-  it('a write that refers to content being collected has its files when it is answered', async () => {
-    const a = await srv.call('POST', '/agents', { serviceUserId: 'race-a', name: 'A', avatar: `${fx.url}/photo.jpg` })
+  /**
+   * Makes an agent with the image at first and deletes it. Once the collector has claimed the
+   * image's content and stopped before deleting its files, another agent is made through `via` with
+   * the same bytes (at second): its write finds the files still there and goes on to write its row.
+   * The collector is released after 500 ms. The second agent must then be answered, with the first's
+   * files, whole, and keep them. Resolves with whether it was answered before the release.
+   */
+  const writeWhileCollecting = async (via: TestServer, first: string, second: string, ids: [string, string]): Promise<boolean> => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: ids[0], name: 'First', avatar: `${fx.url}${first}` })
     assert.equal(a.status, 200)
     const whole = await filesOf(a.body.data)
 
     const { inCollector, release } = armPause()
     assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
     await inCollector
-    // The collector has claimed the content and is about to delete its files; the same image comes
-    // in now, finds its files still there, and goes on to write its row.
-    const pending = srv.call('POST', '/agents', { serviceUserId: 'race-b', name: 'B', avatar: `${fx.url}/photo-copy.jpg` })
-    await new Promise((resolve) => setTimeout(resolve, 300))
+    let answered = false
+    const pending = via.call('POST', '/agents', { serviceUserId: ids[1], name: 'Second', avatar: `${fx.url}${second}` })
+      .finally(() => { answered = true })
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const answeredBeforeRelease = answered
     release()
     const b = await pending
     assert.equal(b.status, 200, JSON.stringify(b.body))
@@ -258,6 +266,12 @@ describe('the file collector and a write of the same image at the same moment', 
     // Later passes of the collector must not take them either.
     await new Promise((resolve) => setTimeout(resolve, 400))
     assert.deepEqual(await filesOf(b.body.data), whole, 'the files are there, whole')
+    return answeredBeforeRelease
+  }
+
+  it('a write that refers to content being collected has its files when it is answered', async () => {
+    const early = await writeWhileCollecting(srv, '/photo.jpg', '/photo-copy.jpg', ['race-a', 'race-b'])
+    assert.equal(early, false, 'not answered while the files may still be being deleted')
   })
 
   it('a write on another server waits for this server\'s collector, then puts the files back', async () => {
@@ -265,24 +279,8 @@ describe('the file collector and a write of the same image at the same moment', 
     const other = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '3600000' })
     try {
       // An image no agent of this suite refers to (photo.jpg is race-b's now); the same bytes again.
-      const a = await srv.call('POST', '/agents', { serviceUserId: 'race-c', name: 'C', avatar: `${fx.url}/rotated.jpg` })
-      assert.equal(a.status, 200)
-      const whole = await filesOf(a.body.data)
-
-      const { inCollector, release } = armPause()
-      assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
-      await inCollector
-      let answered = false
-      const pending = other.call('POST', '/agents', { serviceUserId: 'race-d', name: 'D', avatar: `${fx.url}/rotated.jpg?again` })
-        .finally(() => { answered = true })
-      await new Promise((resolve) => setTimeout(resolve, 500))
-      assert.equal(answered, false, 'not answered while the files may still be being deleted')
-      release()
-      const d = await pending
-      assert.equal(d.status, 200, JSON.stringify(d.body))
-      assert.equal(d.body.data.avatar.info.path, a.body.data.avatar.info.path)
-      await new Promise((resolve) => setTimeout(resolve, 400))
-      assert.deepEqual(await filesOf(d.body.data), whole, 'the files are there, whole')
+      const early = await writeWhileCollecting(other, '/rotated.jpg', '/rotated.jpg?again', ['race-c', 'race-d'])
+      assert.equal(early, false, 'not answered while the files may still be being deleted')
     } finally {
       await other.close()
     }
