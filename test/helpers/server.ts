@@ -18,7 +18,7 @@ export interface TestServer {
   api: string
   token: string
   dataDir: string
-  /** The variables that make another server share this one's database and avatar store. */
+  /** The variables this server was started with, its stores included: another started with them shares its database and avatar store. */
   sharedEnv: Record<string, string>
   services: Services
   /** Keys of every file in the avatar store (local folder or bucket), sorted. */
