@@ -292,8 +292,8 @@ describe('a file collector that stops on the way', () => {
   let fx: FixtureServer
   before(async () => {
     fx = await startFixtureServer()
-    // Content is collected an hour after nothing refers to it: only what the test makes due is.
-    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '3600', MAINTENANCE_INTERVAL_MS: '100' })
+    // Content is collected 2 s after nothing refers to it: time for the test to step in first.
+    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '2', MAINTENANCE_INTERVAL_MS: '100' })
   })
   after(async () => {
     await srv.close()
@@ -314,7 +314,7 @@ describe('a file collector that stops on the way', () => {
     await db.insertInto('blob_claims').values({ sha256, ext, claimed_at: now - 120, deleting_until: now - 60 }).execute()
     assert.ok((await srv.storedFiles()).includes(path.slice(1)), 'the files are still there')
 
-    await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 5000, 100)
+    await until('the files to be collected', async () => ((await srv.storedFiles()).includes(path.slice(1)) ? undefined : true), 8000, 100)
     // The claim is ended just after the last file goes.
     await until('the claim to be ended', async () => {
       const claim = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).executeTakeFirst()

@@ -381,15 +381,17 @@ export class AgentService {
    * commit its row just as they were deleted.
    *
    * A collector that stops on the way (the process killed) leaves its claim unended: once its
-   * deadline has passed, the content goes back on the schedule, to be collected again unless an
-   * avatar refers to it by then.
+   * deadline has passed, the content goes back on the schedule, to be collected after the grace
+   * unless an avatar refers to it by then.
    */
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
     const expired = await this.lapsePresence()
     for (const abandoned of await abandonedBlobClaims(this.db, now, 100)) {
       await this.transact(async (trx) => {
-        await scheduleBlobGc(trx, abandoned.sha256, abandoned.ext, now)
+        // After the grace, as for content whose last avatar just went: a write that found the claim
+        // may be about to commit (see README, "Presence, file collection").
+        await scheduleBlobGc(trx, abandoned.sha256, abandoned.ext, now + this.options.blobGcGraceSeconds)
         await endBlobClaim(trx, abandoned.sha256, abandoned.ext)
       })
     }
