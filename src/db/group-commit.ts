@@ -24,10 +24,10 @@ const GATHER_TURNS = 5
  * commit waits for the disk to flush (~100-500 µs on these VMs, with the event loop stopped). Writes
  * that arrive while the event loop is busy are queued and run together a turn or a few later (see
  * GATHER_TURNS: more writers share a commit; a lone write waits for one extra turn only), inside one
- * transaction: each in its own SAVEPOINT, so one that fails (a unique violation, say)
- * rolls back only itself and rejects only its caller. Every caller is answered after the one COMMIT,
- * never before: nothing is acknowledged that is not on disk. If the COMMIT itself fails, every write
- * of the batch failed, and every caller hears so.
+ * transaction: each in its own SAVEPOINT, so one that fails (a unique violation, say) rolls back
+ * only itself and rejects only its caller. Every caller is answered after the one COMMIT, never
+ * before: nothing is acknowledged that is not on disk. If the COMMIT itself fails, every write of
+ * the batch failed, and every caller hears so.
  *
  * PostgreSQL needs none of this: each write is its own transaction on its own pool connection
  * (pipelinedTransact).
