@@ -387,14 +387,7 @@ export class AgentService {
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
     const expired = await this.lapsePresence()
-    for (const abandoned of await abandonedBlobClaims(this.db, now, 100)) {
-      await this.transact(async (trx) => {
-        // After the grace, as for content whose last avatar just went: a write that found the claim
-        // may be about to commit (see README, "Presence, file collection").
-        await scheduleBlobGc(trx, abandoned.sha256, abandoned.ext, now + this.options.blobGcGraceSeconds)
-        await endBlobClaim(trx, abandoned.sha256, abandoned.ext)
-      })
-    }
+    for (const abandoned of await abandonedBlobClaims(this.db, now, 100)) await this.giveUpClaim(abandoned.sha256, abandoned.ext)
     let filesCollected = 0
     for (const due of await dueBlobGc(this.db, now, 100)) {
       const key = contentKey(due.sha256, due.ext)
@@ -425,14 +418,24 @@ export class AgentService {
       await this.avatars.deleteFiles(sha256, ext, AbortSignal.timeout(COLLECT_DEADLINE_SECONDS * 500))
     } catch (err) {
       // Some files may be left: back on the schedule, for a later pass.
-      await this.transact(async (trx) => {
-        await scheduleBlobGc(trx, sha256, ext, this.now() + this.options.blobGcGraceSeconds)
-        await endBlobClaim(trx, sha256, ext)
-      })
+      await this.giveUpClaim(sha256, ext)
       throw err
     }
     await this.transact(async (trx) => { await endBlobClaim(trx, sha256, ext) })
     return true
+  }
+
+  /**
+   * Ends a claim whose files may not all be gone (the deletion failed, or its collector stopped):
+   * the content goes back on the schedule after the grace, as for content whose last avatar just
+   * went, since a write that found the claim may be about to commit (see README, "Presence, file
+   * collection").
+   */
+  private async giveUpClaim (sha256: string, ext: string): Promise<void> {
+    await this.transact(async (trx) => {
+      await scheduleBlobGc(trx, sha256, ext, this.now() + this.options.blobGcGraceSeconds)
+      await endBlobClaim(trx, sha256, ext)
+    })
   }
 
   /**

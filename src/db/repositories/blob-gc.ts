@@ -65,11 +65,8 @@ export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: strin
   // Two statements, in this order: the claim is read only once the delete has waited for the
   // collector. Issued together, they leave in one round trip on PostgreSQL (pipelinedTransact),
   // which runs them in the order issued.
-  const [, claim] = await Promise.all([
-    clearBlobGc(trx, sha256, ext),
-    trx.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
-  ])
-  return claim === undefined ? { claimed: false } : { claimed: true, deletingUntil: claim.deleting_until }
+  const [, deletingUntil] = await Promise.all([clearBlobGc(trx, sha256, ext), blobClaimDeletingUntil(trx, sha256, ext)])
+  return deletingUntil === undefined ? { claimed: false } : { claimed: true, deletingUntil }
 }
 
 /** Forgets ended claims older than olderThan: every write that could have raced them is long over. */
