@@ -4,6 +4,7 @@ import { openDatabase } from '../db/index.js'
 import { MigrationError, migrateDown, migrateToLatest } from '../db/migrate.js'
 import { serve } from '../start/server.js'
 import { TokenService } from '../tokens/service.js'
+import { filesCommand } from './files.js'
 
 const USAGE = `Usage: agentry <command>
 
@@ -15,6 +16,10 @@ Commands:
                                  read tokens may only GET; write (the default) may do everything
   tokens list                    list token ids, widgets and states (never the tokens)
   tokens revoke ID_OR_TOKEN      revoke a token by id or by the token itself; takes effect within a second
+  files check                    compare the avatar files with the avatar records: images whose files are
+                                 missing, and files nothing refers to or will delete (exit 1 if either)
+  files sweep                    as check, then hand the files nothing refers to to the file collector
+                                 (exit 1 if avatars refer to missing files)
 
 Configuration comes from the environment (see README: Configuration).`
 
@@ -93,6 +98,9 @@ export async function main (argv: string[]): Promise<number> {
         return 0
       }
       throw new UsageError(`unknown tokens subcommand ${JSON.stringify(sub ?? '')}`)
+    case 'files':
+      if (sub === 'check' || sub === 'sweep') return await filesCommand(config, sub === 'sweep')
+      throw new UsageError(`unknown files subcommand ${JSON.stringify(sub ?? '')}`)
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`)
   }

@@ -4,6 +4,8 @@
  */
 export interface BlobStore {
   readonly kind: string
+  /** Where the files are, for people: a folder's path, or `s3://bucket/prefix`. */
+  readonly location: string
   /**
    * Stores each file under its key, completely and durably, before resolving: a reader never sees a
    * partial file, and the database refers to the files only once this has resolved. Content is
@@ -14,8 +16,11 @@ export interface BlobStore {
   putAll: (files: readonly BlobFile[]) => Promise<void>
   /** signal: stop waiting for the store when it aborts (honoured by S3; a local delete is quick). */
   delete: (key: string, signal?: AbortSignal) => Promise<void>
-  /** Every key in the store (files in progress excluded), in no particular order. */
-  keys: () => AsyncIterable<string>
+  /**
+   * Every file in the store (files in progress excluded), in no particular order, with when it was
+   * last written. Read as it goes, never all at once (`agentry files check` walks a whole bucket).
+   */
+  list: () => AsyncIterable<ListedFile>
   /** Throws when the store cannot take writes; used by /readyz. */
   checkReady: () => Promise<void>
   /**
@@ -31,6 +36,13 @@ export interface BlobStore {
   sweepLeftovers?: (olderThanMs: number) => Promise<number>
   /** Frees connections, if the store holds any. */
   close?: () => void
+}
+
+/** A file in the store, as list() gives it. */
+export interface ListedFile {
+  key: string
+  /** When it was last written (ms since the epoch; a bucket gives whole seconds). */
+  modifiedMs: number
 }
 
 export interface BlobFile {
@@ -65,5 +77,23 @@ export function avatarKeys (path: string): { original: string } & Record<Variant
   }
 }
 
-/** Matches exactly the keys avatarKeys() can produce; anything else is never served. */
+/** Matches the shape of the keys avatarKeys() produces; anything else is never served. */
 export const AVATAR_KEY_PATTERN = /^(?:(?:120x120|520x400)\/)?[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{64}\.(?:jpeg|png|webp|gif)$/
+
+/** AVATAR_KEY_PATTERN, its parts captured: the variant, the three folders, the hash, the extension. */
+const KEY_PARTS = /^(?:(120x120|520x400)\/)?([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
+
+/** An avatar key's parts: whose content it holds, and which file of it (no variant: the original). */
+export interface AvatarKeyParts {
+  sha256: string
+  ext: string
+  variant: Variant | undefined
+}
+
+/** The parts of a key avatarKeys() can produce (its folders those of its hash); undefined for any other. */
+export function parseAvatarKey (key: string): AvatarKeyParts | undefined {
+  const m = KEY_PARTS.exec(key)
+  if (m === null) return undefined
+  const [, variant, x, y, z, sha256, ext] = m as unknown as [string, Variant | undefined, string, string, string, string, string]
+  return sha256.startsWith(x + y + z) ? { sha256, ext, variant } : undefined
+}

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import fsp from 'node:fs/promises'
 import path from 'node:path'
 import { randomBytes } from 'node:crypto'
-import type { BlobFile, BlobStore } from './blob-store.js'
+import { parseAvatarKey, type BlobFile, type BlobStore, type ListedFile } from './blob-store.js'
 import { setBounded } from '../util/bounded-map.js'
 
 /** Resolves a user-influenced key under root, refusing anything that would land outside it. */
@@ -26,10 +26,8 @@ const TEMP_NAME = /^\..+\.[0-9a-f]{12}\.tmp$/
 /** How many files this process remembers having flushed itself (so it does not flush them again). */
 const FLUSHED_KEPT = 4096
 
-/** An avatar key's parts: the variant (none for the original), the hash, the extension. */
-const KEY_PARTS = /^(?:(120x120|520x400)\/)?[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{2}\/([0-9a-f]{64})\.([a-z]+)$/
 /** A file name of the layout on disk: `<sha256>.<ext>` or `<sha256>-<variant>.<ext>`, in the folder `<first two hex digits>`. */
-const FILE_PARTS = /^([0-9a-f]{2})\/([0-9a-f]{64})(?:-(120x120|520x400))?\.([a-z]+)$/
+const FILE_PARTS = /^([0-9a-f]{2})\/([0-9a-f]{64})(?:-(120x120|520x400))?\.(jpeg|png|webp|gif)$/
 
 /**
  * Where a key's file lives under the root: `ab/<sha256>.jpeg`, `ab/<sha256>-120x120.jpeg`,
@@ -40,9 +38,9 @@ const FILE_PARTS = /^([0-9a-f]{2})\/([0-9a-f]{64})(?:-(120x120|520x400))?\.([a-z
  * needed twelve. Undefined for anything that is not an avatar key.
  */
 export function fileOfKey (key: string): string | undefined {
-  const m = KEY_PARTS.exec(key)
-  if (m === null) return undefined
-  const [, variant, sha256, ext] = m as unknown as [string, string | undefined, string, string]
+  const parts = parseAvatarKey(key)
+  if (parts === undefined) return undefined
+  const { variant, sha256, ext } = parts
   return `${sha256.slice(0, 2)}/${sha256}${variant === undefined ? '' : `-${variant}`}.${ext}`
 }
 
@@ -68,11 +66,13 @@ function keyOfFile (relative: string): string | undefined {
 export class LocalBlobStore implements BlobStore {
   readonly kind = 'local'
   readonly root: string
+  readonly location: string
   /** Files this process flushed, by path: the inode and change time they had then. */
   private readonly flushed = new Map<string, string>()
 
   constructor (root: string) {
     this.root = path.resolve(root)
+    this.location = this.root
   }
 
   /**
@@ -157,18 +157,22 @@ export class LocalBlobStore implements BlobStore {
     await Promise.all([target, mustResolveUnder(this.root, key)].map(async (p) => { await fsp.rm(p, { force: true }) }))
   }
 
-  async * keys (): AsyncIterable<string> {
-    let entries: Array<{ name: string, parentPath: string, isFile: () => boolean }>
+  async * list (): AsyncIterable<ListedFile> {
+    let dir: fs.Dir
     try {
-      entries = await fsp.readdir(this.root, { recursive: true, withFileTypes: true })
+      dir = await fsp.opendir(this.root, { recursive: true })
     } catch {
       return
     }
-    for (const e of entries) {
+    for await (const e of dir) {
       if (!e.isFile() || e.name.startsWith('.')) continue
-      const relative = path.relative(this.root, path.join(e.parentPath, e.name)).split(path.sep).join('/')
+      const p = path.join(e.parentPath, e.name)
+      const st = await fsp.lstat(p).catch(() => undefined)
+      // Deleted since the folder was read.
+      if (st === undefined) continue
+      const relative = path.relative(this.root, p).split(path.sep).join('/')
       // A file of the current layout by its key; one of the first layout (at its key), or any other, as it lies.
-      yield keyOfFile(relative) ?? relative
+      yield { key: keyOfFile(relative) ?? relative, modifiedMs: st.mtimeMs }
     }
   }
 

@@ -1,7 +1,7 @@
 import { DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3'
 import type { Readable } from 'node:stream'
 import type { StorageTarget } from '../config/index.js'
-import { IMMUTABLE, type BlobFile, type BlobStore, type StoredFile } from './blob-store.js'
+import { IMMUTABLE, type BlobFile, type BlobStore, type ListedFile, type StoredFile } from './blob-store.js'
 
 type S3Target = Extract<StorageTarget, { kind: 's3' }>
 
@@ -17,8 +17,10 @@ function statusOf (err: unknown): number | undefined {
 export class S3BlobStore implements BlobStore {
   readonly kind = 's3'
   readonly client: S3Client
+  readonly location: string
 
   constructor (private readonly target: S3Target) {
+    this.location = `s3://${target.bucket}/${target.prefix}`
     this.client = new S3Client({
       region: target.region,
       endpoint: target.endpoint,
@@ -66,12 +68,14 @@ export class S3BlobStore implements BlobStore {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }), { abortSignal: signal })
   }
 
-  async * keys (): AsyncIterable<string> {
+  async * list (): AsyncIterable<ListedFile> {
     const prefix = this.target.prefix === '' ? '' : `${this.target.prefix}/`
     let token: string | undefined
     do {
       const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.target.bucket, Prefix: prefix, ContinuationToken: token }))
-      for (const o of page.Contents ?? []) if (o.Key !== undefined) yield o.Key.slice(prefix.length)
+      for (const o of page.Contents ?? []) {
+        if (o.Key !== undefined) yield { key: o.Key.slice(prefix.length), modifiedMs: o.LastModified?.getTime() ?? 0 }
+      }
       token = page.IsTruncated === true ? page.NextContinuationToken : undefined
     } while (token !== undefined)
   }

@@ -110,7 +110,7 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
     services,
     storedFiles: async () => {
       const keys: string[] = []
-      for await (const key of services.store.keys()) keys.push(key)
+      for await (const { key } of services.store.list()) keys.push(key)
       return keys.sort()
     },
     // `/agents...` is short for the API path; anything else is used as given.

@@ -21,3 +21,30 @@ export async function findAvatarsByIds (db: DbOrTrx, ids: readonly string[]): Pr
 export async function findAvatar (db: DbOrTrx, id: string): Promise<AvatarRow | undefined> {
   return await db.selectFrom('avatars').selectAll().where('id', '=', id).executeTakeFirst()
 }
+
+/** Content avatars refer to: an image's hash and extension, how many avatars, and when the first was made. */
+export interface AvatarContent {
+  sha256: string
+  ext: string
+  avatars: number
+  first_created_at: number
+}
+
+/** A page of the content avatars refer to, each once, in hash order after `after` (keyset, like list pages). */
+export async function avatarContentPage (db: DbOrTrx, after: { sha256: string, ext: string } | undefined, limit: number): Promise<AvatarContent[]> {
+  let q = db.selectFrom('avatars')
+    .select((eb) => ['sha256', 'ext', eb.fn.countAll<number>().as('avatars'), eb.fn.min<number>('created_at').as('first_created_at')])
+    .groupBy(['sha256', 'ext'])
+    .orderBy('sha256').orderBy('ext')
+    .limit(limit)
+  if (after !== undefined) q = q.where((eb) => eb(eb.refTuple('sha256', 'ext'), '>', eb.tuple(after.sha256, after.ext)))
+  const rows = await q.execute()
+  return rows.map((r) => ({ ...r, avatars: Number(r.avatars), first_created_at: Number(r.first_created_at) }))
+}
+
+/** Of these hashes (500 at most: SQLite's parameter limit), those some avatar refers to. */
+export async function referencedHashes (db: DbOrTrx, hashes: readonly string[]): Promise<Set<string>> {
+  if (hashes.length === 0) return new Set()
+  const rows = await db.selectFrom('avatars').select('sha256').distinct().where('sha256', 'in', hashes).execute()
+  return new Set(rows.map((r) => r.sha256))
+}

@@ -73,3 +73,24 @@ export async function unscheduleBlobGc (trx: DbOrTrx, sha256: string, ext: strin
 export async function purgeBlobClaims (db: DbOrTrx, olderThan: number): Promise<void> {
   await db.deleteFrom('blob_claims').where('claimed_at', '<', olderThan).where('deleting_until', '=', 0).execute()
 }
+
+/**
+ * Of these hashes (500 at most), those the collector knows: on its schedule, or claimed with their
+ * files perhaps being deleted now.
+ */
+export async function knownToCollector (db: DbOrTrx, hashes: readonly string[]): Promise<Set<string>> {
+  if (hashes.length === 0) return new Set()
+  const [scheduled, claimed] = await Promise.all([
+    db.selectFrom('blob_gc').select('sha256').where('sha256', 'in', hashes).execute(),
+    db.selectFrom('blob_claims').select('sha256').where('sha256', 'in', hashes).where('deleting_until', '>', 0).execute()
+  ])
+  return new Set([...scheduled, ...claimed].map((r) => r.sha256))
+}
+
+/** Puts content on the collector's schedule unless it is there already (then its time is left as it is). */
+export async function scheduleBlobGcIfAbsent (db: DbOrTrx, items: ReadonlyArray<{ sha256: string, ext: string }>, eligibleAt: number): Promise<void> {
+  if (items.length === 0) return
+  await db.insertInto('blob_gc').values(items.map(({ sha256, ext }) => ({ sha256, ext, eligible_at: eligibleAt })))
+    .onConflict((oc) => oc.columns(['sha256', 'ext']).doNothing())
+    .execute()
+}

@@ -1,0 +1,170 @@
+import type { Db, Transact } from '../db/index.js'
+import { avatarContentPage, referencedHashes } from '../db/repositories/avatars.js'
+import { knownToCollector, scheduleBlobGcIfAbsent } from '../db/repositories/blob-gc.js'
+import { avatarKeys, contentPath, parseAvatarKey, type BlobStore, type Variant } from '../storage/blob-store.js'
+
+/** Which of an image's three files a listing found, one bit each. */
+const BIT: Record<Variant | 'original', number> = { original: 1, '120x120': 2, '520x400': 4 }
+const WHOLE = 7
+
+/** Rows per query (the default page size): well under SQLite's parameter limit. */
+const BATCH = 500
+
+/** Examples kept of each finding: enough to act on, bounded however large the store. */
+const EXAMPLES = 20
+
+/** An image in the store: its content address and the path the API gives it (`info.path`). */
+export interface StoredImageRef {
+  sha256: string
+  ext: string
+  path: string
+}
+
+export interface FileInventory {
+  /** Where the files are (BlobStore.location). */
+  location: string
+  /** Files in the store, and the images they hold (an original and its two variants each). */
+  files: number
+  images: number
+  /** Images avatars refer to whose three files are all there. */
+  whole: number
+  /** Images avatars refer to with files missing: those avatars' URLs answer 404. */
+  incomplete: { count: number, examples: Array<StoredImageRef & { avatars: number, missing: string[] }> }
+  /** Images nothing refers to that the file collector has on its schedule, or is deleting now. */
+  collecting: number
+  /** Images written too recently to judge: a file younger than the grace, or an avatar made while this ran. */
+  recent: number
+  /** Images nothing refers to and nothing will delete: left by writes that never finished. */
+  leftovers: { files: number, images: StoredImageRef[] }
+  /** Files that are not avatar files at all; never touched. */
+  other: { count: number, examples: string[] }
+}
+
+interface Found {
+  bits: number
+  files: number
+  newestMs: number
+}
+
+/**
+ * Compares the avatar store with the avatar records: which images are whole, which avatars lost
+ * files, and which files nothing refers to or will delete. A process that stops between storing an
+ * image's files and committing the row that refers to them (a crash, a kill -9) leaves files that no
+ * row names and that the file collector never hears of; this is how they are found.
+ *
+ * Reads the whole listing, then the records in pages; holds one small entry per image in memory
+ * (~200 bytes). Running servers go on as usual meanwhile: what changes during the run is judged
+ * "recent", not wrong.
+ */
+export async function takeInventory (
+  db: Db, store: BlobStore, options: { nowMs: number, recentMs: number, pageSize?: number }
+): Promise<FileInventory> {
+  const { nowMs, recentMs, pageSize = BATCH } = options
+  const found = new Map<string, Found>()
+  const inventory: FileInventory = {
+    location: store.location,
+    files: 0,
+    images: 0,
+    whole: 0,
+    incomplete: { count: 0, examples: [] },
+    collecting: 0,
+    recent: 0,
+    leftovers: { files: 0, images: [] },
+    other: { count: 0, examples: [] }
+  }
+
+  for await (const { key, modifiedMs } of store.list()) {
+    inventory.files++
+    const parts = parseAvatarKey(key)
+    if (parts === undefined) {
+      inventory.other.count++
+      if (inventory.other.examples.length < EXAMPLES) inventory.other.examples.push(key)
+      continue
+    }
+    const id = imageId(parts.sha256, parts.ext)
+    let f = found.get(id)
+    if (f === undefined) {
+      f = { bits: 0, files: 0, newestMs: 0 }
+      found.set(id, f)
+    }
+    f.bits |= BIT[parts.variant ?? 'original']
+    f.files++
+    f.newestMs = Math.max(f.newestMs, modifiedMs)
+  }
+  inventory.images = found.size
+
+  // Every image avatars refer to, against what the listing found.
+  let after: { sha256: string, ext: string } | undefined
+  for (;;) {
+    const page = await avatarContentPage(db, after, pageSize)
+    for (const content of page) {
+      const id = imageId(content.sha256, content.ext)
+      const f = found.get(id)
+      found.delete(id)
+      if (f?.bits === WHOLE) inventory.whole++
+      // Its first avatar was made after the listing began (1 s: created_at is in whole seconds).
+      else if (content.first_created_at * 1000 >= nowMs - 1000) inventory.recent++
+      else {
+        inventory.incomplete.count++
+        if (inventory.incomplete.examples.length < EXAMPLES) {
+          const path = contentPath(content.sha256, content.ext)
+          const keys = avatarKeys(path)
+          const missing = (['original', '120x120', '520x400'] as const).filter((k) => ((f?.bits ?? 0) & BIT[k]) === 0).map((k) => keys[k])
+          inventory.incomplete.examples.push({ sha256: content.sha256, ext: content.ext, path, avatars: content.avatars, missing })
+        }
+      }
+    }
+    const last = page[page.length - 1]
+    if (last === undefined || page.length < pageSize) break
+    after = last
+  }
+
+  // What is left no avatar referred to when its page was read: asked again (one may have been made
+  // since), and of the collector.
+  const rest = [...found]
+  for (let i = 0; i < rest.length; i += pageSize) {
+    const batch = rest.slice(i, i + pageSize).map(([id, f]) => ({ ...imageOf(id), f }))
+    const hashes = batch.map((b) => b.sha256)
+    const [referenced, known] = await Promise.all([referencedHashes(db, hashes), knownToCollector(db, hashes)])
+    for (const { sha256, ext, f } of batch) {
+      if (referenced.has(sha256)) inventory.recent++
+      else if (known.has(sha256)) inventory.collecting++
+      else if (nowMs - f.newestMs < recentMs) inventory.recent++
+      else {
+        inventory.leftovers.images.push({ sha256, ext, path: contentPath(sha256, ext) })
+        inventory.leftovers.files += f.files
+      }
+    }
+  }
+  return inventory
+}
+
+/**
+ * Hands leftover images to the file collector: each goes on its schedule, to be deleted at
+ * eligibleAt (unix seconds) unless an avatar refers to it by then, exactly as an image whose last
+ * avatar went. Not sooner: a write storing the same image may be on its way, and the collector's
+ * claim is what it relies on (see AgentService.maintain). Images an avatar refers to by now, or
+ * already scheduled, are left as they are. Returns how many were scheduled.
+ */
+export async function scheduleLeftovers (transact: Transact, images: readonly StoredImageRef[], eligibleAt: number): Promise<number> {
+  let scheduled = 0
+  for (let i = 0; i < images.length; i += BATCH) {
+    const batch = images.slice(i, i + BATCH)
+    scheduled += await transact(async (trx) => {
+      const referenced = await referencedHashes(trx, batch.map((b) => b.sha256))
+      const unreferenced = batch.filter((b) => !referenced.has(b.sha256))
+      await scheduleBlobGcIfAbsent(trx, unreferenced, eligibleAt)
+      return unreferenced.length
+    })
+  }
+  return scheduled
+}
+
+function imageId (sha256: string, ext: string): string {
+  return `${sha256}.${ext}`
+}
+
+function imageOf (id: string): { sha256: string, ext: string } {
+  const dot = id.indexOf('.')
+  return { sha256: id.slice(0, dot), ext: id.slice(dot + 1) }
+}

@@ -1,0 +1,167 @@
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
+import pg from 'pg'
+import { COLLECT_AT_ONCE, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
+import { makeImages, startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { killAll, ROOT, runCli, startServe, until } from './helpers/process.js'
+import { takeInventory } from '../src/avatars/inventory.js'
+import { avatarKeys, contentPath } from '../src/storage/blob-store.js'
+
+/**
+ * Holds the database's write lock (SQLite) or a lock on the avatars table that inserts wait for
+ * (PostgreSQL) until release() is called: a write then stores its files and waits for its row.
+ */
+async function holdWrites (srv: TestServer): Promise<{ release: () => Promise<void> }> {
+  const url = srv.sharedEnv.DATABASE_URL
+  if (url === undefined) {
+    const db = new SQLite(path.join(srv.dataDir, 'agentry.db'))
+    db.exec('BEGIN IMMEDIATE')
+    return { release: async () => { db.exec('ROLLBACK'); db.close() } }
+  }
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  await client.query('BEGIN')
+  await client.query('LOCK TABLE avatars IN SHARE MODE')
+  return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
+}
+
+// `agentry files check` and `agentry files sweep`, run as an operator runs them, against the stores
+// of a running server: on the embedded defaults, and on PostgreSQL + S3 in that leg of the matrix.
+describe('agentry files check / sweep', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  const files = (env: Record<string, string> = {}) => async (sub: string) => await runCli(['files', sub], { ...srv.sharedEnv, ...env }, 30_000)
+  const check = files()
+  before(async () => {
+    execFileSync(process.execPath, ['scripts/ensure-build.mjs'], { cwd: ROOT, stdio: 'inherit', timeout: 120_000 })
+    fx = await startFixtureServer()
+    // No upkeep on this one: on SQLite a write waiting for the lock held below would block this
+    // process (better-sqlite3 waits synchronously). Another server collects files when it is time.
+    srv = await startTestServer({ ...COLLECT_AT_ONCE, MAINTENANCE_INTERVAL_MS: '3600000' })
+  })
+  after(async () => {
+    killAll()
+    await srv.close()
+    await fx.close()
+  })
+
+  it('finds the files of a write killed before its row, hands them to the collector, and reports avatars whose files are missing', async () => {
+    const a = await srv.call('POST', '/agents', { serviceUserId: 'files-a', name: 'A', avatar: `${fx.url}/photo.png` })
+    const b = await srv.call('POST', '/agents', { serviceUserId: 'files-b', name: 'B', avatar: `${fx.url}/photo.webp` })
+    assert.equal(a.status, 200)
+    assert.equal(b.status, 200)
+    const clean = await check('check')
+    assert.equal(clean.code, 0, clean.stdout + clean.stderr)
+    assert.match(clean.stdout, /: 6 files, 2 images\./)
+    assert.match(clean.stdout, /2 images that avatars refer to, each with its three files/)
+    assert.match(clean.stdout, /No problems found/)
+
+    // A second server, killed (SIGKILL) once it has stored an avatar's files but before its row is
+    // written: the crash this command is for.
+    const victim = await startServe({ ...srv.sharedEnv, AVATAR_ALLOW_PRIVATE_NETWORKS: 'true', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const before = await srv.storedFiles()
+    const lock = await holdWrites(srv)
+    let leftover: string[]
+    try {
+      const post = fetch(`${victim.url}/api/external/v1/agents`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TEST_TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ serviceUserId: 'files-killed', name: 'Killed', avatar: `${fx.url}/anim.gif` })
+      }).then(() => 'answered', () => 'no answer')
+      leftover = await until('the killed write to store its files', async () => {
+        const now = (await srv.storedFiles()).filter((k) => !before.includes(k))
+        return now.length === 3 ? now : undefined
+      }, 10_000, 20)
+      victim.child.kill('SIGKILL')
+      await victim.exited()
+      assert.equal(await post, 'no answer')
+    } finally {
+      await lock.release()
+    }
+    const list = await srv.call('GET', '/agents')
+    assert.deepEqual(list.body.data.map((x: { serviceUserId: string }) => x.serviceUserId).sort(), ['files-a', 'files-b'], 'no row for the killed write')
+    const leftoverPath = `/${leftover.find((k) => !k.includes('x'))}`
+
+    // With the production grace, files that young may belong to a write on its way: not judged yet.
+    const young = await files({ AVATAR_GC_GRACE_SECONDS: '300' })('check')
+    assert.equal(young.code, 0, young.stdout + young.stderr)
+    assert.match(young.stdout, /1 image too recent to judge \(written in the last 300 seconds/)
+
+    // An avatar loses a file (a bucket restored from an old copy, a folder cleaned by hand).
+    const lost = `120x120${a.body.data.avatar.info.path as string}`
+    await srv.services.store.delete(lost)
+    let local = ''
+    if (srv.sharedEnv.STORAGE_URL === undefined) {
+      // And a file that is no avatar's, put there by someone else: reported, never touched.
+      local = path.join(srv.dataDir, 'avatars', 'README.txt')
+      fs.writeFileSync(local, 'not ours')
+    }
+
+    const found = await check('check')
+    assert.equal(found.code, 1, 'problems found: exit 1')
+    assert.match(found.stdout, /1 image that avatars refer to, each with its three files/)
+    assert.match(found.stdout, /1 image \(3 files\) that nothing refers to and nothing will delete/)
+    assert.ok(found.stdout.includes(`    ${leftoverPath}\n`), found.stdout)
+    assert.match(found.stdout, /agentry files sweep/)
+    assert.match(found.stdout, /1 image that avatars refer to with files missing/)
+    assert.ok(found.stdout.includes(`${a.body.data.avatar.info.path as string} (1 avatar): missing ${lost}`), found.stdout)
+    if (local !== '') assert.match(found.stdout, /1 file that is not an avatar file \(left alone\):\n {4}README\.txt/)
+
+    // Sweep: the leftovers go on the collector's schedule, and a running server deletes them.
+    const swept = await check('sweep')
+    assert.equal(swept.code, 1, 'an avatar still lacks a file: exit 1')
+    assert.match(swept.stdout, /Handed 1 image to the file collector/)
+    const collector = await startTestServer({ ...srv.sharedEnv, ...COLLECT_AT_ONCE })
+    try {
+      await until('the leftover files to be collected', async () => {
+        const now = await srv.storedFiles()
+        return leftover.every((k) => !now.includes(k)) ? true : undefined
+      }, 10_000, 100)
+    } finally {
+      await collector.close()
+    }
+    const stored = await srv.storedFiles()
+    for (const key of before.filter((k) => k !== lost)) assert.ok(stored.includes(key), `${key} is an avatar's: kept`)
+    if (local !== '') assert.equal(fs.readFileSync(local, 'utf8'), 'not ours')
+
+    // Setting the avatar again stores the missing file anew.
+    assert.equal((await srv.call('PUT', `/agents/${a.body.data.id as string}`, { avatar: `${fx.url}/photo.png` })).status, 200)
+    if (local !== '') fs.rmSync(local)
+    const fixed = await check('check')
+    assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr)
+    assert.match(fixed.stdout, /: 6 files, 2 images\./)
+    assert.match(fixed.stdout, /No problems found/)
+  })
+
+  it('pages through the avatar records and the leftovers (one image a page)', async () => {
+    // Four images (the two avatars of the test above may be there too), two of them referred to.
+    for (const [id, image] of [['page-1', 'photo.jpg'], ['page-2', 'rotated.jpg']]) {
+      assert.equal((await srv.call('POST', '/agents', { serviceUserId: id, name: id, avatar: `${fx.url}/${image as string}` })).status, 200)
+    }
+    const images = await makeImages()
+    for (const data of [images.tiny, images.gif]) {
+      const sha256 = createHash('sha256').update(data).digest('hex')
+      const ext = data === images.gif ? 'gif' : 'png'
+      const keys = avatarKeys(contentPath(sha256, ext))
+      // Files no row names, as a killed write leaves them.
+      await srv.services.store.putAll([keys.original, keys['120x120'], keys['520x400']].map((key) => ({ key, data, contentType: `image/${ext}` })))
+    }
+    const whole = await takeInventory(srv.services.database.db, srv.services.store, { nowMs: Date.now() + 1000, recentMs: 0 })
+    const paged = await takeInventory(srv.services.database.db, srv.services.store, { nowMs: Date.now() + 1000, recentMs: 0, pageSize: 1 })
+    assert.deepEqual(paged, whole)
+    assert.ok(whole.whole >= 2, `${whole.whole} whole`)
+    assert.equal(whole.whole + whole.leftovers.images.length + whole.incomplete.count + whole.collecting + whole.recent, whole.images)
+    assert.ok(whole.leftovers.images.length >= 2)
+  })
+
+  it('an unknown files subcommand is a usage error', async () => {
+    const r = await check('tidy')
+    assert.equal(r.code, 2)
+    assert.match(r.stderr, /unknown files subcommand "tidy"/)
+  })
+})
