@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
 import { startTestServer, type TestServer } from './helpers/server.js'
@@ -89,5 +89,19 @@ describe('GET /agents/:id, many at once', () => {
     assert.notEqual(second.headers.get('etag'), first.headers.get('etag'))
     await sql`update agents set name = ${target.name} where id = ${target.id}`.execute(srv.services.database.db)
     assert.deepEqual((await srv.call('GET', `/agents/${target.id}`)).body, first.body)
+  })
+
+  it('a GET after a list answers the same JSON as the list, with the ETag of that JSON; a list after a change by other means shows it', async () => {
+    const target = mine[7]!
+    const listed = await srv.call('GET', '/agents?limit=100')
+    const inList = listed.body.data.find((a: Agent) => a.id === target.id)
+    const one = await srv.call('GET', `/agents/${target.id}`)
+    assert.deepEqual(one.body.data, inList)
+    const etag = `"${createHash('sha256').update(JSON.stringify(one.body.data)).digest('base64url').slice(0, 32)}"`
+    assert.equal(one.headers.get('etag'), etag, 'the ETag is over the JSON answered')
+    await sql`update agents set name = ${'Listed, renamed by SQL'} where id = ${target.id}`.execute(srv.services.database.db)
+    const relisted = await srv.call('GET', '/agents?limit=100')
+    assert.equal(relisted.body.data.find((a: Agent) => a.id === target.id).name, 'Listed, renamed by SQL')
+    await sql`update agents set name = ${target.name} where id = ${target.id}`.execute(srv.services.database.db)
   })
 })

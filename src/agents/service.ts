@@ -50,15 +50,10 @@ export interface AgentServiceOptions {
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
   readCache?: AgentReadCache
   /**
-   * Without a read cache: how many agents' last JSON and ETag to keep, reused while a read finds
-   * their row exactly as it was (0: none).
+   * How many agents' last shown JSON to keep (with its ETag once a GET needed one), reused while a
+   * list, or a GET without a read cache, reads their row exactly as it was (0: none).
    */
-  representationsKept?: number
-  /**
-   * How many agents' JSON to keep for lists, reused while a list reads their row exactly as it was
-   * (0: none).
-   */
-  listItemsKept?: number
+  shownKept?: number
   /** Runs the hottest reads as prepared statements (DbHandle.prepared, PostgreSQL). */
   prepared?: DbHandle['prepared']
   /** Avatar records kept in memory at most (10,000 by default). */
@@ -99,6 +94,16 @@ function listFilter (query: Omit<ListQueryInput, 'limit' | 'cursor'>): AgentFilt
   }
 }
 
+/**
+ * An agent as last shown: its row as shown (presence applied), its JSON, and that JSON with its
+ * strong ETag once a GET has needed one (a list does not).
+ */
+interface Shown {
+  readonly row: AgentRow
+  readonly json: string
+  representation: AgentRepresentation | undefined
+}
+
 const representations = new WeakMap<Agent, AgentRepresentation>()
 
 /**
@@ -109,10 +114,14 @@ export function representationOf (agent: Agent): AgentRepresentation {
   let representation = representations.get(agent)
   if (representation === undefined) {
     const json = JSON.stringify(agent)
-    representation = { json, etag: `"${hash('sha256', json, 'base64url').slice(0, 32)}"` }
+    representation = { json, etag: etagOf(json) }
     representations.set(agent, representation)
   }
   return representation
+}
+
+function etagOf (json: string): string {
+  return `"${hash('sha256', json, 'base64url').slice(0, 32)}"`
 }
 
 /** A strong ETag over the agent's representation: equal JSON, equal tag. */
@@ -145,10 +154,8 @@ export class AgentService {
   private readonly transact: Transact
   private readonly batchedReads: BatchedAgentReads | undefined
   private readonly avatarRows = new Map<string, AvatarRow>()
-  /** Without a read cache: each agent's last representation, with the row (as shown) it was made of. */
-  private readonly lastShown = new Map<string, { row: AgentRow, representation: AgentRepresentation }>()
-  /** Each listed agent's JSON, with the row (as shown) it was made of. */
-  private readonly listed = new Map<string, { row: AgentRow, json: string }>()
+  /** Agents as last shown, by id: for lists, and for GETs without a read cache (see Shown). */
+  private readonly shown = new Map<string, Shown>()
   /**
    * Images whose content the file collector claimed while a write was making an avatar of it, with
    * until when the collector may be deleting the files (see maintain).
@@ -222,18 +229,24 @@ export class AgentService {
     const current = effective(stored, now)
     // No read cache (PostgreSQL): the row is read every time, but made into JSON and hashed for its
     // ETag only when it differs from the last one shown (field by field, whatever changed it).
-    const last = this.cache === undefined ? this.lastShown.get(stored.id) : undefined
-    if (last !== undefined && sameRow(last.row, current)) return last.representation
-    const representation = representationOf(await this.represent(current))
+    if (this.cache === undefined) {
+      const last = this.shown.get(stored.id)
+      if (last !== undefined && sameRow(last.row, current)) return (last.representation ??= { json: last.json, etag: etagOf(last.json) })
+    }
+    const avatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
+    const representation = representationOf(this.shape(current, avatar))
     if (ticket !== undefined) this.cache?.set(widgetId, key, { ...representation, row: stored }, cachedUntil(stored), ticket)
-    else this.rememberShown(current, representation)
+    else this.rememberShown(current, avatar, representation.json, representation)
     return representation
   }
 
-  private rememberShown (row: AgentRow, representation: AgentRepresentation): void {
-    const kept = this.options.representationsKept ?? 0
-    if (kept <= 0) return
-    setBounded(this.lastShown, row.id, { row, representation }, kept)
+  /**
+   * Keeps the agent as just shown (its row as shown, and the avatar record that row refers to), not
+   * when that record was gone (deleted by a write after the row was read).
+   */
+  private rememberShown (row: AgentRow, avatar: AvatarRow | undefined, json: string, representation: AgentRepresentation | undefined): void {
+    const kept = this.options.shownKept ?? 0
+    if (kept > 0 && (row.avatar_id === null || avatar !== undefined)) setBounded(this.shown, row.id, { row, json, representation }, kept)
   }
 
   /**
@@ -700,25 +713,24 @@ export class AgentService {
    */
   private async listItems (rows: AgentRow[]): Promise<string[]> {
     const now = this.now()
-    const kept = this.options.listItemsKept ?? 0
     const items: string[] = new Array<string>(rows.length)
     const made: number[] = []
-    const shown = rows.map((row, i) => {
+    const asShown = rows.map((row, i) => {
       const current = effective(row, now)
-      const known = this.listed.get(current.id)
+      const known = this.shown.get(current.id)
       if (known !== undefined && sameRow(known.row, current)) items[i] = known.json
       else made.push(i)
       return current
     })
     if (made.length === 0) return items
-    const avatars = await this.avatarsOf(made.map((i) => shown[i] as AgentRow))
+    const avatars = await this.avatarsOf(made.map((i) => asShown[i] as AgentRow))
     for (const i of made) {
-      const row = shown[i] as AgentRow
+      const row = asShown[i] as AgentRow
       const avatar = row.avatar_id === null ? undefined : avatars.get(row.avatar_id)
       const json = JSON.stringify(this.rawShape(row, avatar))
       items[i] = json
-      // Not kept when the avatar record was gone (deleted by a write after this row was read).
-      if (kept > 0 && (row.avatar_id === null || avatar !== undefined)) setBounded(this.listed, row.id, { row, json }, kept)
+      // Its ETag is made once a GET needs it.
+      this.rememberShown(row, avatar, json, undefined)
     }
     return items
   }
