@@ -94,7 +94,7 @@ export async function takeInventory (
   inventory.images = found.size
 
   // Every image avatars refer to, against what the listing found.
-  let after: { sha256: string, ext: string } | undefined
+  let after: string | undefined
   for (;;) {
     const page = await avatarContentPage(db, after, pageSize)
     for (const content of page) {
@@ -116,7 +116,7 @@ export async function takeInventory (
     }
     const last = page[page.length - 1]
     if (last === undefined || page.length < pageSize) break
-    after = last
+    after = last.sha256
   }
 
   // What is left no avatar referred to when its page was read: asked again (one may have been made

@@ -30,14 +30,18 @@ export interface AvatarContent {
   first_created_at: number
 }
 
-/** A page of the content avatars refer to, each once, in hash order after `after` (keyset, like list pages). */
-export async function avatarContentPage (db: DbOrTrx, after: { sha256: string, ext: string } | undefined, limit: number): Promise<AvatarContent[]> {
+/**
+ * A page of the content avatars refer to, each once, in hash order after `after` (keyset, like list
+ * pages). Grouped by the hash alone, the order of its index, so that a page reads only its own
+ * rows: an image's hash decides its extension (it is the hash of the stored bytes).
+ */
+export async function avatarContentPage (db: DbOrTrx, afterSha256: string | undefined, limit: number): Promise<AvatarContent[]> {
   let q = db.selectFrom('avatars')
-    .select((eb) => ['sha256', 'ext', eb.fn.countAll<number>().as('avatars'), eb.fn.min<number>('created_at').as('first_created_at')])
-    .groupBy(['sha256', 'ext'])
-    .orderBy('sha256').orderBy('ext')
+    .select((eb) => ['sha256', eb.fn.min<string>('ext').as('ext'), eb.fn.countAll<number>().as('avatars'), eb.fn.min<number>('created_at').as('first_created_at')])
+    .groupBy('sha256')
+    .orderBy('sha256')
     .limit(limit)
-  if (after !== undefined) q = q.where((eb) => eb(eb.refTuple('sha256', 'ext'), '>', eb.tuple(after.sha256, after.ext)))
+  if (afterSha256 !== undefined) q = q.where('sha256', '>', afterSha256)
   const rows = await q.execute()
   return rows.map((r) => ({ ...r, avatars: Number(r.avatars), first_created_at: Number(r.first_created_at) }))
 }
