@@ -1,11 +1,13 @@
 import { createPgDatabase as createTestDatabase } from '../../test/helpers/stores.js'
-import { createHash, randomBytes } from 'node:crypto'
+import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import pg from 'pg'
 import { Kysely, SqliteDialect } from 'kysely'
 import { findAgentQuery, findAgentsByIdsPreparable, listAgentsQuery } from '../../src/db/repositories/agents.js'
 import type { Database as DatabaseSchema } from '../../src/db/types.js'
+import { openDatabase } from '../../src/db/index.js'
+import { migrateToLatest } from '../../src/db/migrate.js'
 import { percentiles, type LatencyStats } from './load.js'
 
 /** The UUID-shaped id of seeded agent number g: md5('bench-g'), computed alike in Node and PostgreSQL. */
@@ -52,41 +54,55 @@ export interface BenchDb {
   /** Where seeded agent g sits in the list. */
   positionOf: (g: number) => Promise<Position>
   /**
-   * Times LIST_SQL (no `after`) or PAGE_SQL (the page after `after`) `iterations` times on a
-   * connection like the service's; milliseconds.
+   * LIST_SQL (no `after`) or PAGE_SQL (the page after `after`), ready to run once at a time on a
+   * connection like the service's, warmed up; close() when done.
    */
-  timeListQuery: (iterations: number, after?: Position) => Promise<LatencyStats>
+  listQueryRunner: (after?: Position) => Promise<QueryRunner>
   plans: (after: Position) => Promise<Plans>
   close: () => Promise<void>
 }
 
-/** Rounds timeListQuery splits its runs into, and the pause between two. */
+/** One query, run once per call; close() frees its connection. */
+export interface QueryRunner {
+  once: () => unknown
+  close: () => Promise<void>
+}
+
+/** Rounds timeListQueries splits its runs into, and the pause between two. */
 export const QUERY_ROUNDS = 5
 export const QUERY_ROUND_PAUSE_MS = 400
 
 /**
- * Runs once `iterations` times, in QUERY_ROUNDS rounds QUERY_ROUND_PAUSE_MS apart, and gives the
- * timings of the round with the lowest p50. On a shared 2-core VM one query's time is bimodal (the
- * same page measured 0.33 or 0.64-0.74 ms whatever the roster's size, for spells of a second or
- * more), and interference only ever adds: the quietest round is the query's own cost, which is what
- * the roster-size comparison is about.
+ * Runs each query `iterations` times, in QUERY_ROUNDS rounds QUERY_ROUND_PAUSE_MS apart, the
+ * queries taking turns within each round (in an order that alternates from round to round), and
+ * gives each query's timings from its round with the lowest p50; milliseconds. On a shared 2-core
+ * VM one query's time is bimodal (the same page measured 0.47 or 0.9-1.0 ms, whatever the roster's
+ * size, for spells of a second or more), and interference only ever adds: the quietest round is the
+ * query's own cost. Two queries compared (a page of a large roster and of a small one) are timed
+ * in the same rounds, so that a spell slows both alike rather than one of them.
  */
-async function quietestRound (iterations: number, once: () => unknown): Promise<LatencyStats> {
-  let best: LatencyStats | undefined
+export async function timeListQueries (iterations: number, runners: readonly QueryRunner[]): Promise<LatencyStats[]> {
+  const best: Array<LatencyStats | undefined> = runners.map(() => undefined)
   const perRound = Math.max(1, Math.ceil(iterations / QUERY_ROUNDS))
   for (let round = 0; round < QUERY_ROUNDS; round++) {
     if (round > 0) await new Promise((resolve) => setTimeout(resolve, QUERY_ROUND_PAUSE_MS))
-    const times = new Float64Array(perRound)
-    for (let i = 0; i < perRound; i++) {
-      const t = performance.now()
-      const pending = once()
-      if (pending instanceof Promise) await pending
-      times[i] = performance.now() - t
+    const order = runners.map((_, i) => i)
+    if (round % 2 === 1) order.reverse()
+    for (const i of order) {
+      const runner = runners[i] as QueryRunner
+      const times = new Float64Array(perRound)
+      for (let k = 0; k < perRound; k++) {
+        const t = performance.now()
+        const pending = runner.once()
+        if (pending instanceof Promise) await pending
+        times[k] = performance.now() - t
+      }
+      const stats = percentiles(times)
+      const sofar = best[i]
+      if (sofar === undefined || stats.p50 < sofar.p50) best[i] = stats
     }
-    const stats = percentiles(times)
-    if (best === undefined || stats.p50 < best.p50) best = stats
   }
-  return best as LatencyStats
+  return best as LatencyStats[]
 }
 
 const T0 = 1_700_000_000
@@ -139,19 +155,16 @@ export function openSqlite (file: string): BenchDb {
       if (row === undefined) throw new Error(`seeded agent ${g} is not in the database`)
       return { createdAt: row.created_at, seq: row.seq }
     },
-    timeListQuery: async (iterations, after) => {
+    listQueryRunner: async (after) => {
       // A fresh read-only connection with SQLite's default page cache, like the service's connection.
       const reader = new Database(file, { readonly: true })
-      try {
-        const stmt = reader.prepare(after === undefined ? LIST_SQL : PAGE_SQL)
-        const params = after === undefined ? [widgetId, PAGE_ROWS] : [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS]
-        for (let i = 0; i < 20; i++) stmt.all(...params)
-        return await quietestRound(iterations, () => {
-          if (stmt.all(...params).length === 0) throw new Error('list query returned no rows')
-        })
-      } finally {
-        reader.close()
+      const stmt = reader.prepare(after === undefined ? LIST_SQL : PAGE_SQL)
+      const params = after === undefined ? [widgetId, PAGE_ROWS] : [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS]
+      const once = () => {
+        if (stmt.all(...params).length === 0) throw new Error('list query returned no rows')
       }
+      for (let i = 0; i < 20; i++) once()
+      return { once, close: async () => { reader.close() } }
     },
     plans: async (after) => {
       const explain = (q: string, ...params: Array<string | number>) =>
@@ -201,15 +214,17 @@ export async function openPostgres (url: string): Promise<BenchDb> {
         if (row === undefined) throw new Error(`seeded agent ${g} is not in the database`)
         return { createdAt: Number(row.created_at), seq: Number(row.seq) }
       },
-      timeListQuery: async (iterations, after) => {
+      listQueryRunner: async (after) => {
         const name = `bench_list_${randomBytes(4).toString('hex')}`
         const q = after === undefined
           ? { name, text: pgList, values: [widgetId, PAGE_ROWS] }
           : { name, text: pgPage, values: [widgetId, after.createdAt, after.createdAt, after.seq, PAGE_ROWS] }
-        for (let i = 0; i < 20; i++) await client.query(q)
-        return await quietestRound(iterations, async () => {
+        const once = async () => {
           if ((await client.query(q)).rowCount === 0) throw new Error('list query returned no rows')
-        })
+        }
+        for (let i = 0; i < 20; i++) await once()
+        // The connection is the BenchDb's own, closed with it.
+        return { once, close: async () => {} }
       },
       plans: async (after) => {
         const explain = async (q: string, params: unknown[]) =>
@@ -235,4 +250,31 @@ export function sqliteFile (dataDir: string): string {
 /** A fresh database for one bench run (the test suite's helper, with a bench prefix). */
 export async function createPgDatabase (adminUrl: string): Promise<{ url: string, name: string, drop: () => Promise<void> }> {
   return await createTestDatabase(adminUrl, 'agentry_bench')
+}
+
+/**
+ * A database of its own, made as the service makes one (its migrations, a "default" widget) and
+ * seeded with `size` agents: the small roster whose list queries are timed beside a large one's.
+ * SQLite: a file in `dir`; PostgreSQL: a fresh database from `pgAdminUrl`, dropped by close().
+ */
+export async function openReferenceDb (dialect: BenchDb['dialect'], size: number, where: { dir: string, pgAdminUrl?: string }): Promise<BenchDb> {
+  const pgdb = dialect === 'postgres' ? await createPgDatabase(where.pgAdminUrl ?? '') : undefined
+  try {
+    const file = path.join(where.dir, 'reference.db')
+    const handle = await openDatabase(pgdb === undefined
+      ? { kind: 'sqlite', file }
+      : { kind: 'postgres', url: pgdb.url, poolSize: 1, statementTimeoutMs: 0 })
+    try {
+      await migrateToLatest(handle.db, handle.dialect)
+      await handle.db.insertInto('widgets').values({ id: randomUUID(), name: 'default', created_at: T0 }).execute()
+    } finally {
+      await handle.close()
+    }
+    const db = pgdb === undefined ? openSqlite(file) : await openPostgres(pgdb.url)
+    await db.seedTo(size)
+    return { ...db, close: async () => { await db.close(); await pgdb?.drop() } }
+  } catch (err) {
+    await pgdb?.drop()
+    throw err
+  }
 }
