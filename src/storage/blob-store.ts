@@ -77,11 +77,11 @@ export function avatarKeys (path: string): { original: string } & Record<Variant
   }
 }
 
-/** Matches the shape of the keys avatarKeys() produces; anything else is never served. */
-export const AVATAR_KEY_PATTERN = /^(?:(?:120x120|520x400)\/)?[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{2}\/[0-9a-f]{64}\.(?:jpeg|png|webp|gif)$/
-
-/** AVATAR_KEY_PATTERN, its parts captured: the variant, the three folders, the hash, the extension. */
-const KEY_PARTS = /^(?:(120x120|520x400)\/)?([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
+/**
+ * Matches the shape of the keys avatarKeys() produces (anything else is never served), its parts
+ * captured: the variant, the three folders, the hash, the extension.
+ */
+export const AVATAR_KEY_PATTERN = /^(?:(120x120|520x400)\/)?([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
 
 /** An avatar key's parts: whose content it holds, and which file of it (no variant: the original). */
 export interface AvatarKeyParts {
@@ -92,7 +92,7 @@ export interface AvatarKeyParts {
 
 /** The parts of a key avatarKeys() can produce (its folders those of its hash); undefined for any other. */
 export function parseAvatarKey (key: string): AvatarKeyParts | undefined {
-  const m = KEY_PARTS.exec(key)
+  const m = AVATAR_KEY_PATTERN.exec(key)
   if (m === null) return undefined
   const [, variant, x, y, z, sha256, ext] = m as unknown as [string, Variant | undefined, string, string, string, string, string]
   return sha256.startsWith(x + y + z) ? { sha256, ext, variant } : undefined
