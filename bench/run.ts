@@ -598,7 +598,7 @@ async function runScaling (leg: Leg): Promise<void> {
     db = leg === 'sqlite' ? openSqlite(sqliteFile(svc.dataDir)) : await openPostgres(svc.databaseUrl ?? '')
     // The smallest roster again, in a database of its own: each size's queries are timed beside its
     // (see timeListQueries), so that the comparison does not hang on the host's spells.
-    const refSize = T.sizes[0] ?? 1000
+    const refSize = referenceSize()
     ref = await openReferenceDb(leg, refSize, { dir: tempDir('agentry-bench-reference-'), pgAdminUrl: PG_ADMIN_URL })
     const refMiddle = await ref.positionOf(Math.ceil(refSize / 2))
     const auth = { authorization: `Bearer ${svc.token}` }
@@ -648,6 +648,9 @@ async function runScaling (leg: Leg): Promise<void> {
     await svc.stop()
   }
 }
+
+/** Agents in the reference roster: the smallest size measured. */
+const referenceSize = (): number => T.sizes[0] ?? 1000
 
 /** A list query on `db` and the same on the reference roster, timed in the same rounds: [db's, ref's]. */
 async function timeBeside (db: BenchDb, after: Position | undefined, ref: BenchDb, refAfter: Position | undefined): Promise<[LatencyStats, LatencyStats]> {
@@ -967,7 +970,7 @@ function scenarioRows (): { header: string[], rows: string[][], align: Array<'l'
 function scalingRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
   return {
     header: ['store', 'agents', 'seeded in s', 'GET /:id p50', 'GET /:id p99', '?limit=100 p50', '?limit=100 p99', 'cursor=middle p50', 'cursor=middle p99',
-      `query: first 100 p50 (${(T.sizes[0] ?? 1000).toLocaleString('en-US')} agents beside)`, `query: after middle p50 (${(T.sizes[0] ?? 1000).toLocaleString('en-US')} agents beside)`, 'service RSS MB'],
+      `query: first 100 p50 (${referenceSize().toLocaleString('en-US')} agents beside)`, `query: after middle p50 (${referenceSize().toLocaleString('en-US')} agents beside)`, 'service RSS MB'],
     align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
     rows: scaling.map((s) => [
       s.leg,
@@ -1061,7 +1064,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       `A service with its read cache off (\`AGENT_CACHE_ENTRIES=0\`, and with it the JSON kept for lists), so that every GET reads the database and every list makes its JSON: at 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
       `The queries alone were timed on the database directly, ${T.listIterations} times each, in ${QUERY_ROUNDS} rounds ${QUERY_ROUND_PAUSE_MS} ms apart; the round with the lowest p50 is shown (interference on a shared VM only adds). ` +
-      `In each round the same queries ran by turns on a database of its own holding ${(T.sizes[0] ?? 1000).toLocaleString('en-US')} agents (in brackets), so that the largest roster's queries are judged against the smallest's measured in the same seconds: this host's spells of slower queries last longer than a round.`, '', mdTable(sc.header, sc.rows, sc.align))
+      `In each round the same queries ran by turns on a database of its own holding ${referenceSize().toLocaleString('en-US')} agents (in brackets), so that the largest roster's queries are judged against the smallest's measured in the same seconds: this host's spells of slower queries last longer than a round.`, '', mdTable(sc.header, sc.rows, sc.align))
     const wl = wholeListRows()
     out.push('', 'The whole list, `GET /agents` without `limit` or `cursor` (the seed\'s call), on the same rosters (seeded agents have no avatar: ' +
       '~190 bytes of JSON each), read as it arrived, with `GET /agents/:id` asked at 1 connection, one after the other, meanwhile:', '', mdTable(wl.header, wl.rows, wl.align))

@@ -158,22 +158,26 @@ export class LocalBlobStore implements BlobStore {
   }
 
   async * list (): AsyncIterable<ListedFile> {
+    for await (const { file, name } of this.filesUnderRoot()) {
+      if (name.startsWith('.')) continue
+      const st = await fsp.lstat(file).catch(() => undefined)
+      // Deleted since the folder was read.
+      if (st === undefined) continue
+      const relative = path.relative(this.root, file).split(path.sep).join('/')
+      // A file of the current layout by its key; one of the first layout (at its key), or any other, as it lies.
+      yield { key: keyOfFile(relative) ?? relative, modifiedMs: st.mtimeMs }
+    }
+  }
+
+  /** Every file under the root, dot-named ones too, read as it goes (none when there is no root). */
+  private async * filesUnderRoot (): AsyncIterable<{ file: string, name: string }> {
     let dir: fs.Dir
     try {
       dir = await fsp.opendir(this.root, { recursive: true })
     } catch {
       return
     }
-    for await (const e of dir) {
-      if (!e.isFile() || e.name.startsWith('.')) continue
-      const p = path.join(e.parentPath, e.name)
-      const st = await fsp.lstat(p).catch(() => undefined)
-      // Deleted since the folder was read.
-      if (st === undefined) continue
-      const relative = path.relative(this.root, p).split(path.sep).join('/')
-      // A file of the current layout by its key; one of the first layout (at its key), or any other, as it lies.
-      yield { key: keyOfFile(relative) ?? relative, modifiedMs: st.mtimeMs }
-    }
+    for await (const e of dir) if (e.isFile()) yield { file: path.join(e.parentPath, e.name), name: e.name }
   }
 
   /**
@@ -186,18 +190,11 @@ export class LocalBlobStore implements BlobStore {
   async sweepLeftovers (olderThanMs: number): Promise<number> {
     const before = Date.now() - olderThanMs
     let removed = 0
-    let dir: fs.Dir
-    try {
-      dir = await fsp.opendir(this.root, { recursive: true })
-    } catch {
-      return 0
-    }
-    for await (const e of dir) {
-      if (!e.isFile() || !TEMP_NAME.test(e.name)) continue
-      const p = path.join(e.parentPath, e.name)
-      const st = await fsp.lstat(p).catch(() => undefined)
+    for await (const { file, name } of this.filesUnderRoot()) {
+      if (!TEMP_NAME.test(name)) continue
+      const st = await fsp.lstat(file).catch(() => undefined)
       if (st === undefined || st.mtimeMs >= before) continue
-      await fsp.rm(p, { force: true })
+      await fsp.rm(file, { force: true })
       removed++
     }
     return removed
