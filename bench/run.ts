@@ -19,10 +19,10 @@ import pg from 'pg'
 import { encodeCursor } from '../src/agents/cursor.js'
 import sharp from 'sharp'
 import { processAvatar } from '../src/avatars/process.js'
-import { createPgDatabase, openPostgres, openReferenceDb, openSqlite, seededId, sqliteFile, timeListQueries, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, QUERY_ROUNDS, QUERY_ROUND_PAUSE_MS, type BenchDb, type Plans, type Position } from './lib/db.js'
+import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, timeListQueries, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, QUERY_ROUNDS, QUERY_ROUND_PAUSE_MS, type BenchDb, type Plans, type Position } from './lib/db.js'
 import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
 import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
-import { percentiles, runLoad, type LatencyStats, type LoadResult } from './lib/load.js'
+import { percentiles, runLoad, timeByTurns, type LatencyStats, type LoadResult } from './lib/load.js'
 import { freePort, installCleanupHooks, killAllChildren, onInterrupt, readMachineBusySeconds, readMem, removeTempDirs, sampleMemory, sleep, spawnNode, tempDir, waitReady, wasInterrupted, type MemPeak, type Proc } from './lib/procs.js'
 import { lineChart } from './lib/svg.js'
 import { flameGraph } from './lib/flame.js'
@@ -80,8 +80,8 @@ const want = (part: string) => ONLY === undefined || ONLY.includes(part)
 const PG_ADMIN_URL = process.env.BENCH_DATABASE_URL !== undefined && process.env.BENCH_DATABASE_URL !== '' ? process.env.BENCH_DATABASE_URL : undefined
 
 const T = QUICK
-  ? { seconds: 0.6, warmup: 0.15, scalingSeconds: 0.5, scalingWarmup: 0.1, sharpSeconds: 0.4, images: 400, sizes: [1_000, 10_000], listIterations: 50 }
-  : { seconds: 6, warmup: 1, scalingSeconds: 4, scalingWarmup: 0.5, sharpSeconds: 3, images: 1500, sizes: [1_000, 10_000, 100_000, 1_000_000], listIterations: 300 }
+  ? { seconds: 0.6, warmup: 0.15, scalingSeconds: 0.5, scalingWarmup: 0.1, besideSeconds: 0.5, sharpSeconds: 0.4, images: 400, sizes: [1_000, 10_000], listIterations: 50 }
+  : { seconds: 6, warmup: 1, scalingSeconds: 4, scalingWarmup: 0.5, besideSeconds: 3, sharpSeconds: 3, images: 1500, sizes: [1_000, 10_000, 100_000, 1_000_000], listIterations: 300 }
 const CONNECTIONS = 10
 const SEED_AGENTS = 100
 // Quick and partial (--only) runs keep their own folders, so they never overwrite a full run's figures.
@@ -114,16 +114,25 @@ interface ScalingRecord {
   firstPage: LoadResult
   /** GET /agents?limit=100&cursor=<the middle of the roster> */
   middlePage: LoadResult
+  /** The same three over HTTP, each timed by turns with a service of the reference roster's size. */
+  beside: HttpBeside
   /** LIST_SQL, timed on the database directly. */
   listQuery: LatencyStats
   /** PAGE_SQL after the middle of the roster, timed on the database directly. */
   pageQuery: LatencyStats
-  /** The same two on the reference roster (T.sizes[0] agents, a database of its own), timed in the same rounds. */
+  /** The same two on the reference roster (T.sizes[0] agents, the reference service's database), timed in the same rounds. */
   listQueryRef: LatencyStats
   pageQueryRef: LatencyStats
   plans: Plans
   /** GET /agents without limit: the whole roster, with GET /agents/:id asked meanwhile. */
   wholeList: WholeList
+}
+
+/** [this roster's p50s, the reference roster's], from requests by turns (timeByTurns). */
+interface HttpBeside {
+  getById: [LatencyStats, LatencyStats]
+  firstPage: [LatencyStats, LatencyStats]
+  middlePage: [LatencyStats, LatencyStats]
 }
 
 interface WholeList {
@@ -594,13 +603,23 @@ async function runScaling (leg: Leg): Promise<void> {
   const svc = await startService(leg, { AGENT_CACHE_ENTRIES: '0' })
   let db: BenchDb | undefined
   let ref: BenchDb | undefined
+  let refSvc: Service | undefined
   try {
     db = leg === 'sqlite' ? openSqlite(sqliteFile(svc.dataDir)) : await openPostgres(svc.databaseUrl ?? '')
-    // The smallest roster again, in a database of its own: each size's queries are timed beside its
-    // (see timeListQueries), so that the comparison does not hang on the host's spells.
+    // The smallest roster again, in a service and database of its own: each size is timed by turns
+    // with it, over HTTP and on the database (timeByTurns, timeListQueries), so that a comparison of
+    // sizes does not hang on the host's spells of slower work, which last seconds.
     const refSize = referenceSize()
-    ref = await openReferenceDb(leg, refSize, { dir: tempDir('agentry-bench-reference-'), pgAdminUrl: PG_ADMIN_URL })
+    refSvc = await startService(leg, { AGENT_CACHE_ENTRIES: '0' })
+    ref = leg === 'sqlite' ? openSqlite(sqliteFile(refSvc.dataDir)) : await openPostgres(refSvc.databaseUrl ?? '')
+    await ref.seedTo(refSize)
     const refMiddle = await ref.positionOf(Math.ceil(refSize / 2))
+    // Warmed as the measured service is by its runs at each size (JIT, caches), or it would lose
+    // the first comparison by turns for want of it.
+    const refAuth = { authorization: `Bearer ${refSvc.token}` }
+    for (const p of [`${API}/agents/${seededId(1)}`, `${API}/agents?limit=100`, `${API}/agents?limit=100&cursor=${encodeCursor(refMiddle)}`]) {
+      checkClean(`${leg} warm-up of the reference service`, await runLoad({ url: `${refSvc.url}${p}`, connections: 1, seconds: T.scalingSeconds, warmupSeconds: 0, headers: refAuth }))
+    }
     const auth = { authorization: `Bearer ${svc.token}` }
     for (const size of T.sizes) {
       const seedSeconds = await db.seedTo(size)
@@ -620,16 +639,18 @@ async function runScaling (leg: Leg): Promise<void> {
       const middle = await db.positionOf(Math.ceil(size / 2))
       const middlePage = await measure({ ...one, url: `${svc.url}${API}/agents?limit=100&cursor=${encodeCursor(middle)}` })
       checkClean(`${leg} GET /agents?limit=100&cursor=(middle) at ${size} agents`, middlePage)
+      const beside = await timeHttpBeside(svc, size, middle, refSvc, refMiddle)
       const [listQuery, listQueryRef] = await timeBeside(db, undefined, ref, undefined)
       const [pageQuery, pageQueryRef] = await timeBeside(db, middle, ref, refMiddle)
       const plans = await db.plans(middle)
       const wholeList = await measureWholeList(svc, size)
       if (wholeList.agents !== size) loud(`${leg}: GET /agents gave ${fmt(wholeList.agents)} agents, not all ${fmt(size)}`)
-      scaling.push({ leg, agents: size, seedSeconds, getById, firstPage, middlePage, listQuery, pageQuery, listQueryRef, pageQueryRef, plans, wholeList })
+      scaling.push({ leg, agents: size, seedSeconds, getById, firstPage, middlePage, beside, listQuery, pageQuery, listQueryRef, pageQueryRef, plans, wholeList })
       log(`  ${leg.padEnd(8)} ${size.toLocaleString('en-US').padStart(9)} agents (seeded in ${seedSeconds.toFixed(1)} s), p50/p99 ms at 1 connection:` +
         ` GET /agents/:id ${ms(getById.latency.p50)}/${ms(getById.latency.p99)};` +
         ` ?limit=100 ${ms(firstPage.latency.p50)}/${ms(firstPage.latency.p99)};` +
         ` ?limit=100&cursor=middle ${ms(middlePage.latency.p50)}/${ms(middlePage.latency.p99)};` +
+        ` by turns with ${refSize.toLocaleString('en-US')} agents, p50s: ${[beside.getById, beside.firstPage, beside.middlePage].map(([m, r]) => `${ms(m.p50)} (${ms(r.p50)})`).join(', ')};` +
         ` queries alone: first 100 ${ms(listQuery.p50)}, after the middle ${ms(pageQuery.p50)}` +
         ` (${refSize.toLocaleString('en-US')} agents, same rounds: ${ms(listQueryRef.p50)}, ${ms(pageQueryRef.p50)});` +
         ` whole list ${fmt(wholeList.bytes / 1e6, 1)} MB, first byte ${ms(wholeList.firstByteMs)} ms, all in ${fmt(wholeList.totalMs / 1000, 2)} s,` +
@@ -645,12 +666,33 @@ async function runScaling (leg: Leg): Promise<void> {
   } finally {
     await ref?.close()
     await db?.close()
+    await refSvc?.stop()
     await svc.stop()
   }
 }
 
 /** Agents in the reference roster: the smallest size measured. */
 const referenceSize = (): number => T.sizes[0] ?? 1000
+
+/**
+ * GET /agents/:id (a random agent), the first page and the page after the middle, each timed by
+ * turns on `svc` (`size` agents) and on the reference service: p50s in the same seconds.
+ */
+async function timeHttpBeside (svc: Service, size: number, middle: Position, refSvc: Service, refMiddle: Position): Promise<HttpBeside> {
+  const refSize = referenceSize()
+  const pair = async (mine: () => string, theirs: () => string): Promise<[LatencyStats, LatencyStats]> => {
+    const [a, b] = await timeByTurns([
+      { url: svc.url, headers: { authorization: `Bearer ${svc.token}` }, path: mine },
+      { url: refSvc.url, headers: { authorization: `Bearer ${refSvc.token}` }, path: theirs }
+    ], T.besideSeconds, T.scalingWarmup)
+    return [a as LatencyStats, b as LatencyStats]
+  }
+  const randomAgent = (n: number) => () => `${API}/agents/${seededId(1 + Math.floor(Math.random() * n))}`
+  const getById = await pair(randomAgent(size), randomAgent(refSize))
+  const firstPage = await pair(() => `${API}/agents?limit=100`, () => `${API}/agents?limit=100`)
+  const middlePage = await pair(() => `${API}/agents?limit=100&cursor=${encodeCursor(middle)}`, () => `${API}/agents?limit=100&cursor=${encodeCursor(refMiddle)}`)
+  return { getById, firstPage, middlePage }
+}
 
 /** A list query on `db` and the same on the reference roster, timed in the same rounds: [db's, ref's]. */
 async function timeBeside (db: BenchDb, after: Position | undefined, ref: BenchDb, refAfter: Position | undefined): Promise<[LatencyStats, LatencyStats]> {
@@ -832,16 +874,21 @@ function evaluateTargets (legs: Leg[]): void {
     const large = sizes.at(-1)
     if (small !== undefined && large !== undefined && large !== small) {
       const range = `${small.agents.toLocaleString('en-US')} -> ${large.agents.toLocaleString('en-US')} agents`
-      const a = small.getById.latency.p50
-      const b = large.getById.latency.p50
-      targets.push({ leg, target: `GET /agents/:id latency flat, ${range}`, value: `p50 ${ms(a)} -> ${ms(b)} ms (${(b / a).toFixed(2)}x)`, pass: isFlat(a, b), detail: 'flat: within 1.5x, or within 0.1 ms' })
+      // Judged on the requests by turns: the largest roster's against the reference's, in the same
+      // seconds. The runs minutes apart (the curve) are shown beside.
+      const apart = (http: (r: ScalingRecord) => LoadResult) => `runs minutes apart ${ms(http(small).latency.p50)} -> ${ms(http(large).latency.p50)} ms`
+      const [getLarge, getRef] = large.beside.getById
+      const a = getRef.p50
+      const b = getLarge.p50
+      targets.push({ leg, target: `GET /agents/:id latency flat, ${range}`, value: `p50 by turns ${ms(a)} -> ${ms(b)} ms (${(b / a).toFixed(2)}x); ${apart((r) => r.getById)}`, pass: isFlat(a, b), detail: 'flat: within 1.5x, or within 0.1 ms' })
       const sortsOrScans = (plan: string[]) => plan.some((l) => (leg === 'sqlite' ? /TEMP B-TREE|^SCAN agents\b/ : /\bSort\b|Seq Scan/).test(l))
       for (const page of [
-        { label: 'list page (?limit=100)', http: (r: ScalingRecord) => r.firstPage, query: (r: ScalingRecord) => r.listQuery, ref: (r: ScalingRecord) => r.listQueryRef, plan: (r: ScalingRecord) => r.plans.list },
-        { label: 'list page after a cursor in the middle (?limit=100&cursor=...)', http: (r: ScalingRecord) => r.middlePage, query: (r: ScalingRecord) => r.pageQuery, ref: (r: ScalingRecord) => r.pageQueryRef, plan: (r: ScalingRecord) => r.plans.page }
+        { label: 'list page (?limit=100)', http: (r: ScalingRecord) => r.firstPage, beside: (r: ScalingRecord) => r.beside.firstPage, query: (r: ScalingRecord) => r.listQuery, ref: (r: ScalingRecord) => r.listQueryRef, plan: (r: ScalingRecord) => r.plans.list },
+        { label: 'list page after a cursor in the middle (?limit=100&cursor=...)', http: (r: ScalingRecord) => r.middlePage, beside: (r: ScalingRecord) => r.beside.middlePage, query: (r: ScalingRecord) => r.pageQuery, ref: (r: ScalingRecord) => r.pageQueryRef, plan: (r: ScalingRecord) => r.plans.page }
       ]) {
-        const ha = page.http(small).latency.p50
-        const hb = page.http(large).latency.p50
+        const [httpLarge, httpRef] = page.beside(large)
+        const ha = httpRef.p50
+        const hb = httpLarge.p50
         // The query alone: the largest roster's against the smallest's, timed in the same rounds.
         const qa = page.ref(large).p50
         const qb = page.query(large).p50
@@ -854,7 +901,7 @@ function evaluateTargets (legs: Leg[]): void {
         targets.push({
           leg,
           target: `${page.label} flat, ${range}`,
-          value: `HTTP p50 ${ms(ha)} -> ${ms(hb)} ms (${(hb / ha).toFixed(2)}x); query alone, timed side by side, p50 ${ms(qa)} -> ${ms(qb)} ms (${(qb / qa).toFixed(2)}x); plan: ${page.plan(large).join(' / ')}`,
+          value: `HTTP p50 by turns ${ms(ha)} -> ${ms(hb)} ms (${(hb / ha).toFixed(2)}x), ${apart(page.http)}; query alone, timed side by side, p50 ${ms(qa)} -> ${ms(qb)} ms (${(qb / qa).toFixed(2)}x); plan: ${page.plan(large).join(' / ')}`,
           pass: why === '',
           ...(why === '' ? {} : { detail: why })
         })
@@ -989,6 +1036,24 @@ function scalingRows (): { header: string[], rows: string[][], align: Array<'l' 
   }
 }
 
+function besideRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
+  const ref = referenceSize().toLocaleString('en-US')
+  return {
+    header: ['store', 'agents', `GET /:id p50 (${ref} agents by turns)`, `?limit=100 p50 (${ref} by turns)`, `cursor=middle p50 (${ref} by turns)`, 'GET /:id p99', '?limit=100 p99', 'cursor=middle p99'],
+    align: ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    rows: scaling.map(({ leg, agents, beside: b }) => [
+      leg,
+      agents.toLocaleString('en-US'),
+      `${ms(b.getById[0].p50)} (${ms(b.getById[1].p50)})`,
+      `${ms(b.firstPage[0].p50)} (${ms(b.firstPage[1].p50)})`,
+      `${ms(b.middlePage[0].p50)} (${ms(b.middlePage[1].p50)})`,
+      ms(b.getById[0].p99),
+      ms(b.firstPage[0].p99),
+      ms(b.middlePage[0].p99)
+    ])
+  }
+}
+
 function wholeListRows (): { header: string[], rows: string[][], align: Array<'l' | 'r'> } {
   return {
     header: ['store', 'agents', 'JSON MB', 'first byte ms', 'all in s', 'service peak RSS MB', 'GET /:id meanwhile', 'p50 ms', 'p99 ms', 'slowest ms'],
@@ -1065,6 +1130,11 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
       `The queries alone were timed on the database directly, ${T.listIterations} times each, in ${QUERY_ROUNDS} rounds ${QUERY_ROUND_PAUSE_MS} ms apart; the round with the lowest p50 is shown (interference on a shared VM only adds). ` +
       `In each round the same queries ran by turns on a database of its own holding ${referenceSize().toLocaleString('en-US')} agents (in brackets), so that the largest roster's queries are judged against the smallest's measured in the same seconds: this host's spells of slower queries last longer than a round.`, '', mdTable(sc.header, sc.rows, sc.align))
+    const bt = besideRows()
+    out.push('', `The same three requests again, each size by turns with a second service of its own holding ${referenceSize().toLocaleString('en-US')} agents (read cache off too): ` +
+      `a request to one, then to the other, one at a time over a kept-alive connection each, for ${T.besideSeconds} s (after a ${T.scalingWarmup} s warm-up), so that both meet the same seconds of the host. ` +
+      'The flatness targets are judged on these: the runs above are minutes apart, and a spell of slower work on this shared host, which lasts seconds, can fall on one size only. ' +
+      'Latencies in ms, from a plain `node:http` client (not autocannon), with the reference service\'s p50 in brackets:', '', mdTable(bt.header, bt.rows, bt.align))
     const wl = wholeListRows()
     out.push('', 'The whole list, `GET /agents` without `limit` or `cursor` (the seed\'s call), on the same rosters (seeded agents have no avatar: ' +
       '~190 bytes of JSON each), read as it arrived, with `GET /agents/:id` asked at 1 connection, one after the other, meanwhile:', '', mdTable(wl.header, wl.rows, wl.align))
@@ -1145,6 +1215,8 @@ async function main (): Promise<number> {
   if (scaling.length > 0) {
     const sc = scalingRows()
     log(`\n${table(sc.header, sc.rows, sc.align)}`)
+    const bt = besideRows()
+    log(`\nBy turns with a ${referenceSize().toLocaleString('en-US')}-agent service (its p50 in brackets):\n${table(bt.header, bt.rows, bt.align)}`)
     const wl = wholeListRows()
     log(`\n${table(wl.header, wl.rows, wl.align)}`)
   }

@@ -1,13 +1,11 @@
 import { createPgDatabase as createTestDatabase } from '../../test/helpers/stores.js'
-import { createHash, randomBytes, randomUUID } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import path from 'node:path'
 import Database from 'better-sqlite3'
 import pg from 'pg'
 import { Kysely, SqliteDialect } from 'kysely'
 import { findAgentQuery, findAgentsByIdsPreparable, listAgentsQuery } from '../../src/db/repositories/agents.js'
 import type { Database as DatabaseSchema } from '../../src/db/types.js'
-import { openDatabase } from '../../src/db/index.js'
-import { migrateToLatest } from '../../src/db/migrate.js'
 import { percentiles, type LatencyStats } from './load.js'
 
 /** The UUID-shaped id of seeded agent number g: md5('bench-g'), computed alike in Node and PostgreSQL. */
@@ -250,31 +248,4 @@ export function sqliteFile (dataDir: string): string {
 /** A fresh database for one bench run (the test suite's helper, with a bench prefix). */
 export async function createPgDatabase (adminUrl: string): Promise<{ url: string, name: string, drop: () => Promise<void> }> {
   return await createTestDatabase(adminUrl, 'agentry_bench')
-}
-
-/**
- * A database of its own, made as the service makes one (its migrations, a "default" widget) and
- * seeded with `size` agents: the small roster whose list queries are timed beside a large one's.
- * SQLite: a file in `dir`; PostgreSQL: a fresh database from `pgAdminUrl`, dropped by close().
- */
-export async function openReferenceDb (dialect: BenchDb['dialect'], size: number, where: { dir: string, pgAdminUrl?: string }): Promise<BenchDb> {
-  const pgdb = dialect === 'postgres' ? await createPgDatabase(where.pgAdminUrl ?? '') : undefined
-  try {
-    const file = path.join(where.dir, 'reference.db')
-    const handle = await openDatabase(pgdb === undefined
-      ? { kind: 'sqlite', file }
-      : { kind: 'postgres', url: pgdb.url, poolSize: 1, statementTimeoutMs: 0 })
-    try {
-      await migrateToLatest(handle.db, handle.dialect)
-      await handle.db.insertInto('widgets').values({ id: randomUUID(), name: 'default', created_at: T0 }).execute()
-    } finally {
-      await handle.close()
-    }
-    const db = pgdb === undefined ? openSqlite(file) : await openPostgres(pgdb.url)
-    await db.seedTo(size)
-    return { ...db, close: async () => { await db.close(); await pgdb?.drop() } }
-  } catch (err) {
-    await pgdb?.drop()
-    throw err
-  }
 }

@@ -1,4 +1,5 @@
 import autocannon from 'autocannon'
+import http from 'node:http'
 import { cpuDelta, readCpuByName, readCpuSeconds, readMachineBusySeconds, sampleMemory, type MemPeak } from './procs.js'
 
 export interface LatencyStats {
@@ -183,4 +184,56 @@ export async function runLoad (spec: LoadSpec): Promise<LoadResult> {
     warmupErrors,
     warmupNon2xx
   }
+}
+
+/** One server of those timeByTurns asks by turns. */
+export interface TurnTarget {
+  /** The server's origin, e.g. http://127.0.0.1:3000 */
+  url: string
+  headers: Record<string, string>
+  /** The path (and query) of its next request. */
+  path: () => string
+}
+
+/**
+ * GET requests to several servers by turns, one request in flight at a time, each server over one
+ * kept-alive connection of its own: a request to each, then again, the order alternating from turn
+ * to turn; `warmupSeconds` unrecorded, then `seconds` recorded. Each server's latencies (ms, from
+ * the request's start to its last byte) meet the same moments of the host, so a spell of slower
+ * work slows them alike: two servers compared this way are not judged on different minutes. A
+ * non-2xx answer or a connection error throws.
+ */
+export async function timeByTurns (targets: readonly TurnTarget[], seconds: number, warmupSeconds: number): Promise<LatencyStats[]> {
+  const agents = targets.map(() => new http.Agent({ keepAlive: true, maxSockets: 1 }))
+  const once = (i: number) => new Promise<number>((resolve, reject) => {
+    const target = targets[i] as TurnTarget
+    const start = performance.now()
+    const req = http.get(`${target.url}${target.path()}`, { agent: agents[i], headers: target.headers }, (res) => {
+      res.on('data', () => {})
+      res.on('error', reject)
+      res.on('end', () => {
+        const status = res.statusCode ?? 0
+        if (status < 200 || status > 299) reject(new Error(`${target.url}: HTTP ${status}`))
+        else resolve(performance.now() - start)
+      })
+    })
+    req.on('error', reject)
+    req.setTimeout(10_000, () => { req.destroy(new Error(`${target.url}: no answer in 10 s`)) })
+  })
+  const samples = targets.map(() => [] as number[])
+  try {
+    for (const [phase, length] of [['warm-up', warmupSeconds], ['measured', seconds]] as const) {
+      const end = performance.now() + length * 1000
+      for (let turn = 0; performance.now() < end; turn++) {
+        for (let k = 0; k < targets.length; k++) {
+          const i = turn % 2 === 0 ? k : targets.length - 1 - k
+          const took = await once(i)
+          if (phase === 'measured') samples[i]?.push(took)
+        }
+      }
+    }
+  } finally {
+    for (const agent of agents) agent.destroy()
+  }
+  return samples.map((s) => percentiles(s))
 }
