@@ -6,6 +6,7 @@ import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import SQLite from 'better-sqlite3'
 import pg from 'pg'
+import sharp from 'sharp'
 import { COLLECT_AT_ONCE, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
 import { makeImages, startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { killAll, ROOT, runCli, startServe, until } from './helpers/process.js'
@@ -50,7 +51,7 @@ describe('agentry files check / sweep', () => {
     await fx.close()
   })
 
-  it('finds the files of a write killed before its row, hands them to the collector, and reports avatars whose files are missing', async () => {
+  it('finds the files of a write killed before its row, hands them to the collector, reports avatars whose files are missing and makes lost sizes again', async () => {
     const a = await srv.call('POST', '/agents', { serviceUserId: 'files-a', name: 'A', avatar: `${fx.url}/photo.png` })
     const b = await srv.call('POST', '/agents', { serviceUserId: 'files-b', name: 'B', avatar: `${fx.url}/photo.webp` })
     assert.equal(a.status, 200)
@@ -92,9 +93,9 @@ describe('agentry files check / sweep', () => {
     assert.equal(young.code, 0, young.stdout + young.stderr)
     assert.match(young.stdout, /1 image too recent to judge \(written in the last 300 seconds/)
 
-    // An avatar loses a file (a bucket restored from an old copy, a folder cleaned by hand).
-    const lost = `120x120${a.body.data.avatar.info.path as string}`
-    await srv.services.store.delete(lost)
+    // An avatar loses its sizes (a bucket restored from an old copy, a folder cleaned by hand).
+    const lost = ['120x120', '520x400'].map((size) => `${size}${a.body.data.avatar.info.path as string}`)
+    for (const key of lost) await srv.services.store.delete(key)
     let local = ''
     if (srv.sharedEnv.STORAGE_URL === undefined) {
       // And a file that is no avatar's, put there by someone else: reported, never touched.
@@ -109,13 +110,17 @@ describe('agentry files check / sweep', () => {
     assert.ok(found.stdout.includes(`    ${leftoverPath}\n`), found.stdout)
     assert.match(found.stdout, /agentry files sweep/)
     assert.match(found.stdout, /1 image that avatars refer to with files missing/)
-    assert.ok(found.stdout.includes(`${a.body.data.avatar.info.path as string} (1 avatar): missing ${lost}`), found.stdout)
+    assert.ok(found.stdout.includes(`${a.body.data.avatar.info.path as string} (1 avatar): missing ${lost.join(', ')}`), found.stdout)
     if (local !== '') assert.match(found.stdout, /1 file that is not an avatar file \(left alone\):\n {4}README\.txt/)
 
-    // Sweep: the leftovers go on the collector's schedule, and a running server deletes them.
+    assert.match(found.stdout, /`agentry files sweep` makes missing sizes again from the original/)
+
+    // Sweep: the leftovers go on the collector's schedule, and a running server deletes them; the
+    // lost sizes are made again from the original.
     const swept = await check('sweep')
-    assert.equal(swept.code, 1, 'an avatar still lacks a file: exit 1')
+    assert.equal(swept.code, 0, swept.stdout + swept.stderr)
     assert.match(swept.stdout, /Handed 1 image to the file collector/)
+    assert.match(swept.stdout, /Made 2 missing files of 1 image again from its original: those avatars' URLs answer again\./)
     const collector = await startTestServer({ ...srv.sharedEnv, ...COLLECT_AT_ONCE })
     try {
       await until('the leftover files to be collected', async () => {
@@ -126,11 +131,26 @@ describe('agentry files check / sweep', () => {
       await collector.close()
     }
     const stored = await srv.storedFiles()
-    for (const key of before.filter((k) => k !== lost)) assert.ok(stored.includes(key), `${key} is an avatar's: kept`)
+    for (const key of before) assert.ok(stored.includes(key), `${key} is an avatar's: kept, or made again`)
     if (local !== '') assert.equal(fs.readFileSync(local, 'utf8'), 'not ours')
+    // The 640x480 PNG's sizes, as its ingest made them.
+    for (const [size, width, height] of [['120x120', 120, 120], ['520x400', 520, 390]] as const) {
+      const res = await fetch(a.body.data.avatar.url[size] as string)
+      assert.equal(res.status, 200)
+      assert.equal(res.headers.get('content-type'), 'image/png')
+      const meta = await sharp(Buffer.from(await res.arrayBuffer())).metadata()
+      assert.deepEqual([meta.format, meta.width, meta.height], ['png', width, height])
+    }
+
+    // An original cannot be made again: sweep says so, and exits 1.
+    const bPath = b.body.data.avatar.info.path as string
+    await srv.services.store.delete(bPath.slice(1))
+    const unmendable = await check('sweep')
+    assert.equal(unmendable.code, 1, 'an avatar still lacks a file: exit 1')
+    assert.ok(unmendable.stdout.includes(`Could not mend 1 image; set its avatars again to store the files anew:\n    ${bPath} (1 avatar): its original is missing`), unmendable.stdout)
 
     // Setting the avatar again stores the missing file anew.
-    assert.equal((await srv.call('PUT', `/agents/${a.body.data.id as string}`, { avatar: `${fx.url}/photo.png` })).status, 200)
+    assert.equal((await srv.call('PUT', `/agents/${b.body.data.id as string}`, { avatar: `${fx.url}/photo.webp` })).status, 200)
     if (local !== '') fs.rmSync(local)
     const fixed = await check('check')
     assert.equal(fixed.code, 0, fixed.stdout + fixed.stderr)
@@ -155,7 +175,7 @@ describe('agentry files check / sweep', () => {
     const paged = await takeInventory(srv.services.database.db, srv.services.store, { nowMs: Date.now() + 1000, recentMs: 0, pageSize: 1 })
     assert.deepEqual(paged, whole)
     assert.ok(whole.whole >= 2, `${whole.whole} whole`)
-    assert.equal(whole.whole + whole.leftovers.images.length + whole.incomplete.count + whole.collecting + whole.recent, whole.images)
+    assert.equal(whole.whole + whole.leftovers.images.length + whole.incomplete.length + whole.collecting + whole.recent, whole.images)
     assert.ok(whole.leftovers.images.length >= 2)
   })
 

@@ -1,10 +1,15 @@
 import type { Db, Transact } from '../db/index.js'
 import { avatarContentPage, referencedHashes } from '../db/repositories/avatars.js'
 import { knownToCollector, scheduleBlobGcIfAbsent } from '../db/repositories/blob-gc.js'
-import { avatarKeys, contentPath, parseAvatarKey, type BlobStore, type Variant } from '../storage/blob-store.js'
+import { avatarKeys, contentPath, parseAvatarKey, VARIANTS, type BlobStore, type Variant } from '../storage/blob-store.js'
+import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
+
+/** One of an image's three files. */
+export type ImageFile = Variant | 'original'
+const IMAGE_FILES: readonly ImageFile[] = ['original', ...VARIANTS]
 
 /** Which of an image's three files a listing found, one bit each. */
-const BIT: Record<Variant | 'original', number> = { original: 1, '120x120': 2, '520x400': 4 }
+const BIT: Record<ImageFile, number> = { original: 1, '120x120': 2, '520x400': 4 }
 const WHOLE = 7
 
 /** Rows per query (the default page size): well under SQLite's parameter limit. */
@@ -20,6 +25,13 @@ export interface StoredImageRef {
   path: string
 }
 
+/** An image avatars refer to that lacks files. */
+export interface IncompleteImage extends StoredImageRef {
+  /** How many avatars refer to it. */
+  avatars: number
+  missing: ImageFile[]
+}
+
 export interface FileInventory {
   /** Where the files are (BlobStore.location). */
   location: string
@@ -28,8 +40,8 @@ export interface FileInventory {
   images: number
   /** Images avatars refer to whose three files are all there. */
   whole: number
-  /** Images avatars refer to with files missing: those avatars' URLs answer 404. */
-  incomplete: { count: number, examples: Array<StoredImageRef & { avatars: number, missing: string[] }> }
+  /** Images avatars refer to with files missing: those avatars' URLs answer 404. All of them (sweep mends what it can). */
+  incomplete: IncompleteImage[]
   /** Images nothing refers to that the file collector has on its schedule, or is deleting now. */
   collecting: number
   /** Images written too recently to judge: a file younger than the grace, or an avatar made while this ran. */
@@ -53,7 +65,7 @@ interface Found {
  * row names and that the file collector never hears of; this is how they are found.
  *
  * Reads the whole listing, then the records in pages; holds one small entry per image in memory
- * (~200 bytes). Running servers go on as usual meanwhile: what changes during the run is judged
+ * (~200 bytes), and keeps every incomplete image (for mendVariants). Running servers go on as usual meanwhile: what changes during the run is judged
  * "recent", not wrong.
  */
 export async function takeInventory (
@@ -66,7 +78,7 @@ export async function takeInventory (
     files: 0,
     images: 0,
     whole: 0,
-    incomplete: { count: 0, examples: [] },
+    incomplete: [],
     collecting: 0,
     recent: 0,
     leftovers: { files: 0, images: [] },
@@ -105,13 +117,8 @@ export async function takeInventory (
       // Its first avatar was made after the listing began (1 s: created_at is in whole seconds).
       else if (content.first_created_at * 1000 >= nowMs - 1000) inventory.recent++
       else {
-        inventory.incomplete.count++
-        if (inventory.incomplete.examples.length < EXAMPLES) {
-          const path = contentPath(content.sha256, content.ext)
-          const keys = avatarKeys(path)
-          const missing = (['original', '120x120', '520x400'] as const).filter((k) => ((f?.bits ?? 0) & BIT[k]) === 0).map((k) => keys[k])
-          inventory.incomplete.examples.push({ sha256: content.sha256, ext: content.ext, path, avatars: content.avatars, missing })
-        }
+        const missing = IMAGE_FILES.filter((k) => ((f?.bits ?? 0) & BIT[k]) === 0)
+        inventory.incomplete.push({ sha256: content.sha256, ext: content.ext, path: contentPath(content.sha256, content.ext), avatars: content.avatars, missing })
       }
     }
     const last = page[page.length - 1]
@@ -158,6 +165,49 @@ export async function scheduleLeftovers (transact: Transact, images: readonly St
     })
   }
   return scheduled
+}
+
+/** What mendVariants did: the images it made whole, and those it could not, with why. */
+export interface Mending {
+  mended: IncompleteImage[]
+  /** Variant files made again, in all. */
+  files: number
+  unmended: Array<{ image: IncompleteImage, reason: string }>
+}
+
+/**
+ * Makes an incomplete image's missing variants again from its stored original, as an ingest makes
+ * them: processAvatar() on the original's bytes (already oriented and stripped, so the variants are
+ * encoded from a once-encoded image rather than from the download; where the original fits in
+ * 520x400, that variant is the original byte for byte, as it was). A file that is there is never
+ * replaced. An image whose original is missing cannot be mended: its avatars must be set again.
+ * One image at a time, each read whole (a few MB at most).
+ */
+export async function mendVariants (store: BlobStore, images: readonly IncompleteImage[], limits: { maxPixels: number }): Promise<Mending> {
+  const mending: Mending = { mended: [], files: 0, unmended: [] }
+  for (const image of images) {
+    if (image.missing.includes('original')) {
+      mending.unmended.push({ image, reason: 'its original is missing' })
+      continue
+    }
+    const keys = avatarKeys(image.path)
+    try {
+      const original = await store.get(keys.original)
+      if (original === undefined) {
+        mending.unmended.push({ image, reason: 'its original is gone (deleted since the listing)' })
+        continue
+      }
+      const { variants } = await processAvatar(original, limits)
+      const contentType = MIME_TYPES[image.ext as ImageFormat]
+      const missing = VARIANTS.filter((v) => image.missing.includes(v))
+      await store.putAll(missing.map((v) => ({ key: keys[v], data: variants[v], contentType })))
+      mending.mended.push(image)
+      mending.files += missing.length
+    } catch (err) {
+      mending.unmended.push({ image, reason: `its original could not be read or processed: ${err instanceof Error ? err.message : String(err)}` })
+    }
+  }
+  return mending
 }
 
 function imageId (sha256: string, ext: string): string {

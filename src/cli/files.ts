@@ -1,14 +1,17 @@
 import type { Config } from '../config/index.js'
 import { openDatabase } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
-import { scheduleLeftovers, takeInventory, type FileInventory } from '../avatars/inventory.js'
+import { mendVariants, scheduleLeftovers, takeInventory, type FileInventory, type Mending } from '../avatars/inventory.js'
+import { avatarKeys } from '../storage/blob-store.js'
 import { createBlobStore } from '../storage/index.js'
 
 const count = (n: number, one: string, many = `${one}s`): string => `${n.toLocaleString('en-US')} ${n === 1 ? one : many}`
 
 /**
  * `agentry files check` and `agentry files sweep`: the avatar store against the avatar records.
- * Returns the exit code: 1 when avatars refer to missing files, or (check only) when leftovers wait.
+ * Sweep also hands leftovers to the file collector and makes missing variants again from their
+ * originals. Returns the exit code: 1 when avatars refer to missing files (sweep: that it could
+ * not make again), or (check only) when leftovers wait.
  */
 export async function filesCommand (config: Config, sweep: boolean): Promise<number> {
   const database = await openDatabase(config.database)
@@ -18,12 +21,20 @@ export async function filesCommand (config: Config, sweep: boolean): Promise<num
     const grace = config.avatarGcGraceSeconds
     const inventory = await takeInventory(database.db, store, { nowMs: Date.now(), recentMs: grace * 1000 })
     console.log(report(inventory, grace, sweep).join('\n'))
-    const { leftovers } = inventory
-    if (sweep && leftovers.images.length > 0) {
-      const scheduled = await scheduleLeftovers(database.transact, leftovers.images, Math.floor(Date.now() / 1000) + grace)
+    const { leftovers, incomplete } = inventory
+    if (!sweep) return incomplete.length > 0 || leftovers.images.length > 0 ? 1 : 0
+    const eligibleAt = () => Math.floor(Date.now() / 1000) + grace
+    if (leftovers.images.length > 0) {
+      const scheduled = await scheduleLeftovers(database.transact, leftovers.images, eligibleAt())
       console.log(`Handed ${count(scheduled, 'image')} to the file collector: a running server deletes their files after ${count(grace, 'second')} (AVATAR_GC_GRACE_SECONDS), unless an avatar refers to them by then.`)
     }
-    return inventory.incomplete.count > 0 || (!sweep && leftovers.images.length > 0) ? 1 : 0
+    if (incomplete.length === 0) return 0
+    const mending = await mendVariants(store, incomplete, { maxPixels: config.avatar.maxPixels })
+    // An image whose last avatar went while it was mended may already have been collected: its new
+    // files would then be leftovers. Such an image goes on the collector's schedule like one.
+    const orphaned = await scheduleLeftovers(database.transact, mending.mended, eligibleAt())
+    console.log(mendingReport(mending, orphaned).join('\n'))
+    return mending.unmended.length > 0 ? 1 : 0
   } finally {
     store.close?.()
     await database.close()
@@ -43,16 +54,32 @@ function report (inv: FileInventory, grace: number, sweep: boolean): string[] {
     if (!sweep) lines.push('    `agentry files sweep` hands them to the file collector.')
   }
   const { incomplete } = inv
-  if (incomplete.count > 0) {
-    lines.push(`  ${count(incomplete.count, 'image')} that avatars refer to with files missing (those avatars' URLs answer 404; set the avatars again to store them anew):`)
-    for (const image of incomplete.examples) lines.push(`    ${image.path} (${count(image.avatars, 'avatar')}): missing ${image.missing.join(', ')}`)
-    if (incomplete.count > incomplete.examples.length) lines.push(`    ... and ${count(incomplete.count - incomplete.examples.length, 'more', 'more')}`)
+  if (incomplete.length > 0) {
+    lines.push(`  ${count(incomplete.length, 'image')} that avatars refer to with files missing (those avatars' URLs answer 404):`)
+    for (const image of incomplete.slice(0, 20)) {
+      const keys = avatarKeys(image.path)
+      lines.push(`    ${image.path} (${count(image.avatars, 'avatar')}): missing ${image.missing.map((k) => keys[k]).join(', ')}`)
+    }
+    if (incomplete.length > 20) lines.push(`    ... and ${count(incomplete.length - 20, 'more', 'more')}`)
+    if (!sweep) lines.push('    `agentry files sweep` makes missing sizes again from the original where it is there; where the original is missing, set the avatars again.')
   }
   if (inv.other.count > 0) {
     lines.push(`  ${count(inv.other.count, 'file')} that ${inv.other.count === 1 ? 'is not an avatar file' : 'are not avatar files'} (left alone):`)
     for (const key of inv.other.examples) lines.push(`    ${key}`)
     if (inv.other.count > inv.other.examples.length) lines.push(`    ... and ${count(inv.other.count - inv.other.examples.length, 'more', 'more')}`)
   }
-  if (incomplete.count === 0 && leftovers.images.length === 0) lines.push('No problems found.')
+  if (incomplete.length === 0 && leftovers.images.length === 0) lines.push('No problems found.')
+  return lines
+}
+
+function mendingReport (m: Mending, orphaned: number): string[] {
+  const lines: string[] = []
+  if (m.mended.length > 0) lines.push(`Made ${count(m.files, 'missing file')} of ${count(m.mended.length, 'image')} again from ${m.mended.length === 1 ? 'its original' : 'their originals'}: those avatars' URLs answer again.`)
+  if (orphaned > 0) lines.push(`  ${count(orphaned, 'image')} of them lost ${orphaned === 1 ? 'its' : 'their'} last avatar meanwhile: handed to the file collector.`)
+  if (m.unmended.length > 0) {
+    lines.push(`Could not mend ${count(m.unmended.length, 'image')}; set ${m.unmended.length === 1 ? 'its avatars' : 'their avatars'} again to store the files anew:`)
+    for (const { image, reason } of m.unmended.slice(0, 20)) lines.push(`    ${image.path} (${count(image.avatars, 'avatar')}): ${reason}`)
+    if (m.unmended.length > 20) lines.push(`    ... and ${count(m.unmended.length - 20, 'more', 'more')}`)
+  }
   return lines
 }

@@ -19,7 +19,8 @@ Commands:
   files check                    compare the avatar files with the avatar records: images whose files are
                                  missing, and files nothing refers to or will delete (exit 1 if either)
   files sweep                    as check, then hand the files nothing refers to to the file collector
-                                 (exit 1 if avatars refer to missing files)
+                                 and make missing sizes again from their originals
+                                 (exit 1 if avatars refer to missing files it could not make again)
 
 Configuration comes from the environment (see README: Configuration).`
 

@@ -24,6 +24,11 @@ export interface BlobStore {
   /** Throws when the store cannot take writes; used by /readyz. */
   checkReady: () => Promise<void>
   /**
+   * The whole of a stored file; undefined when there is none. For `agentry files sweep`, which
+   * makes an image's missing variants again from its original (avatar files are a few MB at most).
+   */
+  get: (key: string) => Promise<Buffer | undefined>
+  /**
    * Opens a stored file for streaming; undefined when there is none. Stores served by the
    * service's own static file handler (local disk) need not have it.
    */

@@ -150,6 +150,18 @@ export class LocalBlobStore implements BlobStore {
     return undefined
   }
 
+  async get (key: string): Promise<Buffer | undefined> {
+    const file = this.pathOf(key)
+    if (file === undefined) return undefined
+    try {
+      return await fsp.readFile(file)
+    } catch (err) {
+      // Deleted since it was found (the collector).
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+  }
+
   async delete (key: string): Promise<void> {
     const target = this.fileOf(key)
     this.flushed.delete(target)

@@ -84,6 +84,14 @@ export class S3BlobStore implements BlobStore {
     await this.client.send(new HeadBucketCommand({ Bucket: this.target.bucket }))
   }
 
+  async get (key: string): Promise<Buffer | undefined> {
+    const file = await this.read(key)
+    if (file === undefined || file.notModified) return undefined
+    const chunks: Buffer[] = []
+    for await (const chunk of file.body as AsyncIterable<Uint8Array>) chunks.push(Buffer.from(chunk))
+    return Buffer.concat(chunks)
+  }
+
   async read (key: string, ifNoneMatch?: string): Promise<StoredFile | undefined> {
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key), IfNoneMatch: ifNoneMatch }))
