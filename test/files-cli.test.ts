@@ -158,6 +158,29 @@ describe('agentry files check / sweep', () => {
     assert.match(fixed.stdout, /No problems found/)
   })
 
+  it('makes the lost sizes of an image that fits in 520x400 as its ingest did: that size is the original, byte for byte', async () => {
+    // A 300x200 JPEG turned upright by its EXIF orientation: its stored original is a new encode.
+    const c = await srv.call('POST', '/agents', { serviceUserId: 'files-fits', name: 'Fits', avatar: `${fx.url}/rotated.jpg` })
+    assert.equal(c.status, 200)
+    const keys = avatarKeys(c.body.data.avatar.info.path as string)
+    const store = srv.services.store
+    const original = await store.get(keys.original)
+    assert.ok(original !== undefined)
+    assert.deepEqual(await store.get(keys['520x400']), original, 'the ingest stored the 200x300 original as its 520x400 size')
+    for (const key of [keys['120x120'], keys['520x400']]) await store.delete(key)
+    // An avatar made in the last second is too recent to judge (created_at is in whole seconds).
+    const swept = await until('sweep to mend the image', async () => {
+      const r = await check('sweep')
+      return r.stdout.includes('Made 2 missing files of 1 image again from its original') ? r : undefined
+    }, 10_000, 250)
+    assert.equal(swept.code, 0, swept.stdout + swept.stderr)
+    assert.deepEqual(await store.get(keys['520x400']), original)
+    const small = await store.get(keys['120x120'])
+    assert.ok(small !== undefined)
+    const meta = await sharp(small).metadata()
+    assert.deepEqual([meta.format, meta.width, meta.height], ['jpeg', 120, 120])
+  })
+
   it('pages through the avatar records and the leftovers (one image a page)', async () => {
     // Four images (the two avatars of the test above may be there too), two of them referred to.
     for (const [id, image] of [['page-1', 'photo.jpg'], ['page-2', 'rotated.jpg']]) {

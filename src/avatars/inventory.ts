@@ -65,8 +65,8 @@ interface Found {
  * row names and that the file collector never hears of; this is how they are found.
  *
  * Reads the whole listing, then the records in pages; holds one small entry per image in memory
- * (~200 bytes), and keeps every incomplete image (for mendVariants). Running servers go on as usual meanwhile: what changes during the run is judged
- * "recent", not wrong.
+ * (~200 bytes), and keeps every incomplete image (for mendVariants). Running servers go on as
+ * usual meanwhile: what changes during the run is judged "recent", not wrong.
  */
 export async function takeInventory (
   db: Db, store: BlobStore, options: { nowMs: number, recentMs: number, pageSize?: number }
@@ -179,7 +179,7 @@ export interface Mending {
  * Makes an incomplete image's missing variants again from its stored original, as an ingest makes
  * them: processAvatar() on the original's bytes (already oriented and stripped, so the variants are
  * encoded from a once-encoded image rather than from the download; where the original fits in
- * 520x400, that variant is the original byte for byte, as it was). A file that is there is never
+ * 520x400, that size is the stored original byte for byte, as the ingest made it). A file that is there is never
  * replaced. An image whose original is missing cannot be mended: its avatars must be set again.
  * One image at a time, each read whole (a few MB at most).
  */
@@ -197,10 +197,12 @@ export async function mendVariants (store: BlobStore, images: readonly Incomplet
         mending.unmended.push({ image, reason: 'its original is gone (deleted since the listing)' })
         continue
       }
-      const { variants } = await processAvatar(original, limits)
+      const made = await processAvatar(original, limits)
+      // What fits in 520x400 is that size as it is: the stored original itself, as its ingest stored it.
+      const data: Record<Variant, Buffer> = { ...made.variants, ...(made.width <= 520 && made.height <= 400 ? { '520x400': original } : {}) }
       const contentType = MIME_TYPES[image.ext as ImageFormat]
       const missing = VARIANTS.filter((v) => image.missing.includes(v))
-      await store.putAll(missing.map((v) => ({ key: keys[v], data: variants[v], contentType })))
+      await store.putAll(missing.map((v) => ({ key: keys[v], data: data[v], contentType })))
       mending.mended.push(image)
       mending.files += missing.length
     } catch (err) {
