@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
-import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { startTestServer, type TestServer } from './helpers/server.js'
+import type { FixtureServer } from './helpers/fixtures.js'
+import { serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -237,15 +237,8 @@ describe('reads of one agent while a newer version migrates the schema', () => {
 describe('a list with more avatars than are kept in memory', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    // Avatar records are kept in memory up to a bound (10,000); two here, so three overflow it.
-    srv = await startTestServer({}, { avatarRowsKept: 2 })
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  // Avatar records are kept in memory up to a bound (10,000); two here, so three overflow it.
+  serversForSuite((s, f) => { srv = s; fx = f }, {}, { avatarRowsKept: 2 })
 
   it('shows every agent with its avatar, in the list and read one by one', async () => {
     const created = []

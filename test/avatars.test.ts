@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
-import { after, before, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import sharp from 'sharp'
-import { listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
-import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { listFiles, rawGet, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
+import type { FixtureServer } from './helpers/fixtures.js'
 import type { LocalBlobStore } from '../src/storage/local.js'
 
 const PATH = /^\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
@@ -21,14 +21,7 @@ describe('avatar pipeline', () => {
   const create = (avatar: unknown, extra: Record<string, unknown> = {}) =>
     srv.call('POST', '/agents', { serviceUserId: `av-${++n}`, name: `Avatar ${n}`, avatar, ...extra })
 
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer({ AVATAR_MAX_PIXELS: '25000000' })
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f }, { AVATAR_MAX_PIXELS: '25000000' })
 
   for (const [file, ext, mime, width, height] of [
     ['photo.jpg', 'jpeg', 'image/jpeg', 400, 400],

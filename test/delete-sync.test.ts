@@ -1,20 +1,13 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { COLLECT_AT_ONCE, startTestServer, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
 
 describe('DELETE /agents/:id', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer(COLLECT_AT_ONCE)
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f }, COLLECT_AT_ONCE)
 
   it('removes the agent and answers with it; deleting again is a 404', async () => {
     const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId: 'del-1', name: 'Gone' })
@@ -84,14 +77,7 @@ describe('sync by the integrator\'s own id', () => {
   let srv: TestServer
   let fx: FixtureServer
   const path = (id: string) => `/agents/by-service-user-id/${encodeURIComponent(id)}`
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer()
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f })
 
   it('PUT creates, then updates; GET reads one', async () => {
     const created = await srv.call('PUT', path('crm-42'), { name: 'Ada', status: 'online' })
@@ -290,15 +276,8 @@ describe('the file collector and a write of the same image at the same moment', 
 describe('a file collector that stops on the way', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    // Content is collected 2 s after nothing refers to it: time for the test to step in first.
-    srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '2', MAINTENANCE_INTERVAL_MS: '100' })
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  // Content is collected 2 s after nothing refers to it: time for the test to step in first.
+  serversForSuite((s, f) => { srv = s; fx = f }, { AVATAR_GC_GRACE_SECONDS: '2', MAINTENANCE_INTERVAL_MS: '100' })
 
   it('leaves a claim that expires; its content is then collected by a later pass', async () => {
     const a = await srv.call('POST', '/agents', { serviceUserId: 'stopped', name: 'Stopped', avatar: `${fx.url}/photo.png` })

@@ -5,20 +5,13 @@ import { after, before, describe, it } from 'node:test'
 import { fetchAvatar } from '../src/avatars/fetch.js'
 import { isPublicAddress } from '../src/net/guard.js'
 import { isAppError } from '../src/errors/index.js'
-import { startTestServer, type TestServer } from './helpers/server.js'
-import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { serversForSuite, type TestServer } from './helpers/server.js'
+import type { FixtureServer } from './helpers/fixtures.js'
 
 describe('avatar fetch guard (AVATAR_ALLOW_PRIVATE_NETWORKS unset)', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer({ AVATAR_ALLOW_PRIVATE_NETWORKS: 'false' })
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f }, { AVATAR_ALLOW_PRIVATE_NETWORKS: 'false' })
 
   const port = () => new URL(fx.url).port
   const forbidden: Array<[string, () => string]> = [

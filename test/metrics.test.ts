@@ -1,19 +1,12 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { startTestServer, type TestServer } from './helpers/server.js'
-import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
+import type { FixtureServer } from './helpers/fixtures.js'
 
 describe('/metrics (Prometheus text format)', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer()
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f })
 
   async function scrape (): Promise<string> {
     const res = await fetch(`${srv.url}/metrics`)

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
-import { after, before, describe, it } from 'node:test'
-import { startTestServer, type TestServer } from './helpers/server.js'
-import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { describe, it } from 'node:test'
+import { serversForSuite, type TestServer } from './helpers/server.js'
+import type { FixtureServer } from './helpers/fixtures.js'
 
 /** The four response examples of the seed page, copied verbatim into a fixture. */
 const seed = JSON.parse(readFileSync(new URL('./fixtures/seed-examples.json', import.meta.url), 'utf8')) as Record<'list' | 'get' | 'create' | 'update', unknown>
@@ -23,14 +23,7 @@ function shapeOf (value: unknown): Shape {
 describe('responses have the seed\'s shapes: same keys, same types', () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer()
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f })
 
   it('create, get, update and list match the seed examples key for key', async () => {
     const created = await srv.call('POST', '/agents', { serviceUserId: '12345', name: 'Vadim Belorusov', status: 'online', avatar: `${fx.url}/photo.jpg`, active: true })

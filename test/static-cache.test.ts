@@ -2,10 +2,10 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
-import { after, before, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
-import { COLLECT_AT_ONCE, headerPairs, rawGet, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, headerPairs, rawGet, serversForSuite, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -28,14 +28,7 @@ async function fastAnswers (srv: TestServer): Promise<number> {
 describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
   let srv: TestServer
   let fx: FixtureServer
-  before(async () => {
-    fx = await startFixtureServer()
-    srv = await startTestServer(COLLECT_AT_ONCE)
-  })
-  after(async () => {
-    await srv.close()
-    await fx.close()
-  })
+  serversForSuite((s, f) => { srv = s; fx = f }, COLLECT_AT_ONCE)
 
   /** Creates an agent with the image and returns its 120x120 URL, once that file is served from memory. */
   async function cachedFile (serviceUserId: string, image: string): Promise<{ id: string, url: string, key: string }> {

@@ -6,7 +6,9 @@ import path from 'node:path'
 import { loadConfig } from '../../src/config/index.js'
 import { buildApp } from '../../src/http/app.js'
 import { createServices, type ServiceOverrides, type Services } from '../../src/start/services.js'
+import { after, before } from 'node:test'
 import { provisionStores } from './stores.js'
+import { startFixtureServer, type FixtureServer } from './fixtures.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
 
@@ -152,4 +154,23 @@ export function headerPairs (res: RawResponse): Array<[string, string]> {
   const out: Array<[string, string]> = []
   for (let i = 0; i < res.rawHeaders.length; i += 2) out.push([(res.rawHeaders[i] as string).toLowerCase(), res.rawHeaders[i + 1] as string])
   return out
+}
+
+/**
+ * A fixture image server and a test server for the enclosing describe(): both started by its
+ * before() hook and handed to `take`, both closed by its after() hook (whichever of them started).
+ * `env` and `overrides` are startTestServer's.
+ */
+export function serversForSuite (take: (srv: TestServer, fx: FixtureServer) => void, env: Record<string, string> = {}, overrides: ServiceOverrides = {}): void {
+  let srv: TestServer | undefined
+  let fx: FixtureServer | undefined
+  before(async () => {
+    fx = await startFixtureServer()
+    srv = await startTestServer(env, overrides)
+    take(srv, fx)
+  })
+  after(async () => {
+    await srv?.close()
+    await fx?.close()
+  })
 }
