@@ -101,7 +101,7 @@ export interface Config {
     readonly retryMaxMs: number
     readonly retryWindowSeconds: number
   }
-  /** Agents kept ready to answer GET /agents/:id from memory (SQLite only); 0 turns the cache off. */
+  /** Agents kept in memory: the read cache (SQLite) and each agent as last shown (both stores); 0 turns them off. */
   readonly agentCacheEntries: number
   /** Bytes of small avatar files kept in memory to serve /static from (local disk only); 0 turns it off. */
   readonly staticCacheBytes: number
