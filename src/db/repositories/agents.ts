@@ -1,5 +1,6 @@
 import { sql } from 'kysely'
 import type { DbOrTrx } from '../index.js'
+import { compiledInsert, compiledOnce } from '../compiled.js'
 import type { AgentRow, AgentRowUpdate, AgentTable, NewAgentRow } from '../types.js'
 
 export async function findAgent (db: DbOrTrx, widgetId: string, id: string): Promise<AgentRow | undefined> {
@@ -31,10 +32,10 @@ export function findAgentsByIdsPreparable (db: DbOrTrx, ids: string[]) {
 }
 
 export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, serviceUserId: string): Promise<AgentRow | undefined> {
-  return await db.selectFrom('agents').selectAll()
-    .where('widget_id', '=', widgetId)
-    .where('service_user_id', '=', serviceUserId)
-    .executeTakeFirst()
+  // Compiled once (compiledOnce): every create and sync write asks it.
+  const query = compiledOnce(db, 'findAgentByServiceUserId', [widgetId, serviceUserId], (v) =>
+    db.selectFrom('agents').selectAll().where('widget_id', '=', v(0)).where('service_user_id', '=', v(1)))
+  return (await db.executeQuery(query)).rows[0]
 }
 
 export interface AgentFilter {
@@ -85,17 +86,28 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
 // (pipelinedTransact), and a prepared `returning *` breaks once a newer instance's migration adds
 // a column (see findAgentsByIdsPreparable).
 export async function insertAgent (db: DbOrTrx, row: NewAgentRow): Promise<AgentRow> {
-  return await db.insertInto('agents').values(row).returning(AGENT_COLUMNS).executeTakeFirstOrThrow()
+  // Compiled once per set of columns given (compiledOnce).
+  const query = compiledInsert(db, 'agents', row, (values) => db.insertInto('agents').values(values).returning(AGENT_COLUMNS))
+  const inserted = (await db.executeQuery(query)).rows[0]
+  if (inserted === undefined) throw new Error('the insert returned no row')
+  return inserted
 }
 
-/** Updates the row only if it is still at `version`; undefined when someone else wrote first. */
+/**
+ * Updates the row only if it is still at `version`; undefined when someone else wrote first.
+ * Compiled once per set of changed columns (the hottest write: compiledOnce).
+ */
 export async function updateAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'widget_id' | 'id' | 'version'>, changes: AgentRowUpdate): Promise<AgentRow | undefined> {
-  return await db.updateTable('agents').set({ ...changes, version: row.version + 1 })
-    .where('widget_id', '=', row.widget_id)
-    .where('id', '=', row.id)
-    .where('version', '=', row.version)
-    .returning(AGENT_COLUMNS)
-    .executeTakeFirst()
+  const columns = (Object.keys(changes) as Array<keyof AgentRowUpdate>).filter((c) => changes[c] !== undefined && c !== 'version')
+  const n = columns.length
+  const values = [...columns.map((c) => changes[c]), row.version + 1, row.widget_id, row.id, row.version]
+  const query = compiledOnce(db, `updateAgentAtVersion:${columns.join(',')}`, values, (v) =>
+    db.updateTable('agents').set({ ...Object.fromEntries(columns.map((c, i) => [c, v(i)])), version: v(n) })
+      .where('widget_id', '=', v(n + 1))
+      .where('id', '=', v(n + 2))
+      .where('version', '=', v(n + 3))
+      .returning(AGENT_COLUMNS))
+  return (await db.executeQuery(query)).rows[0]
 }
 
 export async function deleteAgentAtVersion (db: DbOrTrx, row: Pick<AgentRow, 'widget_id' | 'id' | 'version'>): Promise<boolean> {

@@ -1,8 +1,10 @@
 import type { DbOrTrx } from '../index.js'
+import { compiledInsert } from '../compiled.js'
 import type { AvatarRow, NewAvatarRow } from '../types.js'
 
 export async function insertAvatar (db: DbOrTrx, row: NewAvatarRow): Promise<void> {
-  await db.insertInto('avatars').values(row).execute()
+  // Compiled once per set of columns given (compiledOnce): every new avatar runs it.
+  await db.executeQuery(compiledInsert(db, 'avatars', row, (values) => db.insertInto('avatars').values(values)))
 }
 
 export async function deleteAvatar (db: DbOrTrx, id: string): Promise<void> {

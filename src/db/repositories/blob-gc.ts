@@ -1,4 +1,5 @@
 import type { DbOrTrx } from '../index.js'
+import { compiledOnce } from '../compiled.js'
 import type { BlobGcTable } from '../types.js'
 
 /** Marks content as possibly unreferenced; collectable once eligibleAt has passed. */
@@ -14,9 +15,11 @@ export async function dueBlobGc (db: DbOrTrx, now: number, limit: number): Promi
 
 /** Takes content off the schedule; with dueBy, only if it was due by then. */
 export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string, dueBy?: number): Promise<void> {
-  let q = db.deleteFrom('blob_gc').where('sha256', '=', sha256).where('ext', '=', ext)
-  if (dueBy !== undefined) q = q.where('eligible_at', '<=', dueBy)
-  await q.execute()
+  // Compiled once (compiledOnce): every new avatar runs the first form.
+  const query = dueBy === undefined
+    ? compiledOnce(db, 'clearBlobGc', [sha256, ext], (v) => db.deleteFrom('blob_gc').where('sha256', '=', v(0)).where('ext', '=', v(1)))
+    : compiledOnce(db, 'clearBlobGc:dueBy', [sha256, ext, dueBy], (v) => db.deleteFrom('blob_gc').where('sha256', '=', v(0)).where('ext', '=', v(1)).where('eligible_at', '<=', v(2)))
+  await db.executeQuery(query)
 }
 
 /**
@@ -45,8 +48,9 @@ export async function endBlobClaim (db: DbOrTrx, sha256: string, ext: string): P
 
 /** Until when this content's files may still be being deleted; 0 (or undefined: no claim) when not. */
 export async function blobClaimDeletingUntil (db: DbOrTrx, sha256: string, ext: string): Promise<number | undefined> {
-  const row = await db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', sha256).where('ext', '=', ext).executeTakeFirst()
-  return row?.deleting_until
+  const query = compiledOnce(db, 'blobClaimDeletingUntil', [sha256, ext], (v) =>
+    db.selectFrom('blob_claims').select('deleting_until').where('sha256', '=', v(0)).where('ext', '=', v(1)))
+  return (await db.executeQuery(query)).rows[0]?.deleting_until
 }
 
 /** Claims whose collector never ended them (it stopped on the way) and whose time is up. */

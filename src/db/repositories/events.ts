@@ -1,11 +1,18 @@
 import { sql, type CompiledQuery } from 'kysely'
 import type { DbOrTrx } from '../index.js'
+import { compiledOnce } from '../compiled.js'
 import type { EventRow, EventTable } from '../types.js'
 import type { Insertable } from 'kysely'
 
-/** Inserts the events in one statement; their seqs, in the order of rows. */
+const EVENT_COLUMNS = ['widget_id', 'type', 'agent_id', 'payload', 'created_at'] as const
+
+/** Inserts the events in one statement (compiled once per number of rows); their seqs, in the order of rows. */
 export async function insertEvents (db: DbOrTrx, rows: Array<Insertable<EventTable>>): Promise<number[]> {
-  const inserted = await db.insertInto('events').values(rows).returning('seq').execute()
+  const k = EVENT_COLUMNS.length
+  const values = rows.flatMap((r) => EVENT_COLUMNS.map((c) => r[c]))
+  const query = compiledOnce(db, `insertEvents:${rows.length}`, values, (v) =>
+    db.insertInto('events').values(rows.map((_, r) => Object.fromEntries(EVENT_COLUMNS.map((c, i) => [c, v(r * k + i)])) as unknown as Insertable<EventTable>)).returning('seq'))
+  const inserted = (await db.executeQuery(query)).rows
   // Rows get their seqs in the order they are listed; RETURNING's own order is not promised.
   return inserted.map((r) => Number(r.seq)).sort((x, y) => x - y)
 }

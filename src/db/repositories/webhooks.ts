@@ -1,13 +1,17 @@
 import type { Insertable } from 'kysely'
 import type { DbOrTrx } from '../index.js'
+import { compiledOnce } from '../compiled.js'
 import type { WebhookAttemptRow, WebhookAttemptTable, WebhookDeliveryRow, WebhookDeliveryTable, WebhookEndpointRow } from '../types.js'
 
 export async function insertEndpoint (db: DbOrTrx, row: WebhookEndpointRow): Promise<void> {
   await db.insertInto('webhook_endpoints').values(row).execute()
 }
 
+/** The widget's webhook endpoints, oldest first (compiled once: every write on SQLite reads them). */
 export async function listEndpoints (db: DbOrTrx, widgetId: string): Promise<WebhookEndpointRow[]> {
-  return await db.selectFrom('webhook_endpoints').selectAll().where('widget_id', '=', widgetId).orderBy('created_at').orderBy('id').execute()
+  const query = compiledOnce(db, 'listEndpoints', [widgetId], (v) =>
+    db.selectFrom('webhook_endpoints').selectAll().where('widget_id', '=', v(0)).orderBy('created_at').orderBy('id'))
+  return (await db.executeQuery(query)).rows
 }
 
 export async function findEndpoint (db: DbOrTrx, widgetId: string, id: string): Promise<WebhookEndpointRow | undefined> {
