@@ -179,9 +179,10 @@ export interface Mending {
  * Makes an incomplete image's missing variants again from its stored original, as an ingest makes
  * them: processAvatar() on the original's bytes (already oriented and stripped, so the variants are
  * encoded from a once-encoded image rather than from the download; where the original fits in
- * 520x400, that size is the stored original byte for byte, as the ingest made it). A file that is there is never
- * replaced. An image whose original is missing cannot be mended: its avatars must be set again.
- * One image at a time, each read whole (a few MB at most).
+ * 520x400, that size is the stored original byte for byte, as the ingest made it). Only sizes
+ * still missing just before they are written are written: a file that is there is left as it is.
+ * An image whose original is missing cannot be mended: its avatars must be set again. One image
+ * at a time, each read whole (a few MB at most).
  */
 export async function mendVariants (store: BlobStore, images: readonly IncompleteImage[], limits: { maxPixels: number }): Promise<Mending> {
   const mending: Mending = { mended: [], files: 0, unmended: [] }
@@ -201,7 +202,10 @@ export async function mendVariants (store: BlobStore, images: readonly Incomplet
       // What fits in 520x400 is that size as it is: the stored original itself, as its ingest stored it.
       const data: Record<Variant, Buffer> = { ...made.variants, ...(made.width <= 520 && made.height <= 400 ? { '520x400': original } : {}) }
       const contentType = MIME_TYPES[image.ext as ImageFormat]
-      const missing = VARIANTS.filter((v) => image.missing.includes(v))
+      // Only what is still missing: an ingest of the same image may have stored it since the listing
+      // (on local disk putAll would replace a file whose bytes differ).
+      const missing: Variant[] = []
+      for (const v of VARIANTS) if (image.missing.includes(v) && await store.get(keys[v]) === undefined) missing.push(v)
       await store.putAll(missing.map((v) => ({ key: keys[v], data: data[v], contentType })))
       mending.mended.push(image)
       mending.files += missing.length
