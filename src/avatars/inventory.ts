@@ -198,15 +198,18 @@ export async function mendVariants (store: BlobStore, images: readonly Incomplet
         mending.unmended.push({ image, reason: 'its original is gone (deleted since the listing)' })
         continue
       }
-      const made = await processAvatar(original, limits)
-      // What fits in 520x400 is that size as it is: the stored original itself, as its ingest stored it.
-      const data: Record<Variant, Buffer> = { ...made.variants, ...(made.width <= 520 && made.height <= 400 ? { '520x400': original } : {}) }
-      const contentType = MIME_TYPES[image.ext as ImageFormat]
       // Only what is still missing: an ingest of the same image may have stored it since the listing
       // (on local disk putAll would replace a file whose bytes differ).
       const missing: Variant[] = []
       for (const v of VARIANTS) if (image.missing.includes(v) && await store.get(keys[v]) === undefined) missing.push(v)
-      await store.putAll(missing.map((v) => ({ key: keys[v], data: data[v], contentType })))
+      if (missing.length > 0) {
+        const made = await processAvatar(original, limits)
+        // processAvatar gives its original as the 520x400 size when the image fits in it; that size
+        // is then the stored original itself, as the ingest stored it.
+        const variant = (v: Variant) => (v === '520x400' && made.variants[v] === made.original ? original : made.variants[v])
+        const contentType = MIME_TYPES[image.ext as ImageFormat]
+        await store.putAll(missing.map((v) => ({ key: keys[v], data: variant(v), contentType })))
+      }
       mending.mended.push(image)
       mending.files += missing.length
     } catch (err) {

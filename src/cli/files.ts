@@ -41,6 +41,17 @@ export async function filesCommand (config: Config, sweep: boolean): Promise<num
   }
 }
 
+/** Lines shown at most for one finding. */
+const SHOWN = 20
+
+/** The first SHOWN of `items`, a line each, then how many more there are of `total`. */
+function listed<T> (items: readonly T[], line: (item: T) => string, total = items.length): string[] {
+  const shown = items.slice(0, SHOWN)
+  const lines = shown.map((item) => `    ${line(item)}`)
+  if (total > shown.length) lines.push(`    ... and ${count(total - shown.length, 'more', 'more')}`)
+  return lines
+}
+
 function report (inv: FileInventory, grace: number, sweep: boolean): string[] {
   const lines = [`Avatar files in ${inv.location}: ${count(inv.files, 'file')}, ${count(inv.images, 'image')}.`]
   lines.push(`  ${count(inv.whole, 'image')} that avatars refer to, each with its three files.`)
@@ -49,24 +60,21 @@ function report (inv: FileInventory, grace: number, sweep: boolean): string[] {
   const { leftovers } = inv
   if (leftovers.images.length > 0) {
     lines.push(`  ${count(leftovers.images.length, 'image')} (${count(leftovers.files, 'file')}) that nothing refers to and nothing will delete: left by writes that never finished (a process stopped between storing the files and recording the avatar).`)
-    for (const image of leftovers.images.slice(0, 20)) lines.push(`    ${image.path}`)
-    if (leftovers.images.length > 20) lines.push(`    ... and ${count(leftovers.images.length - 20, 'more', 'more')}`)
+    lines.push(...listed(leftovers.images, (image) => image.path))
     if (!sweep) lines.push('    `agentry files sweep` hands them to the file collector.')
   }
   const { incomplete } = inv
   if (incomplete.length > 0) {
     lines.push(`  ${count(incomplete.length, 'image')} that avatars refer to with files missing (those avatars' URLs answer 404):`)
-    for (const image of incomplete.slice(0, 20)) {
+    lines.push(...listed(incomplete, (image) => {
       const keys = avatarKeys(image.path)
-      lines.push(`    ${image.path} (${count(image.avatars, 'avatar')}): missing ${image.missing.map((k) => keys[k]).join(', ')}`)
-    }
-    if (incomplete.length > 20) lines.push(`    ... and ${count(incomplete.length - 20, 'more', 'more')}`)
+      return `${image.path} (${count(image.avatars, 'avatar')}): missing ${image.missing.map((k) => keys[k]).join(', ')}`
+    }))
     if (!sweep) lines.push('    `agentry files sweep` makes missing sizes again from the original where it is there; where the original is missing, set the avatars again.')
   }
   if (inv.other.count > 0) {
     lines.push(`  ${count(inv.other.count, 'file')} that ${inv.other.count === 1 ? 'is not an avatar file' : 'are not avatar files'} (left alone):`)
-    for (const key of inv.other.examples) lines.push(`    ${key}`)
-    if (inv.other.count > inv.other.examples.length) lines.push(`    ... and ${count(inv.other.count - inv.other.examples.length, 'more', 'more')}`)
+    lines.push(...listed(inv.other.examples, (key) => key, inv.other.count))
   }
   if (incomplete.length === 0 && leftovers.images.length === 0) lines.push('No problems found.')
   return lines
@@ -78,8 +86,7 @@ function mendingReport (m: Mending, orphaned: number): string[] {
   if (orphaned > 0) lines.push(`  ${count(orphaned, 'image')} of them lost ${orphaned === 1 ? 'its' : 'their'} last avatar meanwhile: handed to the file collector.`)
   if (m.unmended.length > 0) {
     lines.push(`Could not mend ${count(m.unmended.length, 'image')}; set ${m.unmended.length === 1 ? 'its avatars' : 'their avatars'} again to store the files anew:`)
-    for (const { image, reason } of m.unmended.slice(0, 20)) lines.push(`    ${image.path} (${count(image.avatars, 'avatar')}): ${reason}`)
-    if (m.unmended.length > 20) lines.push(`    ... and ${count(m.unmended.length - 20, 'more', 'more')}`)
+    lines.push(...listed(m.unmended, ({ image, reason }) => `${image.path} (${count(image.avatars, 'avatar')}): ${reason}`))
   }
   return lines
 }
