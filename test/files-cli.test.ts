@@ -202,6 +202,31 @@ describe('agentry files check / sweep', () => {
     assert.ok(whole.leftovers.images.length >= 2)
   })
 
+  it('a sweep run while a server holds the write lock waits for its turn, then hands the leftovers over (SQLite)', {
+    skip: process.env.TEST_DATABASE_URL !== undefined && 'SQLite only: PostgreSQL writers wait for each other\'s locks by themselves'
+  }, async () => {
+    // A leftover to hand over (the test above may have left others).
+    const data = await sharp({ create: { width: 24, height: 24, channels: 3, background: '#00aa55' } }).png().toBuffer()
+    const keys = avatarKeys(contentPath(createHash('sha256').update(data).digest('hex'), 'png'))
+    await srv.services.store.putAll([keys.original, keys['120x120'], keys['520x400']].map((key) => ({ key, data, contentType: 'image/png' })))
+    // Another process in the middle of a write transaction, for 2 s. A transaction that began by
+    // reading could not wait for it: its first write would fail at once with SQLITE_BUSY.
+    const lock = await holdWrites(srv)
+    let ended = false
+    const sweep = check('sweep').finally(() => { ended = true })
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 2000))
+      assert.equal(ended, false, 'the sweep waits for the lock')
+    } finally {
+      await lock.release()
+    }
+    const swept = await sweep
+    assert.equal(swept.code, 0, swept.stdout + swept.stderr)
+    assert.match(swept.stdout, /Handed \d+ images? to the file collector/)
+    const again = await check('check')
+    assert.doesNotMatch(again.stdout, /that nothing refers to and nothing will delete/, 'the leftover is on the collector\'s schedule')
+  })
+
   it('an unknown files subcommand is a usage error', async () => {
     const r = await check('tidy')
     assert.equal(r.code, 2)

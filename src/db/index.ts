@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { Kysely, PostgresDialect, SqliteDialect, sql, type CompiledQuery, type SqliteDatabase, type Transaction } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver, type SqliteDialectConfig, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
 import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
@@ -53,7 +53,7 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     sqlite.pragma('synchronous = FULL')
     sqlite.pragma('foreign_keys = ON')
     sqlite.pragma('busy_timeout = 5000')
-    const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) })
+    const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect({ database: withStatementCache(sqlite) }) })
     const dataVersion = sqlite.prepare('pragma data_version').pluck()
     return {
       db,
@@ -95,6 +95,33 @@ function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
   const parser = (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown =>
     oid === int8 ? parseInt8 : types.getTypeParser(oid, format) as (value: string) => unknown
   return parser as typeof pg.types.getTypeParser
+}
+
+/**
+ * SQLite's transactions begin IMMEDIATE, taking the write lock first (Kysely's own begin is DEFERRED).
+ * Every transaction here writes, and with several processes on one file (instances sharing it, or a
+ * CLI command beside the server) a deferred one that has read cannot wait for the lock: when
+ * another process holds it, or has committed since the read, its first write fails at once with
+ * SQLITE_BUSY, ignoring busy_timeout. Beginning IMMEDIATE waits for the lock (up to busy_timeout)
+ * before reading anything, so two instances migrating a new file at once, or writing together,
+ * take turns instead of failing.
+ */
+class ImmediateSqliteDriver extends SqliteDriver {
+  override async beginTransaction (connection: DatabaseConnection): Promise<void> {
+    await connection.executeQuery(CompiledQuery.raw('begin immediate'))
+  }
+}
+
+class ImmediateSqliteDialect extends SqliteDialect {
+  readonly #config: SqliteDialectConfig
+  constructor (config: SqliteDialectConfig) {
+    super(config)
+    this.#config = config
+  }
+
+  override createDriver (): Driver {
+    return new ImmediateSqliteDriver(this.#config)
+  }
 }
 
 /**

@@ -42,8 +42,10 @@ function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<Migra
 /**
  * Brings the schema up to date, safely when several processes start at once. On PostgreSQL,
  * Kysely's migrator holds an advisory lock. On SQLite its lock is a no-op (it assumes a single
- * connection), but each migration runs in a transaction: when another process migrated first, our
- * attempt rolls back whole, and trying again finds nothing left to do.
+ * connection), but the migrations run in one transaction, and SQLite's transactions begin
+ * IMMEDIATE here (see openDatabase): a second process waits for the first one's to commit (up to
+ * busy_timeout), then finds nothing left to do. Should the wait run out, the attempt rolls back
+ * whole and is tried again.
  */
 export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
