@@ -4,6 +4,9 @@ import fs from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
 import path from 'node:path'
 import { after, afterEach, before, describe, it } from 'node:test'
+import { Migrator, type Migration } from 'kysely'
+import { openDatabase } from '../src/db/index.js'
+import { migrations } from '../src/db/migrate.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { call, dataDir, killAll, lastWord, oneShot, removeDirs, ROOT, runCli, startServe, until, type Reply, type ServeProcess } from './helpers/process.js'
 
@@ -93,9 +96,8 @@ describe('agentry command and server process', () => {
 
     it('`tokens revoke` by id and by token: a running server refuses the token within 2 s; unknown ids exit 1', async () => {
       const dir = dataDir()
-      // One after the other: on a fresh DATA_DIR each would migrate, and concurrent SQLite migrations race (see report).
-      const a = await createToken(dir, 'acme')
-      const b = await createToken(dir, 'acme')
+      // Both on a fresh DATA_DIR at once: each migrates, and the second waits for the first (see 'migrate').
+      const [a, b] = await Promise.all([createToken(dir, 'acme'), createToken(dir, 'acme')])
       const s = await serve({ DATA_DIR: dir })
       const status = async (token: string) => (await call(`${s.url}${AGENTS}`, { headers: bearer(token) })).status
       // Both work, and are now in the server's lookup cache.
@@ -437,6 +439,42 @@ describe('agentry command and server process', () => {
       assert.equal(second.code, 0, second.stderr)
       assert.match(second.stdout, /already up to date/i)
       assert.doesNotMatch(second.stdout, /applied/i)
+    })
+
+    it('two processes migrating a new SQLite file at once: the second waits for the first, then finds nothing to do', async () => {
+      const dir = dataDir()
+      // The first process is this one, through the service's own dialect, held after its first
+      // migration: the moment a slow disk would stretch.
+      const database = await openDatabase({ kind: 'sqlite', file: path.join(dir, 'agentry.db') })
+      try {
+        let release = (): void => {}
+        const gate = new Promise<void>((resolve) => { release = resolve })
+        let reached = (): void => {}
+        const held = new Promise<void>((resolve) => { reached = resolve })
+        const all = Object.entries(migrations('sqlite'))
+        const gated: Record<string, Migration> = Object.fromEntries(all.map(([name, m], i) => [name, i > 0 ? m : {
+          up: async (db) => {
+            await m.up(db)
+            reached()
+            await gate
+          }
+        }]))
+        const first = new Migrator({ db: database.db, provider: { getMigrations: async () => await Promise.resolve(gated) } }).migrateToLatest()
+        await held
+        let ended = false
+        const second = runCli(['migrate'], { DATA_DIR: dir }, 30_000).finally(() => { ended = true })
+        await new Promise((resolve) => setTimeout(resolve, 2000))
+        assert.equal(ended, false, 'the second process waits for the first one\'s migrations')
+        release()
+        const done = await first
+        assert.equal(done.error, undefined)
+        assert.deepEqual(done.results?.map((r) => r.status), all.map(() => 'Success'))
+        const r = await second
+        assert.equal(r.code, 0, r.stdout + r.stderr)
+        assert.match(r.stdout, /already up to date/i)
+      } finally {
+        await database.close()
+      }
     })
   })
 })

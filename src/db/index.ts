@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver, type SqliteDialectConfig, type SqliteDatabase, type Transaction } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect, SqliteAdapter, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type DialectAdapter, type Driver, type SqliteDialectConfig, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
 import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
@@ -53,7 +53,7 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     sqlite.pragma('synchronous = FULL')
     sqlite.pragma('foreign_keys = ON')
     sqlite.pragma('busy_timeout = 5000')
-    const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect({ database: withStatementCache(sqlite) }) })
+    const db = new Kysely<Database>({ dialect: new AgentrySqliteDialect({ database: withStatementCache(sqlite) }) })
     const dataVersion = sqlite.prepare('pragma data_version').pluck()
     return {
       db,
@@ -103,8 +103,7 @@ function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
  * CLI command beside the server) a deferred one that has read cannot wait for the lock: when
  * another process holds it, or has committed since the read, its first write fails at once with
  * SQLITE_BUSY, ignoring busy_timeout. Beginning IMMEDIATE waits for the lock (up to busy_timeout)
- * before reading anything, so two instances migrating a new file at once, or writing together,
- * take turns instead of failing.
+ * before reading anything, so writers of different processes take turns instead of failing.
  */
 class ImmediateSqliteDriver extends SqliteDriver {
   override async beginTransaction (connection: DatabaseConnection): Promise<void> {
@@ -112,7 +111,21 @@ class ImmediateSqliteDriver extends SqliteDriver {
   }
 }
 
-class ImmediateSqliteDialect extends SqliteDialect {
+/**
+ * Kysely's migrator runs SQLite migrations outside any transaction (its adapter says SQLite has no
+ * transactional DDL, which it has) and its migration lock is a no-op there: two processes starting
+ * on a new file both found nothing applied and both ran the first migration, and the slower one
+ * failed ("table already exists"). Said to support it, the migrator runs the whole run in one
+ * transaction, which begins IMMEDIATE: the second process waits for the first one's run, then finds
+ * nothing left to do; and a run that fails half way leaves nothing half made.
+ */
+class TransactionalDdlSqliteAdapter extends SqliteAdapter {
+  override get supportsTransactionalDdl (): boolean {
+    return true
+  }
+}
+
+class AgentrySqliteDialect extends SqliteDialect {
   readonly #config: SqliteDialectConfig
   constructor (config: SqliteDialectConfig) {
     super(config)
@@ -121,6 +134,10 @@ class ImmediateSqliteDialect extends SqliteDialect {
 
   override createDriver (): Driver {
     return new ImmediateSqliteDriver(this.#config)
+  }
+
+  override createAdapter (): DialectAdapter {
+    return new TransactionalDdlSqliteAdapter()
   }
 }
 

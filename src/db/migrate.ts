@@ -7,7 +7,7 @@ import { blobClaims } from './migrations/004_blob_claims.js'
 import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
-function migrations (dialect: DialectName): Record<string, Migration> {
+export function migrations (dialect: DialectName): Record<string, Migration> {
   return {
     '001_initial': initial(dialect),
     '002_sync_presence_scopes': syncPresenceScopes(),
@@ -41,11 +41,10 @@ function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<Migra
 
 /**
  * Brings the schema up to date, safely when several processes start at once. On PostgreSQL,
- * Kysely's migrator holds an advisory lock. On SQLite its lock is a no-op (it assumes a single
- * connection), but the migrations run in one transaction, and SQLite's transactions begin
- * IMMEDIATE here (see openDatabase): a second process waits for the first one's to commit (up to
- * busy_timeout), then finds nothing left to do. Should the wait run out, the attempt rolls back
- * whole and is tried again.
+ * Kysely's migrator holds an advisory lock. On SQLite its lock is a no-op, but the whole run is one
+ * transaction that begins IMMEDIATE (see AgentrySqliteDialect): a second process waits for the
+ * first one's run (up to busy_timeout), then finds nothing left to do. Should the wait run out, the
+ * attempt has changed nothing and is tried again.
  */
 export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
