@@ -168,6 +168,7 @@ describe('agentry files check / sweep', () => {
     assert.ok(original !== undefined)
     assert.deepEqual(await store.get(keys['520x400']), original, 'the ingest stored the 200x300 original as its 520x400 size')
     for (const key of [keys['120x120'], keys['520x400']]) await store.delete(key)
+    assert.deepEqual(await Promise.all([keys.original, keys['120x120'], keys['520x400']].map(async (k) => await store.has(k))), [true, false, false])
     // An avatar made in the last second is too recent to judge (created_at is in whole seconds).
     const swept = await until('sweep to mend the image', async () => {
       const r = await check('sweep')

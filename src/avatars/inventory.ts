@@ -201,7 +201,7 @@ export async function mendVariants (store: BlobStore, images: readonly Incomplet
       // Only what is still missing: an ingest of the same image may have stored it since the listing
       // (on local disk putAll would replace a file whose bytes differ).
       const missing: Variant[] = []
-      for (const v of VARIANTS) if (image.missing.includes(v) && await store.get(keys[v]) === undefined) missing.push(v)
+      for (const v of VARIANTS) if (image.missing.includes(v) && !await store.has(keys[v])) missing.push(v)
       if (missing.length > 0) {
         const made = await processAvatar(original, limits)
         // processAvatar gives its original as the 520x400 size when the image fits in it; that size

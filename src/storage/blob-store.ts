@@ -28,6 +28,8 @@ export interface BlobStore {
    * makes an image's missing variants again from its original (avatar files are a few MB at most).
    */
   get: (key: string) => Promise<Buffer | undefined>
+  /** Whether a file is stored under key now, without reading it (a HEAD on S3). */
+  has: (key: string) => Promise<boolean>
   /**
    * Opens a stored file for streaming; undefined when there is none. Stores served by the
    * service's own static file handler (local disk) need not have it.

@@ -150,6 +150,10 @@ export class LocalBlobStore implements BlobStore {
     return undefined
   }
 
+  async has (key: string): Promise<boolean> {
+    return await Promise.resolve(this.pathOf(key) !== undefined)
+  }
+
   async get (key: string): Promise<Buffer | undefined> {
     const file = this.pathOf(key)
     if (file === undefined) return undefined

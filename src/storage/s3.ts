@@ -42,7 +42,7 @@ export class S3BlobStore implements BlobStore {
 
   /** One whole object (S3 never shows a partial one); false when the key exists already. */
   private async put ({ key, data, contentType }: BlobFile): Promise<boolean> {
-    if (await this.exists(key)) return false
+    if (await this.has(key)) return false
     await this.client.send(new PutObjectCommand({
       Bucket: this.target.bucket,
       Key: this.objectKey(key),
@@ -54,7 +54,7 @@ export class S3BlobStore implements BlobStore {
     return true
   }
 
-  private async exists (key: string): Promise<boolean> {
+  async has (key: string): Promise<boolean> {
     try {
       await this.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }))
       return true
