@@ -245,6 +245,14 @@ export async function startTwoInstances (token: string, env: Record<string, stri
     ...env
   }
   const [a, b] = await Promise.all([startServe(shared, 20_000), startServe(shared, 20_000)])
+  // startServe resolves for a process that exited at start too; here both must be serving.
+  for (const [name, p] of [['a', a], ['b', b]] as const) {
+    if (p.child.exitCode !== null || p.child.signalCode !== null) {
+      killAll()
+      await stores.drop()
+      throw new Error(`instance ${name} exited as it started (${p.child.exitCode ?? p.child.signalCode})\nstdout:\n${p.stdout()}\nstderr:\n${p.stderr()}`)
+    }
+  }
   return {
     a,
     b,
