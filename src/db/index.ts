@@ -166,6 +166,26 @@ export async function pingDatabase (db: Db): Promise<void> {
   await sql`select 1`.execute(db)
 }
 
+/**
+ * PostgreSQL's codes for a database that is there but cannot do the work now: shutting down or
+ * starting up (57P01-57P03), out of connections (53300), the statement timed out
+ * (57014, DATABASE_STATEMENT_TIMEOUT_MS), the connection failed or was lost (class 08).
+ */
+const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08000', '08001', '08003', '08004', '08006'])
+
+/**
+ * True when err says the database could not do the work now, through no fault of the request: a
+ * retry a moment later may well succeed. SQLite: its write lock stayed with another process for
+ * longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE, and a connection refused or cut.
+ */
+export function isDatabaseUnavailable (err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false
+  const code = (err as { code?: unknown }).code
+  if (typeof code !== 'string') return false
+  return code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_') || PG_UNAVAILABLE.has(code) ||
+    code === 'ECONNREFUSED' || code === 'ECONNRESET'
+}
+
 /** True when err is a unique-constraint violation on either dialect. */
 export function isUniqueViolation (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false

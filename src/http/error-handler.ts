@@ -1,4 +1,5 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { isDatabaseUnavailable } from '../db/index.js'
 import { AppError, errors, isAppError, type ErrorDetail } from '../errors/index.js'
 
 interface AjvError {
@@ -67,13 +68,23 @@ function toAppError (err: FastifyError, knownFields: readonly string[], multipar
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
     return new AppError('validation_failed', err.message)
   }
-  return internalError()
+  return serverError(err)
 }
 
-/** What a caller is told of any failure that is not theirs to fix: nothing of its internals. */
-export function internalError (): AppError {
+/**
+ * What a caller is told of any failure that is not theirs to fix, nothing of its internals: 503 when
+ * the database could not do the work now (busy or out of reach; Retry-After says when to try
+ * again), else 500.
+ */
+export function serverError (err: unknown): AppError {
+  if (isDatabaseUnavailable(err)) {
+    return new AppError('service_unavailable', 'The database is busy or out of reach right now; retry the request in a moment (a POST with the same Idempotency-Key, if it had one).')
+  }
   return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
 }
+
+/** Seconds a 503 asks the caller to wait before trying again (the Retry-After header). */
+export const RETRY_AFTER_SECONDS = 1
 
 /** One place where every failure becomes the envelope; internals of 5xx never leave the process. */
 export function registerErrorHandling (app: FastifyInstance): void {
@@ -84,6 +95,7 @@ export function registerErrorHandling (app: FastifyInstance): void {
     if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
     if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')
+    if (appErr.statusCode === 503) void reply.header('retry-after', RETRY_AFTER_SECONDS)
     return reply.status(appErr.statusCode).send(envelope(appErr))
   })
 

@@ -9,7 +9,7 @@ import type { RateLimiter } from './plugins/rate-limit.js'
 import { requestIdOf } from './request-id.js'
 import { agentEnvelope } from './routes/agents/etag.js'
 import { isAppError } from '../errors/index.js'
-import { envelope, internalError } from './error-handler.js'
+import { envelope, RETRY_AFTER_SECONDS, serverError } from './error-handler.js'
 
 export interface FastPathDeps {
   /** Where the API is mounted, e.g. /api/external/v1. */
@@ -86,8 +86,9 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
 
   /** The error envelope, as the usual way's error handler makes it. */
   const fail = (res: ServerResponse, out: string[], start: number, err: unknown): void => {
-    const appErr = isAppError(err) ? err : internalError()
+    const appErr = isAppError(err) ? err : serverError(err)
     if (appErr.statusCode >= 500) deps.log.error({ reqId: out[1], err }, 'request failed')
+    if (appErr.statusCode === 503) out.push('retry-after', String(RETRY_AFTER_SECONDS))
     end(res, out, appErr.statusCode, Buffer.from(JSON.stringify(envelope(appErr))))
     counted(appErr.statusCode, start)
   }

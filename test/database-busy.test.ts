@@ -1,0 +1,103 @@
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
+import pg from 'pg'
+import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { storeLeg } from './helpers/stores.js'
+
+/**
+ * When the database cannot do a request's work now, through no fault of the request, the answer is
+ * 503 `service_unavailable` with Retry-After, not a 500: the caller may simply try again. The cause
+ * is real and made from outside, as another process would: on SQLite that process holds the write
+ * lock longer than the service waits for it (busy_timeout, 5 s); on PostgreSQL it holds a lock on
+ * the agents table longer than DATABASE_STATEMENT_TIMEOUT_MS.
+ */
+
+const onPostgres = process.env.TEST_DATABASE_URL !== undefined
+
+/** Another process's lock: SQLite's write lock, or on PostgreSQL a lock on agents that `mode` names. */
+async function holdLock (srv: TestServer, mode = 'EXCLUSIVE'): Promise<{ release: () => Promise<void> }> {
+  const url = srv.sharedEnv.DATABASE_URL
+  if (url === undefined) {
+    const db = new SQLite(path.join(srv.dataDir, 'agentry.db'))
+    db.exec('BEGIN IMMEDIATE')
+    return { release: async () => { db.exec('ROLLBACK'); db.close() } }
+  }
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  await client.query('BEGIN')
+  await client.query(`LOCK TABLE agents IN ${mode} MODE`)
+  return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
+}
+
+function assertUnavailable (res: ApiResponse): void {
+  assert.equal(res.status, 503, JSON.stringify(res.body))
+  assert.equal(res.body.status, 503)
+  assert.equal(res.body.error.code, 'service_unavailable')
+  assert.match(res.body.error.message, /database is busy or out of reach right now; retry/)
+  assert.doesNotMatch(JSON.stringify(res.body), /SQLITE|lock|statement timeout|canceling/i, 'nothing of the internals')
+  assert.equal(res.headers.get('retry-after'), '1')
+}
+
+describe(`a database that cannot do the work now: 503 with Retry-After (${storeLeg()})`, () => {
+  let srv: TestServer
+
+  before(async () => {
+    // No upkeep: on SQLite each of its writes would wait out the held lock too, and better-sqlite3
+    // waits with the event loop stopped (this process's, the test's own included).
+    srv = await startTestServer({ DATABASE_STATEMENT_TIMEOUT_MS: '300', MAINTENANCE_INTERVAL_MS: '3600000' })
+  })
+
+  after(async () => {
+    await srv?.close()
+  })
+
+  it('a write that cannot get the lock in time: 503, nothing written; reads go on; the same write works once the lock is gone', async () => {
+    const agent = (await srv.call('POST', '/agents', { serviceUserId: 'busy-1', name: 'Before' })).body.data
+    const lock = await holdLock(srv)
+    let refused: ApiResponse
+    let created: ApiResponse
+    try {
+      // Reads need no write lock: answered as usual meanwhile.
+      const read = await srv.call('GET', `/agents/${agent.id as string}`)
+      assert.equal(read.status, 200)
+      assert.deepEqual(read.body.data, agent)
+      // Together, so that on SQLite they share one wait for the lock.
+      ;[refused, created] = await Promise.all([
+        srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After', status: 'online' }),
+        srv.call('POST', '/agents', { serviceUserId: 'busy-2', name: 'New' })
+      ])
+    } finally {
+      await lock.release()
+    }
+    assertUnavailable(refused)
+    assertUnavailable(created)
+    assert.deepEqual((await srv.call('GET', `/agents/${agent.id as string}`)).body.data, agent, 'the agent is as it was')
+    const list = (await srv.call('GET', '/agents')).body.data as Array<{ serviceUserId: string }>
+    assert.deepEqual(list.map((a) => a.serviceUserId), ['busy-1'], 'no agent was created')
+
+    const again = await srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After', status: 'online' })
+    assert.equal(again.status, 200)
+    assert.equal(again.body.data.name, 'After')
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'busy-2', name: 'New' })).status, 200)
+  })
+
+  it('a read the database cannot answer in time: 503 on both ways of answering GET /agents/:id (PostgreSQL)', {
+    skip: !onPostgres && 'SQLite readers never wait for a lock (WAL)'
+  }, async () => {
+    const agent = (await srv.call('POST', '/agents', { serviceUserId: 'busy-3', name: 'Read me' })).body.data
+    const lock = await holdLock(srv, 'ACCESS EXCLUSIVE')
+    let fast: ApiResponse
+    let usual: ApiResponse
+    try {
+      fast = await srv.call('GET', `/agents/${agent.id as string}`)
+      usual = await srv.call('GET', `/agents/${agent.id as string}?usual=1`)
+    } finally {
+      await lock.release()
+    }
+    assertUnavailable(fast)
+    assertUnavailable(usual)
+    assert.deepEqual((await srv.call('GET', `/agents/${agent.id as string}`)).body.data, agent)
+  })
+})
