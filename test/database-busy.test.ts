@@ -1,9 +1,6 @@
 import assert from 'node:assert/strict'
-import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import SQLite from 'better-sqlite3'
-import pg from 'pg'
-import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -17,19 +14,7 @@ import { storeLeg } from './helpers/stores.js'
 const onPostgres = process.env.TEST_DATABASE_URL !== undefined
 
 /** Another process's lock: SQLite's write lock, or on PostgreSQL a lock on agents that `mode` names. */
-async function holdLock (srv: TestServer, mode = 'EXCLUSIVE'): Promise<{ release: () => Promise<void> }> {
-  const url = srv.sharedEnv.DATABASE_URL
-  if (url === undefined) {
-    const db = new SQLite(path.join(srv.dataDir, 'agentry.db'))
-    db.exec('BEGIN IMMEDIATE')
-    return { release: async () => { db.exec('ROLLBACK'); db.close() } }
-  }
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  await client.query('BEGIN')
-  await client.query(`LOCK TABLE agents IN ${mode} MODE`)
-  return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
-}
+const holdLock = async (srv: TestServer, mode = 'EXCLUSIVE') => await holdDatabaseLock(srv, { table: 'agents', mode })
 
 function assertUnavailable (res: ApiResponse): void {
   assert.equal(res.status, 503, JSON.stringify(res.body))

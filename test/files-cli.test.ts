@@ -4,32 +4,15 @@ import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import SQLite from 'better-sqlite3'
-import pg from 'pg'
 import sharp from 'sharp'
-import { COLLECT_AT_ONCE, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, holdDatabaseLock, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
 import { makeImages, startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { killAll, ROOT, runCli, startServe, until } from './helpers/process.js'
 import { takeInventory } from '../src/avatars/inventory.js'
 import { avatarKeys, contentPath } from '../src/storage/blob-store.js'
 
-/**
- * Holds the database's write lock (SQLite) or a lock on the avatars table that inserts wait for
- * (PostgreSQL) until release() is called: a write then stores its files and waits for its row.
- */
-async function holdWrites (srv: TestServer): Promise<{ release: () => Promise<void> }> {
-  const url = srv.sharedEnv.DATABASE_URL
-  if (url === undefined) {
-    const db = new SQLite(path.join(srv.dataDir, 'agentry.db'))
-    db.exec('BEGIN IMMEDIATE')
-    return { release: async () => { db.exec('ROLLBACK'); db.close() } }
-  }
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  await client.query('BEGIN')
-  await client.query('LOCK TABLE avatars IN SHARE MODE')
-  return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
-}
+/** A write then stores its files and waits for its row (its avatar's insert, on PostgreSQL). */
+const holdWrites = async (srv: TestServer) => await holdDatabaseLock(srv, { table: 'avatars', mode: 'SHARE' })
 
 // `agentry files check` and `agentry files sweep`, run as an operator runs them, against the stores
 // of a running server: on the embedded defaults, and on PostgreSQL + S3 in that leg of the matrix.

@@ -7,6 +7,8 @@ import { loadConfig } from '../../src/config/index.js'
 import { buildApp } from '../../src/http/app.js'
 import { createServices, type ServiceOverrides, type Services } from '../../src/start/services.js'
 import { after, before } from 'node:test'
+import SQLite from 'better-sqlite3'
+import pg from 'pg'
 import { provisionStores } from './stores.js'
 import { startFixtureServer, type FixtureServer } from './fixtures.js'
 
@@ -173,4 +175,23 @@ export function serversForSuite (take: (srv: TestServer, fx: FixtureServer) => v
     await srv?.close()
     await fx?.close()
   })
+}
+
+/**
+ * Another process's lock on the test server's database, held until release(), as a second process
+ * would hold it: on SQLite the write lock (every write waits for it), on PostgreSQL a lock of `mode`
+ * on `table` (e.g. SHARE on avatars: inserts there wait).
+ */
+export async function holdDatabaseLock (srv: TestServer, postgres: { table: string, mode: string }): Promise<{ release: () => Promise<void> }> {
+  const url = srv.sharedEnv.DATABASE_URL
+  if (url === undefined) {
+    const db = new SQLite(path.join(srv.dataDir, 'agentry.db'))
+    db.exec('BEGIN IMMEDIATE')
+    return { release: async () => { db.exec('ROLLBACK'); db.close() } }
+  }
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  await client.query('BEGIN')
+  await client.query(`LOCK TABLE ${postgres.table} IN ${postgres.mode} MODE`)
+  return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
 }
