@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
+import { freePort, holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
- * When the database cannot do a request's work now, through no fault of the request, the answer is
+ * When the database (or the file store) cannot do a request's work now, through no fault of the request, the answer is
  * 503 `service_unavailable` with Retry-After, not a 500: the caller may simply try again. The cause
  * is real and made from outside, as another process would: on SQLite that process holds the write
  * lock longer than the service waits for it (busy_timeout, 5 s); on PostgreSQL it holds a lock on
@@ -20,7 +21,7 @@ function assertUnavailable (res: ApiResponse): void {
   assert.equal(res.status, 503, JSON.stringify(res.body))
   assert.equal(res.body.status, 503)
   assert.equal(res.body.error.code, 'service_unavailable')
-  assert.match(res.body.error.message, /database is busy or out of reach right now; retry/)
+  assert.match(res.body.error.message, /database or the file store is busy or out of reach right now; retry/)
   assert.doesNotMatch(JSON.stringify(res.body), /SQLITE|lock|statement timeout|canceling/i, 'nothing of the internals')
   assert.equal(res.headers.get('retry-after'), '1')
 }
@@ -84,5 +85,29 @@ describe(`a database that cannot do the work now: 503 with Retry-After (${storeL
     assertUnavailable(fast)
     assertUnavailable(usual)
     assert.deepEqual((await srv.call('GET', `/agents/${agent.id as string}`)).body.data, agent)
+  })
+})
+
+describe(`a file store that refuses connections: 503 with Retry-After (${storeLeg().split('+')[0] as string} database, S3 store)`, () => {
+  let srv: TestServer
+  let fx: FixtureServer
+
+  before(async () => {
+    fx = await startFixtureServer()
+    // An S3 endpoint where nothing listens (the SDK needs credentials before it tries to connect).
+    process.env.AWS_ACCESS_KEY_ID ??= 'test'
+    process.env.AWS_SECRET_ACCESS_KEY ??= 'test'
+    srv = await startTestServer({ STORAGE_URL: 's3://agentry-nowhere/avatars', AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${await freePort()}`, AWS_REGION: 'us-east-1' })
+  })
+
+  after(async () => {
+    await srv?.close()
+    await fx?.close()
+  })
+
+  it('a POST with an avatar: 503, and no agent; one without an avatar, which needs no file, works', async () => {
+    assertUnavailable(await srv.call('POST', '/agents', { serviceUserId: 'store-down', name: 'A', avatar: `${fx.url}/photo.jpg` }))
+    assert.deepEqual((await srv.call('GET', '/agents')).body.data, [])
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'store-down', name: 'A' })).status, 200)
   })
 })

@@ -176,7 +176,8 @@ const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08
 /**
  * True when err says the database could not do the work now, through no fault of the request: a
  * retry a moment later may well succeed. SQLite: its write lock stayed with another process for
- * longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE, and a connection refused or cut.
+ * longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE, and a connection refused or cut
+ * (which the S3 client reports the same way).
  */
 export function isDatabaseUnavailable (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false

@@ -73,12 +73,12 @@ function toAppError (err: FastifyError, knownFields: readonly string[], multipar
 
 /**
  * What a caller is told of any failure that is not theirs to fix, nothing of its internals: 503 when
- * the database could not do the work now (busy or out of reach; Retry-After says when to try
- * again), else 500.
+ * the database (or a connection to the file store) could not do the work now, busy or out of
+ * reach, with Retry-After saying when to try again; else 500.
  */
 export function serverError (err: unknown): AppError {
   if (isDatabaseUnavailable(err)) {
-    return new AppError('service_unavailable', 'The database is busy or out of reach right now; retry the request in a moment (a POST with the same Idempotency-Key, if it had one).')
+    return new AppError('service_unavailable', 'The database or the file store is busy or out of reach right now; retry the request in a moment (a POST with the same Idempotency-Key, if it had one).')
   }
   return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
 }
