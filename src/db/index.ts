@@ -174,12 +174,12 @@ export async function pingDatabase (db: Db): Promise<void> {
 const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08000', '08001', '08003', '08004', '08006'])
 
 /**
- * True when err says the database could not do the work now, through no fault of the request: a
- * retry a moment later may well succeed. SQLite: its write lock stayed with another process for
- * longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE, and a connection refused or cut
- * (which the S3 client reports the same way).
+ * True when err says the database, or the file store, could not do the work now, through no fault
+ * of the request: a retry a moment later may well succeed. SQLite: its write lock stayed with
+ * another process for longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE. Either
+ * PostgreSQL or S3: a connection refused or cut (both clients report Node's codes).
  */
-export function isDatabaseUnavailable (err: unknown): boolean {
+export function isStoreUnavailable (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false
   const code = (err as { code?: unknown }).code
   if (typeof code !== 'string') return false

@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { isDatabaseUnavailable } from '../db/index.js'
+import { isStoreUnavailable } from '../db/index.js'
 import { AppError, errors, isAppError, type ErrorDetail } from '../errors/index.js'
 
 interface AjvError {
@@ -77,7 +77,7 @@ function toAppError (err: FastifyError, knownFields: readonly string[], multipar
  * reach, with Retry-After saying when to try again; else 500.
  */
 export function serverError (err: unknown): AppError {
-  if (isDatabaseUnavailable(err)) {
+  if (isStoreUnavailable(err)) {
     return new AppError('service_unavailable', 'The database or the file store is busy or out of reach right now; retry the request in a moment (a POST with the same Idempotency-Key, if it had one).')
   }
   return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
