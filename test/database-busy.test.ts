@@ -5,11 +5,12 @@ import { freePort, holdDatabaseLock, startTestServer, type ApiResponse, type Tes
 import { storeLeg } from './helpers/stores.js'
 
 /**
- * When the database (or the file store) cannot do a request's work now, through no fault of the request, the answer is
- * 503 `service_unavailable` with Retry-After, not a 500: the caller may simply try again. The cause
- * is real and made from outside, as another process would: on SQLite that process holds the write
- * lock longer than the service waits for it (busy_timeout, 5 s); on PostgreSQL it holds a lock on
- * the agents table longer than DATABASE_STATEMENT_TIMEOUT_MS.
+ * When the database (or the file store) cannot do a request's work now, through no fault of the
+ * request, the answer is 503 `service_unavailable` with Retry-After, not a 500: the caller may
+ * simply try again. The cause is real and made from outside, as another process would make it: on
+ * SQLite that process holds the write lock longer than the service waits for it (busy_timeout,
+ * 5 s); on PostgreSQL it holds a lock on the agents table longer than DATABASE_STATEMENT_TIMEOUT_MS;
+ * and a file store is an S3 endpoint where nothing listens.
  */
 
 const onPostgres = process.env.TEST_DATABASE_URL !== undefined
