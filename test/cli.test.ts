@@ -4,11 +4,12 @@ import fs from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
 import path from 'node:path'
 import { after, afterEach, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
 import { Migrator, type Migration } from 'kysely'
 import { openDatabase } from '../src/db/index.js'
 import { migrations } from '../src/db/migrate.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { call, dataDir, killAll, lastWord, oneShot, removeDirs, ROOT, runCli, startServe, until, type Reply, type ServeProcess } from './helpers/process.js'
+import { call, dataDir, killAll, lastWord, oneShot, removeDirs, ROOT, runCli, startServe, until, type CliResult, type Reply, type ServeProcess } from './helpers/process.js'
 
 // The real `agentry` command and the real server process, as an operator runs them: `node bin/agentry.js ...`
 // with configuration in the environment and a fresh DATA_DIR each time.
@@ -439,6 +440,30 @@ describe('agentry command and server process', () => {
       assert.equal(second.code, 0, second.stderr)
       assert.match(second.stdout, /already up to date/i)
       assert.doesNotMatch(second.stdout, /applied/i)
+    })
+
+    it('a process opening a new SQLite file while another still sets it up waits for it', async () => {
+      const dir = dataDir()
+      // The other process is this one: the new file still in SQLite's default journal mode, with a
+      // write under way, as while the first process to open a file switches it to WAL. Switching
+      // needs the file to itself, and SQLite says SQLITE_BUSY at once rather than wait.
+      const other = new SQLite(path.join(dir, 'agentry.db'))
+      let ended = false
+      let migrated: Promise<CliResult> | undefined
+      try {
+        other.exec('create table setting_up (x)')
+        other.exec('BEGIN IMMEDIATE')
+        other.exec('insert into setting_up values (1)')
+        migrated = runCli(['migrate'], { DATA_DIR: dir }, 30_000).finally(() => { ended = true })
+        await new Promise((resolve) => setTimeout(resolve, 1500))
+        assert.equal(ended, false, 'it waits for the file')
+      } finally {
+        other.exec('COMMIT')
+        other.close()
+      }
+      const r = await migrated
+      assert.equal(r.code, 0, r.stdout + r.stderr)
+      assert.match(r.stdout, /applied: .*001_initial/i)
     })
 
     it('two processes migrating a new SQLite file at once: the second waits for the first, then finds nothing to do', async () => {

@@ -48,11 +48,15 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
   if (target.kind === 'sqlite') {
     if (target.file !== ':memory:') fs.mkdirSync(path.dirname(target.file), { recursive: true })
     const sqlite = new SQLite(target.file)
-    sqlite.pragma('journal_mode = WAL')
+    // A new file is switched to WAL by the first process that opens it. Switching needs the file to
+    // itself, and SQLite does not wait for that (busy_timeout does not apply): a second process
+    // opening the file meanwhile is told SQLITE_BUSY at once. It tries again, for up to 30 s: a
+    // process that is starting can wait, and on a slow disk setting up a new file takes a few flushes.
+    await whileBusy(30_000, () => sqlite.pragma('journal_mode = WAL'))
     // FULL: a commit is on disk before the API acknowledges it, even across a power cut.
     sqlite.pragma('synchronous = FULL')
     sqlite.pragma('foreign_keys = ON')
-    sqlite.pragma('busy_timeout = 5000')
+    sqlite.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
     const db = new Kysely<Database>({ dialect: new AgentrySqliteDialect({ database: withStatementCache(sqlite) }) })
     const dataVersion = sqlite.prepare('pragma data_version').pluck()
     return {
@@ -95,6 +99,22 @@ function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
   const parser = (oid: number, format: 'text' | 'binary' = 'text'): (value: string) => unknown =>
     oid === int8 ? parseInt8 : types.getTypeParser(oid, format) as (value: string) => unknown
   return parser as typeof pg.types.getTypeParser
+}
+
+/** How long SQLite waits for another process's lock before a statement fails with SQLITE_BUSY. */
+const BUSY_TIMEOUT_MS = 5000
+
+/** Runs fn, and again every 20 ms while it fails with SQLITE_BUSY, for timeoutMs at most. */
+async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return fn()
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'SQLITE_BUSY' || Date.now() >= deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  }
 }
 
 /**
