@@ -1,4 +1,4 @@
-import { CompiledQuery, sql, type Compilable } from 'kysely'
+import { CompiledQuery, type Compilable } from 'kysely'
 import type { DbOrTrx } from './index.js'
 import { setBounded } from '../util/bounded-map.js'
 
@@ -11,22 +11,26 @@ interface Shape {
   slots: number[]
 }
 
-const shapes = new Map<string, Shape>()
+/**
+ * Shapes by the database they were compiled for, keyed by its dialect adapter: one object for a
+ * Kysely instance and every transaction made from it (SQLite makes a new transaction object per
+ * commit), and another for another database, whose SQL may write parameters otherwise (`?`, `$1`).
+ */
+const shapesByDatabase = new WeakMap<object, Map<string, Shape>>()
 
-/** How each database instance writes a parameter (`?` or `$1`): its statements' SQL differs by it. */
-const placeholders = new WeakMap<DbOrTrx, string>()
-
-function placeholderOf (db: DbOrTrx): string {
-  let style = placeholders.get(db)
-  if (style === undefined) {
-    style = db.selectNoFrom(sql<number>`${0}`.as('p')).compile().sql
-    placeholders.set(db, style)
+function shapesOf (db: DbOrTrx): Map<string, Shape> {
+  // Read as Kysely's own Migrator reads it.
+  const adapter = db.getExecutor().adapter
+  let shapes = shapesByDatabase.get(adapter)
+  if (shapes === undefined) {
+    shapes = new Map()
+    shapesByDatabase.set(adapter, shapes)
   }
-  return style
+  return shapes
 }
 
 /**
- * A statement whose SQL depends only on `key`, compiled once per key and dialect, then run with each
+ * A statement whose SQL depends only on `key`, compiled once per key and database, then run with each
  * call's values. Kysely builds and compiles every statement afresh: for the statements of a status
  * change that is ~14 µs of CPU on a 2-core VM, about a tenth of the whole write on SQLite, which
  * runs each of them in a few µs.
@@ -36,15 +40,15 @@ function placeholderOf (db: DbOrTrx): string {
  * that throws), and everything else about it must follow from the key alone.
  */
 export function compiledOnce<R> (db: DbOrTrx, key: string, values: readonly unknown[], build: (v: (i: number) => never) => Compilable<R>): CompiledQuery<R> {
-  const id = `${placeholderOf(db)}\u0000${key}`
-  let shape = shapes.get(id)
+  const shapes = shapesOf(db)
+  let shape = shapes.get(key)
   if (shape === undefined) {
     const standIns = values.map((_, i) => `\u0000agentry-parameter-${i}\u0000`)
     const compiled = build((i) => standIns[i] as never).compile()
     const slots = compiled.parameters.map((p) => standIns.indexOf(p as string))
     if (slots.includes(-1)) throw new Error(`compiledOnce(${key}): a parameter of the statement is not one of its values`)
     shape = { sql: compiled.sql, slots }
-    setBounded(shapes, id, shape, SHAPES_KEPT)
+    setBounded(shapes, key, shape, SHAPES_KEPT)
   }
   return CompiledQuery.raw(shape.sql, shape.slots.map((i) => values[i]))
 }
