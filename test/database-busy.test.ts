@@ -8,9 +8,9 @@ import { storeLeg } from './helpers/stores.js'
  * When the database (or the file store) cannot do a request's work now, through no fault of the
  * request, the answer is 503 `service_unavailable` with Retry-After, not a 500: the caller may
  * simply try again. The cause is real and made from outside, as another process would make it: on
- * SQLite that process holds the write lock longer than the service waits for it (busy_timeout,
- * 5 s); on PostgreSQL it holds a lock on the agents table longer than DATABASE_STATEMENT_TIMEOUT_MS;
- * and a file store is an S3 endpoint where nothing listens.
+ * SQLite that process holds the write lock longer than the service waits for it (5 s, with its
+ * event loop free meanwhile); on PostgreSQL it holds a lock on the agents table longer than
+ * DATABASE_STATEMENT_TIMEOUT_MS; and a file store is an S3 endpoint where nothing listens.
  */
 
 const onPostgres = process.env.TEST_DATABASE_URL !== undefined
@@ -31,8 +31,7 @@ describe(`a database that cannot do the work now: 503 with Retry-After (${storeL
   let srv: TestServer
 
   before(async () => {
-    // No upkeep: on SQLite each of its writes would wait out the held lock too, and better-sqlite3
-    // waits with the event loop stopped (this process's, the test's own included).
+    // No upkeep: its writes would wait out the held lock too, and hold up the writes under test.
     srv = await startTestServer({ DATABASE_STATEMENT_TIMEOUT_MS: '300', MAINTENANCE_INTERVAL_MS: '3600000' })
   })
 
@@ -51,10 +50,20 @@ describe(`a database that cannot do the work now: 503 with Retry-After (${storeL
       assert.equal(read.status, 200)
       assert.deepEqual(read.body.data, agent)
       // Together, so that on SQLite they share one wait for the lock.
-      ;[refused, created] = await Promise.all([
+      let settled = false
+      const writes = Promise.all([
         srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After', status: 'online' }),
         srv.call('POST', '/agents', { serviceUserId: 'busy-2', name: 'New' })
-      ])
+      ]).finally(() => { settled = true })
+      // While they wait for the lock, the server answers everything else, the database's reads
+      // included: the list, and /readyz (which asks the database).
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      const [list, ready] = await Promise.all([srv.call('GET', '/agents'), fetch(`${srv.url}/readyz`)])
+      assert.equal(list.status, 200)
+      assert.deepEqual(list.body.data, [agent])
+      assert.equal(ready.status, 200)
+      if (!onPostgres) assert.equal(settled, false, 'answered while the writes still waited for the lock')
+      ;[refused, created] = await writes
     } finally {
       await lock.release()
     }
@@ -68,6 +77,18 @@ describe(`a database that cannot do the work now: 503 with Retry-After (${storeL
     assert.equal(again.status, 200)
     assert.equal(again.body.data.name, 'After')
     assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'busy-2', name: 'New' })).status, 200)
+  })
+
+  it('a write that meets a lock held for a moment waits for it, and succeeds', async () => {
+    const agent = (await srv.call('POST', '/agents', { serviceUserId: 'busy-wait', name: 'Before' })).body.data
+    const lock = await holdLock(srv)
+    const put = srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    await lock.release()
+    const res = await put
+    assert.equal(res.status, 200, JSON.stringify(res.body))
+    assert.equal(res.body.data.name, 'After')
+    assert.equal((await srv.call('GET', `/agents/${agent.id as string}?usual=1`)).body.data.name, 'After')
   })
 
   it('a read the database cannot answer in time: 503 on both ways of answering GET /agents/:id (PostgreSQL)', {

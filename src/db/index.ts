@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { CompiledQuery, Kysely, PostgresDialect, SqliteAdapter, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type DialectAdapter, type Driver, type SqliteDialectConfig, type SqliteDatabase, type Transaction } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect, SqliteAdapter, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type DialectAdapter, type Driver, type QueryResult, type SqliteDialectConfig, type SqliteDatabase, type Transaction } from 'kysely'
 import SQLite from 'better-sqlite3'
 import type pg from 'pg'
 import type { DatabaseTarget } from '../config/index.js'
@@ -56,15 +56,27 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     // FULL: a commit is on disk before the API acknowledges it, even across a power cut.
     sqlite.pragma('synchronous = FULL')
     sqlite.pragma('foreign_keys = ON')
-    sqlite.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`)
-    const db = new Kysely<Database>({ dialect: new AgentrySqliteDialect({ database: withStatementCache(sqlite) }) })
+    // No waiting inside SQLite: its busy handler sleeps with the event loop stopped. A statement that
+    // meets another process's lock fails at once, and LockWaitingConnection waits, with the loop free.
+    sqlite.pragma('busy_timeout = 0')
+    const db = new Kysely<Database>({ dialect: new AgentrySqliteDialect({ database: withStatementCache(sqlite), inTransaction: () => sqlite.inTransaction }) })
     const dataVersion = sqlite.prepare('pragma data_version').pluck()
+    let unknownVersion = 0
     return {
       db,
       dialect: 'sqlite',
       transact: groupCommit(db),
       poolStats: () => undefined,
-      externalChanges: () => dataVersion.get() as number,
+      externalChanges: () => {
+        try {
+          return dataVersion.get() as number
+        } catch (err) {
+          // Another process holds the file to itself for a moment (recovering a crashed writer's WAL):
+          // whether anything changed is not known, so a number never seen, and caches start afresh.
+          if (isSqliteBusy(err)) return --unknownVersion
+          throw err
+        }
+      },
       close: () => db.destroy()
     }
   }
@@ -101,8 +113,13 @@ function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
   return parser as typeof pg.types.getTypeParser
 }
 
-/** How long SQLite waits for another process's lock before a statement fails with SQLITE_BUSY. */
-const BUSY_TIMEOUT_MS = 5000
+/** How long a statement waits for another process's lock on the SQLite file before it fails with SQLITE_BUSY. */
+const LOCK_WAIT_MS = 5000
+
+const isSqliteBusy = (err: unknown): boolean => {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_'))
+}
 
 /** Runs fn, and again every 20 ms while it fails with SQLITE_BUSY, for timeoutMs at most. */
 async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
@@ -122,12 +139,74 @@ async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
  * Every transaction here writes, and with several processes on one file (instances sharing it, or a
  * CLI command beside the server) a deferred one that has read cannot wait for the lock: when
  * another process holds it, or has committed since the read, its first write fails at once with
- * SQLITE_BUSY, ignoring busy_timeout. Beginning IMMEDIATE waits for the lock (up to busy_timeout)
+ * SQLITE_BUSY, and no wait helps. Beginning IMMEDIATE waits for the lock (LockWaitingConnection)
  * before reading anything, so writers of different processes take turns instead of failing.
  */
 class ImmediateSqliteDriver extends SqliteDriver {
+  readonly #inTransaction: () => boolean
+  #connection: LockWaitingConnection | undefined
+
+  constructor (config: AgentrySqliteDialectConfig) {
+    super(config)
+    this.#inTransaction = config.inTransaction
+  }
+
+  override async acquireConnection (): Promise<DatabaseConnection> {
+    const connection = await super.acquireConnection()
+    this.#connection ??= new LockWaitingConnection(connection, this, this.#inTransaction)
+    return this.#connection
+  }
+
   override async beginTransaction (connection: DatabaseConnection): Promise<void> {
     await connection.executeQuery(CompiledQuery.raw('begin immediate'))
+  }
+}
+
+/**
+ * Waits for another process's lock on the SQLite file without stopping the event loop.
+ * better-sqlite3 is synchronous, and SQLite's own wait (busy_timeout) sleeps in the statement: a
+ * server waiting for a lock held elsewhere answered nothing at all meanwhile, not even /healthz. So
+ * busy_timeout is 0, and a statement that meets the lock fails at once with SQLITE_BUSY. Outside a
+ * transaction that changed nothing (a `begin immediate`, or a statement on its own, which SQLite
+ * rolls back whole), so it is run again a moment later, until it gets through or LOCK_WAIT_MS have
+ * passed. Between tries the connection is handed back, so this process's other statements (reads,
+ * which in WAL mode need no lock) go on. Inside a transaction nothing is tried again (it cannot
+ * happen there: every transaction holds the write lock from its begin, and readers never wait in WAL).
+ */
+class LockWaitingConnection implements DatabaseConnection {
+  constructor (
+    private readonly connection: DatabaseConnection,
+    private readonly driver: Driver,
+    private readonly inTransaction: () => boolean
+  ) {}
+
+  executeQuery<R> (query: CompiledQuery): Promise<QueryResult<R>> {
+    try {
+      // better-sqlite3 runs the statement within this call, so a lock met throws here, and the
+      // usual case costs nothing more than the call.
+      return this.connection.executeQuery<R>(query)
+    } catch (err) {
+      return this.#waitForLock(query, err)
+    }
+  }
+
+  async #waitForLock<R> (query: CompiledQuery, err: unknown): Promise<QueryResult<R>> {
+    const deadline = Date.now() + LOCK_WAIT_MS
+    for (let pause = 1; ; pause = Math.min(pause * 2, 20)) {
+      if (!isSqliteBusy(err) || this.inTransaction() || Date.now() + pause > deadline) throw err
+      await this.driver.releaseConnection(this)
+      await new Promise((resolve) => setTimeout(resolve, pause))
+      await this.driver.acquireConnection()
+      try {
+        return await this.connection.executeQuery<R>(query)
+      } catch (again) {
+        err = again
+      }
+    }
+  }
+
+  streamQuery<R> (query: CompiledQuery, chunkSize?: number): AsyncIterableIterator<QueryResult<R>> {
+    return this.connection.streamQuery<R>(query, chunkSize)
   }
 }
 
@@ -145,9 +224,14 @@ class TransactionalDdlSqliteAdapter extends SqliteAdapter {
   }
 }
 
+interface AgentrySqliteDialectConfig extends SqliteDialectConfig {
+  /** True while the connection is inside a transaction (better-sqlite3's `inTransaction`). */
+  inTransaction: () => boolean
+}
+
 class AgentrySqliteDialect extends SqliteDialect {
-  readonly #config: SqliteDialectConfig
-  constructor (config: SqliteDialectConfig) {
+  readonly #config: AgentrySqliteDialectConfig
+  constructor (config: AgentrySqliteDialectConfig) {
     super(config)
     this.#config = config
   }
@@ -196,14 +280,14 @@ const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08
 /**
  * True when err says the database, or the file store, could not do the work now, through no fault
  * of the request: a retry a moment later may well succeed. SQLite: its write lock stayed with
- * another process for longer than busy_timeout (5 s). PostgreSQL: see PG_UNAVAILABLE. Either
+ * another process for longer than a statement waits for it (LOCK_WAIT_MS, 5 s). PostgreSQL: see PG_UNAVAILABLE. Either
  * PostgreSQL or S3: a connection refused or cut (both clients report Node's codes).
  */
 export function isStoreUnavailable (err: unknown): boolean {
   if (typeof err !== 'object' || err === null) return false
   const code = (err as { code?: unknown }).code
   if (typeof code !== 'string') return false
-  return code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_') || PG_UNAVAILABLE.has(code) ||
+  return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) ||
     code === 'ECONNREFUSED' || code === 'ECONNRESET'
 }
 
