@@ -8,7 +8,8 @@ import { storeLeg } from './helpers/stores.js'
  * GET /agents/:id is answered from a per-instance read cache on SQLite (AGENT_CACHE_ENTRIES). What a
  * client sees must not change: every write shows at once, a lapsed heartbeat reads as offline when it
  * lapses, and a write by another process to the same file shows too. On PostgreSQL the cache is off
- * (other instances write), which the metrics say.
+ * (other instances write), which the metrics say. Lists (GET /agents) are kept whole on SQLite the
+ * same way, and must show every write just as well.
  */
 
 const onSqlite = storeLeg().startsWith('sqlite')
@@ -139,5 +140,98 @@ describe('GET /agents/:id with the read cache', () => {
     await getTwice(id)
     assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 0)
     assert.equal(await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/), undefined)
+  })
+})
+
+describe('GET /agents with the read cache (whole answers kept while nothing is written)', () => {
+  let srv: TestServer
+  // The upkeep never runs during these tests: a lapse must show on a list, from the cache too.
+  before(async () => { srv = await startTestServer({ PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' }) })
+  after(async () => { await srv.close() })
+
+  const listHits = async (): Promise<number> => await metric(srv, /^agentry_list_cache_lookups_total\{result="hit"\}/) ?? 0
+
+  /** The list twice: the second answer must be the first, Link header and all. */
+  async function listTwice (query = ''): Promise<ApiResponse> {
+    const first = await srv.call('GET', `/agents${query}`)
+    assert.equal(first.status, 200, JSON.stringify(first.body))
+    const second = await srv.call('GET', `/agents${query}`)
+    assert.deepEqual(second.body, first.body)
+    assert.equal(second.headers.get('link'), first.headers.get('link'))
+    assert.equal(second.headers.get('content-type'), 'application/json; charset=utf-8')
+    return second
+  }
+  const names = (res: ApiResponse): string[] => (res.body.data as Array<{ name: string }>).map((a) => a.name)
+
+  it('every write shows on the next list: a create, an update, an upsert, a heartbeat, a delete', async () => {
+    const hitsBefore = await listHits()
+    assert.deepEqual(names(await listTwice()), [])
+    const a = (await srv.call('POST', '/agents', { serviceUserId: 'list-a', name: 'A' })).body.data
+    assert.deepEqual(names(await listTwice()), ['A'])
+    const b = (await srv.call('POST', '/agents', { serviceUserId: 'list-b', name: 'B' })).body.data
+    const firstPage = await listTwice('?limit=1')
+    assert.deepEqual(names(firstPage), ['B'])
+    assert.match(firstPage.headers.get('link') ?? '', /^<\/api\/external\/v1\/agents\?limit=1&cursor=[^>]+>; rel="next"$/)
+    const nextPage = await listTwice(`?limit=1&cursor=${firstPage.body.meta.nextCursor as string}`)
+    assert.deepEqual(names(nextPage), ['A'])
+    assert.equal(nextPage.headers.get('link'), null)
+
+    assert.equal((await srv.call('PUT', `/agents/${a.id as string}`, { name: 'A renamed' })).status, 200)
+    assert.deepEqual(names(await listTwice()), ['B', 'A renamed'])
+    assert.deepEqual(names(await listTwice(`?limit=1&cursor=${firstPage.body.meta.nextCursor as string}`)), ['A renamed'])
+    assert.equal((await srv.call('PUT', '/agents/by-service-user-id/list-b', { name: 'B upserted' })).status, 200)
+    assert.deepEqual(names(await listTwice()), ['B upserted', 'A renamed'])
+
+    assert.deepEqual(names(await listTwice('?status=online')), [])
+    assert.equal((await srv.call('POST', `/agents/${b.id as string}/heartbeat`)).status, 200)
+    assert.deepEqual(names(await listTwice('?status=online')), ['B upserted'])
+
+    assert.equal((await srv.call('DELETE', `/agents/${a.id as string}`)).status, 200)
+    assert.deepEqual(names(await listTwice()), ['B upserted'])
+    if (onSqlite) assert.ok(await listHits() - hitsBefore >= 10, 'each second list was answered from memory')
+  })
+
+  it('an agent online by heartbeat lists as offline once the heartbeat lapses, though nothing wrote since', async () => {
+    const c = (await srv.call('POST', '/agents', { serviceUserId: 'list-c', name: 'C' })).body.data
+    // Presence is kept in whole seconds (see the test of GET /agents/:id above).
+    while (Date.now() % 1000 > 200) await sleep(20)
+    assert.equal((await srv.call('POST', `/agents/${c.id as string}/heartbeat`)).status, 200)
+    assert.ok(names(await listTwice('?status=online')).includes('C'))
+    const deadline = Date.now() + 4000
+    let online = await listTwice('?status=online')
+    while (names(online).includes('C') && Date.now() < deadline) {
+      await sleep(100)
+      online = await srv.call('GET', '/agents?status=online')
+    }
+    assert.ok(!names(online).includes('C'), 'a lapsed heartbeat is not listed as online')
+    const all = await listTwice()
+    assert.equal((all.body.data as Array<{ id: string, status: string }>).find((x) => x.id === c.id)?.status, 'offline')
+  })
+
+  it('a change another process commits to the same SQLite file shows on the next list', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
+    const d = (await srv.call('POST', '/agents', { serviceUserId: 'list-d', name: 'D' })).body.data
+    assert.ok(names(await listTwice()).includes('D'))
+    const target = srv.services.config.database
+    if (target.kind !== 'sqlite') throw new Error('SQLite expected')
+    const other = new SQLite(target.file)
+    try {
+      other.prepare('update agents set name = ?, version = version + 1 where id = ?').run('D elsewhere', d.id)
+    } finally {
+      other.close()
+    }
+    const listed = names(await listTwice())
+    assert.ok(listed.includes('D elsewhere') && !listed.includes('D'), JSON.stringify(listed))
+  })
+
+  it('keeps at most 256 answers', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
+    // 300 different queries (a name filter each), so 300 different answers.
+    for (let i = 1; i <= 300; i++) assert.equal((await srv.call('GET', `/agents?limit=${1 + i % 200}&q=${i}`)).status, 200)
+    assert.equal(await metric(srv, /^agentry_list_cache_entries /), 256)
+  })
+
+  it('on PostgreSQL lists are read every time: /metrics shows no list kept and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {
+    await listTwice()
+    assert.equal(await metric(srv, /^agentry_list_cache_entries /), undefined)
+    assert.equal(await listHits(), 0)
   })
 })

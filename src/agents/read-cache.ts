@@ -12,6 +12,22 @@ export interface CachedAgent extends AgentRepresentation {
   readonly row: AgentRow
 }
 
+/** A whole answer to GET /agents (one page, or a whole list that fits one batch), ready to send. */
+export interface CachedList {
+  /** The envelope, as sent. */
+  readonly body: string
+  /** The Link header (rel="next") of a page that has one. */
+  readonly link: string | undefined
+}
+
+interface ListEntry extends CachedList {
+  readonly validUntil: number
+}
+
+/** Lists kept at most, and their bytes at most: a crawl through many pages cannot grow it past that. */
+const MAX_LISTS = 256
+const MAX_LIST_BYTES = 16 * 1024 * 1024
+
 interface Entry extends CachedAgent {
   /** Unix seconds from which the entry is stale: when a heartbeat lapses, the agent reads as offline. */
   readonly validUntil: number
@@ -31,6 +47,10 @@ interface Entry extends CachedAgent {
  *   checked on every lookup; any such change empties the cache. So two servers on one SQLite file,
  *   or the CLI beside a server, never read stale agents, and a lone server keeps its cache.
  *
+ * It also keeps answers to GET /agents (lists and pages, whole envelopes), which any write at all
+ * made by this instance drops (see changed(); a list may hold any agent, or gain a new one), as does
+ * a change by another connection; and each is kept only until the next heartbeat anywhere lapses.
+ *
  * PostgreSQL has no such cheap signal, and several instances write to it, so it runs without this cache.
  */
 export class AgentReadCache {
@@ -39,6 +59,12 @@ export class AgentReadCache {
   private seenExternal: number
   private hits = 0
   private misses = 0
+  private readonly lists = new Map<string, ListEntry>()
+  /** The generation the lists were read under: any other, and they are all stale. */
+  private listsGeneration = 0
+  private listBytes = 0
+  private listHits = 0
+  private listMisses = 0
 
   constructor (private readonly maxEntries: number, private readonly externalChanges: () => number) {
     this.seenExternal = externalChanges()
@@ -51,10 +77,7 @@ export class AgentReadCache {
 
   /** The entry, if fresh. `countMiss` false: a miss is not counted (the caller will look again). */
   get (widgetId: string, id: string, now: number, countMiss = true): CachedAgent | undefined {
-    const external = this.externalChanges()
-    if (external !== this.seenExternal) {
-      this.seenExternal = external
-      this.clear()
+    if (this.changedElsewhere()) {
       if (countMiss) this.misses++
       return undefined
     }
@@ -74,6 +97,41 @@ export class AgentReadCache {
     setBounded(this.entries, keyOf(widgetId, id), { ...agent, validUntil }, this.maxEntries)
   }
 
+  /** A list answer kept, if still fresh; `key` names the widget and the query. */
+  getList (key: string, now: number): CachedList | undefined {
+    this.changedElsewhere()
+    this.dropStaleLists()
+    const entry = this.lists.get(key)
+    if (entry === undefined || now >= entry.validUntil) {
+      if (entry !== undefined) this.dropList(key, entry)
+      this.listMisses++
+      return undefined
+    }
+    this.listHits++
+    return entry
+  }
+
+  /** Keeps a list answer read under `ticket` (refused if anything was written since) until validUntil. */
+  setList (key: string, list: CachedList, validUntil: number, ticket: number): void {
+    if (ticket !== this.generation || this.maxEntries === 0) return
+    this.dropStaleLists()
+    const bytes = sizeOf(list)
+    if (bytes > MAX_LIST_BYTES / 4) return
+    const old = this.lists.get(key)
+    if (old !== undefined) this.dropList(key, old)
+    for (const [oldestKey, oldest] of this.lists) {
+      if (this.lists.size < MAX_LISTS && this.listBytes + bytes <= MAX_LIST_BYTES) break
+      this.dropList(oldestKey, oldest)
+    }
+    this.lists.set(key, { ...list, validUntil })
+    this.listBytes += bytes
+  }
+
+  /** After any committed write of this instance: every list may have changed. */
+  changed (): void {
+    this.generation++
+  }
+
   /** After a committed write to this agent. */
   invalidate (widgetId: string, id: string): void {
     this.generation++
@@ -86,9 +144,47 @@ export class AgentReadCache {
   }
 
   /** For /metrics: entries held, and lookups answered from memory or not since start. */
-  stats (): { entries: number, hits: number, misses: number } {
-    return { entries: this.entries.size, hits: this.hits, misses: this.misses }
+  stats (): ReadCacheStats {
+    return {
+      entries: this.entries.size,
+      hits: this.hits,
+      misses: this.misses,
+      lists: { entries: this.listsGeneration === this.generation ? this.lists.size : 0, hits: this.listHits, misses: this.listMisses }
+    }
   }
+
+  /** Empties the cache when another connection has committed since the last look; true if so. */
+  private changedElsewhere (): boolean {
+    const external = this.externalChanges()
+    if (external === this.seenExternal) return false
+    this.seenExternal = external
+    this.clear()
+    return true
+  }
+
+  private dropStaleLists (): void {
+    if (this.listsGeneration === this.generation) return
+    this.lists.clear()
+    this.listBytes = 0
+    this.listsGeneration = this.generation
+  }
+
+  private dropList (key: string, entry: CachedList): void {
+    this.lists.delete(key)
+    this.listBytes -= sizeOf(entry)
+  }
+}
+
+export interface ReadCacheStats {
+  entries: number
+  hits: number
+  misses: number
+  lists: { entries: number, hits: number, misses: number }
+}
+
+/** A list's size in memory, near enough: its text (Link header included), as UTF-16. */
+function sizeOf (list: CachedList): number {
+  return 2 * (list.body.length + (list.link?.length ?? 0))
 }
 
 function keyOf (widgetId: string, id: string): string {

@@ -3,7 +3,7 @@ import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
-  countAvailable, deleteAgentAtVersion, findAgent, findAgentByServiceUserId, findAgentsByIdsPreparable, findLapsedPresence, insertAgent, listAgents,
+  countAvailable, deleteAgentAtVersion, nextPresenceLapse, findAgent, findAgentByServiceUserId, findAgentsByIdsPreparable, findLapsedPresence, insertAgent, listAgents,
   updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
@@ -15,7 +15,7 @@ import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertA
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { BatchedAgentReads } from './batched-reads.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
-import type { AgentReadCache, AgentRepresentation } from './read-cache.js'
+import type { AgentReadCache, AgentRepresentation, CachedList } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
 
 /** Thrown inside a write's transaction when its row changed since it was read: rolled back, then tried again. */
@@ -171,7 +171,13 @@ export class AgentService {
   ) {
     this.now = options.now ?? unixSeconds
     this.cache = options.readCache
-    this.transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
+    const transact: Transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
+    const cache = this.cache
+    // Any write may change any list (a new agent, one renamed, one deleted): once it has committed
+    // (or failed: no telling), lists kept from before are dropped.
+    this.transact = cache === undefined
+      ? transact
+      : async (fn) => { try { return await transact(fn) } finally { cache.changed() } }
     const prepared = options.prepared
     if (prepared !== undefined) {
       // Compiled once: only the array of ids (its one parameter) changes from one batch to the next.
@@ -216,6 +222,26 @@ export class AgentService {
       // one would be read without the event loop ever turning (the SQLite driver is synchronous).
       await new Promise((resolve) => setImmediate(resolve))
     }
+  }
+
+  /**
+   * The answer to GET /agents kept for this widget and query (`key`), if nothing was written since
+   * and no heartbeat has lapsed meanwhile (SQLite's read cache).
+   */
+  cachedList (widgetId: string, key: string): CachedList | undefined {
+    return this.cache?.getList(`${widgetId}\n${key}`, this.now())
+  }
+
+  /** Take one before reading a list, and hand it to keepList(): it refuses what a write overtook. */
+  listTicket (): number | undefined {
+    return this.cache?.ticket()
+  }
+
+  /** Keeps an answer to GET /agents for cachedList(), until the next heartbeat of any agent lapses. */
+  async keepList (widgetId: string, key: string, list: CachedList, ticket: number | undefined): Promise<void> {
+    if (this.cache === undefined || ticket === undefined) return
+    const lapse = await nextPresenceLapse(this.db)
+    this.cache.setList(`${widgetId}\n${key}`, list, lapse ?? Number.POSITIVE_INFINITY, ticket)
   }
 
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */

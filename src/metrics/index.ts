@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
+import type { ReadCacheStats as Stats } from '../agents/read-cache.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -20,8 +21,8 @@ export interface Metrics {
 /** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
-/** What the read cache of GET /agents/:id reports (see AgentReadCache.stats). */
-export type ReadCacheStats = () => { entries: number, hits: number, misses: number } | undefined
+/** What the read cache reports (see AgentReadCache.stats). */
+export type ReadCacheStats = () => Stats | undefined
 
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
 export function createMetrics (poolStats: () => PoolStats | undefined, readCacheStats: ReadCacheStats = () => undefined): Metrics {
@@ -84,6 +85,29 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
       this.reset()
       this.inc({ result: 'hit' }, stats.hits)
       this.inc({ result: 'miss' }, stats.misses)
+    }
+  })
+
+  new Gauge({
+    name: 'agentry_list_cache_entries',
+    help: 'Answers to GET /agents held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
+    registers: [registry],
+    collect () {
+      const stats = readCacheStats()
+      if (stats !== undefined) this.set(stats.lists.entries)
+    }
+  })
+  new Counter({
+    name: 'agentry_list_cache_lookups_total',
+    help: 'GET /agents lookups in the read cache since start, by result: hit (answered from memory) or miss.',
+    labelNames: ['result'] as const,
+    registers: [registry],
+    collect () {
+      const stats = readCacheStats()
+      if (stats === undefined) return
+      this.reset()
+      this.inc({ result: 'hit' }, stats.lists.hits)
+      this.inc({ result: 'miss' }, stats.lists.misses)
     }
   })
 

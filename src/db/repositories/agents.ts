@@ -128,6 +128,15 @@ export async function findLapsedPresence (db: DbOrTrx, now: number, widgetId: st
   return await q.orderBy('presence_expires_at').limit(limit).execute()
 }
 
+/** When the next heartbeat of any agent lapses (unix seconds), if one is online by heartbeat. */
+export async function nextPresenceLapse (db: DbOrTrx): Promise<number | undefined> {
+  const row = await db.selectFrom('agents')
+    .select((eb) => eb.fn.min<number | null>('presence_expires_at').as('at'))
+    .where('status', '=', 'online')
+    .executeTakeFirst()
+  return row?.at ?? undefined
+}
+
 export async function countAvailable (db: DbOrTrx, widgetId: string, now: number): Promise<number> {
   const row = await db.selectFrom('agents')
     .select((eb) => eb.fn.countAll<number>().as('n'))

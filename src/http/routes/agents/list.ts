@@ -31,12 +31,25 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
     }
   }, async (request, reply) => {
     const { limit, cursor, ...filters } = request.query
+    // Answered from memory while nothing was written (SQLite; see AgentReadCache).
+    const path = request.url.split('?')[0] ?? ''
+    const key = `${path}?${JSON.stringify(request.query)}`
+    const cached = agents.cachedList(request.widgetId, key)
+    if (cached !== undefined) {
+      if (cached.link !== undefined) void reply.header('link', cached.link)
+      return await sendJson(reply, cached.body)
+    }
+    const ticket = agents.listTicket()
     if (limit === undefined && cursor === undefined) {
       // The first batch is read before anything is sent: a failure there is still an error envelope.
       const batches = agents.listAll(request.widgetId, filters)
       const first = await batches.next()
       const head = first.done === true ? '' : first.value.items.join(',')
-      if (first.done === true || !first.value.more) return await sendJson(reply, `{"status":200,"data":[${head}]}`)
+      if (first.done === true || !first.value.more) {
+        const body = `{"status":200,"data":[${head}]}`
+        await agents.keepList(request.widgetId, key, { body, link: undefined }, ticket)
+        return await sendJson(reply, body)
+      }
       // A long list goes out batch by batch as the client takes it (Readable.from waits for the socket
       // to drain). Should a later batch fail, the response is cut short, never completed as valid JSON.
       return await sendJson(reply, Readable.from((async function * () {
@@ -46,11 +59,15 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       })()))
     }
     const page = await agents.page(request.widgetId, request.query)
+    let link: string | undefined
     if (page.nextCursor !== null) {
       const params = Object.entries({ ...request.query, limit: page.limit, cursor: page.nextCursor }).map(([k, v]): [string, string] => [k, String(v)])
       const next = new URLSearchParams(params)
-      void reply.header('link', `<${request.url.split('?')[0] ?? ''}?${next.toString()}>; rel="next"`)
+      link = `<${path}?${next.toString()}>; rel="next"`
+      void reply.header('link', link)
     }
-    return await sendJson(reply, `{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`)
+    const body = `{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`
+    await agents.keepList(request.widgetId, key, { body, link }, ticket)
+    return await sendJson(reply, body)
   })
 }
