@@ -231,7 +231,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
 
   it('on PostgreSQL lists are read every time: /metrics shows no list kept and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {
     await listTwice()
-    assert.equal(await metric(srv, /^agentry_list_cache_entries /), undefined)
+    assert.equal(await metric(srv, /^agentry_list_cache_entries /), 0)
     assert.equal(await listHits(), 0)
   })
 })
