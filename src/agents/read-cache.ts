@@ -14,8 +14,8 @@ export interface CachedAgent extends AgentRepresentation {
 
 /** A whole answer to GET /agents (one page, or a whole list that fits one batch), ready to send. */
 export interface CachedList {
-  /** The envelope, as sent. */
-  readonly body: string
+  /** The envelope, as sent (UTF-8 already: sent again as it is, with nothing to encode or measure). */
+  readonly body: Buffer
   /** The Link header (rel="next") of a page that has one. */
   readonly link: string | undefined
 }
@@ -182,9 +182,9 @@ export interface ReadCacheStats {
   lists: { entries: number, hits: number, misses: number }
 }
 
-/** A list's size in memory, near enough: its text (Link header included), as UTF-16. */
+/** A list's size in memory, near enough: its bytes, and its Link header's. */
 function sizeOf (list: CachedList): number {
-  return 2 * (list.body.length + (list.link?.length ?? 0))
+  return list.body.length + 2 * (list.link?.length ?? 0)
 }
 
 function keyOf (widgetId: string, id: string): string {

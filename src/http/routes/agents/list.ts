@@ -9,7 +9,7 @@ import { errorResponses } from '../../schemas/envelope.js'
 const JSON_TYPE = 'application/json; charset=utf-8'
 
 /** Sends JSON made here (text or a stream of it) past the response serialiser; the schema still documents it. */
-async function sendJson (reply: FastifyReply, body: string | Readable): Promise<FastifyReply> {
+async function sendJson (reply: FastifyReply, body: string | Buffer | Readable): Promise<FastifyReply> {
   return await reply.type(JSON_TYPE).send(body)
 }
 
@@ -46,7 +46,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       const first = await batches.next()
       const head = first.done === true ? '' : first.value.items.join(',')
       if (first.done === true || !first.value.more) {
-        const body = `{"status":200,"data":[${head}]}`
+        const body = Buffer.from(`{"status":200,"data":[${head}]}`)
         await agents.keepList(request.widgetId, key, { body, link: undefined }, ticket)
         return await sendJson(reply, body)
       }
@@ -66,7 +66,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       link = `<${path}?${next.toString()}>; rel="next"`
       void reply.header('link', link)
     }
-    const body = `{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`
+    const body = Buffer.from(`{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`)
     await agents.keepList(request.widgetId, key, { body, link }, ticket)
     return await sendJson(reply, body)
   })
