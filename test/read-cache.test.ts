@@ -163,7 +163,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
   }
   const names = (res: ApiResponse): string[] => (res.body.data as Array<{ name: string }>).map((a) => a.name)
 
-  it('every write shows on the next list: a create, an update, an upsert, a heartbeat, a delete', async () => {
+  it('every write shows on the next list (and in /agents/availability): a create, an update, an upsert, a heartbeat, a delete', async () => {
     const hitsBefore = await listHits()
     assert.deepEqual(names(await listTwice()), [])
     const a = (await srv.call('POST', '/agents', { serviceUserId: 'list-a', name: 'A' })).body.data
@@ -183,20 +183,23 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
     assert.deepEqual(names(await listTwice()), ['B upserted', 'A renamed'])
 
     assert.deepEqual(names(await listTwice('?status=online')), [])
+    assert.deepEqual((await listTwice('/availability')).body.data, { online: 0, available: false })
     assert.equal((await srv.call('POST', `/agents/${b.id as string}/heartbeat`)).status, 200)
     assert.deepEqual(names(await listTwice('?status=online')), ['B upserted'])
+    assert.deepEqual((await listTwice('/availability')).body.data, { online: 1, available: true })
 
     assert.equal((await srv.call('DELETE', `/agents/${a.id as string}`)).status, 200)
     assert.deepEqual(names(await listTwice()), ['B upserted'])
     if (onSqlite) assert.ok(await listHits() - hitsBefore >= 10, 'each second list was answered from memory')
   })
 
-  it('an agent online by heartbeat lists as offline once the heartbeat lapses, though nothing wrote since', async () => {
+  it('an agent online by heartbeat lists as offline (and is not counted available) once the heartbeat lapses, though nothing wrote since', async () => {
     const c = (await srv.call('POST', '/agents', { serviceUserId: 'list-c', name: 'C' })).body.data
     // Presence is kept in whole seconds (see the test of GET /agents/:id above).
     while (Date.now() % 1000 > 200) await sleep(20)
     assert.equal((await srv.call('POST', `/agents/${c.id as string}/heartbeat`)).status, 200)
     assert.ok(names(await listTwice('?status=online')).includes('C'))
+    assert.equal((await listTwice('/availability')).body.data.available, true)
     const deadline = Date.now() + 4000
     let online = await listTwice('?status=online')
     while (names(online).includes('C') && Date.now() < deadline) {
@@ -204,6 +207,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
       online = await srv.call('GET', '/agents?status=online')
     }
     assert.ok(!names(online).includes('C'), 'a lapsed heartbeat is not listed as online')
+    assert.deepEqual((await listTwice('/availability')).body.data, { online: 0, available: false }, 'nor counted as online')
     const all = await listTwice()
     assert.equal((all.body.data as Array<{ id: string, status: string }>).find((x) => x.id === c.id)?.status, 'offline')
   })

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { agentEtag, etagMatches, representationOf } from '../../../agents/service.js'
 import type { Agent } from '../../schemas/agent.js'
@@ -35,7 +36,12 @@ export async function sendAgent (reply: FastifyReply, agent: Agent): Promise<Fas
  * Key order is the schema's, as rawShape builds the agent.
  */
 export async function sendAgentJson (reply: FastifyReply, json: string): Promise<FastifyReply> {
-  return await reply.type('application/json; charset=utf-8').send(agentEnvelope(json))
+  return await sendJson(reply, agentEnvelope(json))
+}
+
+/** Sends JSON made here (text, bytes or a stream of it) past the response serialiser; the route's schema still documents it. */
+export async function sendJson (reply: FastifyReply, body: string | Buffer | Readable): Promise<FastifyReply> {
+  return await reply.type('application/json; charset=utf-8').send(body)
 }
 
 /** An agent's JSON in the success envelope. */

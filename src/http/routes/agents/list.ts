@@ -1,17 +1,10 @@
 import { Readable } from 'node:stream'
 import { Type } from 'typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import type { FastifyReply } from 'fastify'
 import type { AgentRoutesOptions } from './index.js'
 import { AgentSchema, ListMeta, ListQuery } from '../../schemas/agent.js'
 import { errorResponses } from '../../schemas/envelope.js'
-
-const JSON_TYPE = 'application/json; charset=utf-8'
-
-/** Sends JSON made here (text or a stream of it) past the response serialiser; the schema still documents it. */
-async function sendJson (reply: FastifyReply, body: string | Buffer | Readable): Promise<FastifyReply> {
-  return await reply.type(JSON_TYPE).send(body)
-}
+import { sendJson } from './etag.js'
 
 export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents }) => {
   app.get('/agents', {
