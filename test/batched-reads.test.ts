@@ -1,9 +1,7 @@
 import assert from 'node:assert/strict'
 import { createHash, randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
-import SQLite from 'better-sqlite3'
-import { sql } from 'kysely'
-import { startTestServer, type TestServer } from './helpers/server.js'
+import { renameAgentByHand, startTestServer, type TestServer } from './helpers/server.js'
 
 /**
  * On PostgreSQL, GET /agents/:id requests that arrive together are read in one query and each takes
@@ -78,33 +76,15 @@ describe('GET /agents/:id, many at once', () => {
     }
   })
 
-  /**
-   * Not through the API: no version bump, as an operator's hand-made fix would do. On SQLite from
-   * another connection, as from an sqlite3 shell (the server's own connection is the server's).
-   */
-  async function renameByHand (id: string, name: string): Promise<void> {
-    const target = srv.services.config.database
-    if (target.kind === 'postgres') {
-      await sql`update agents set name = ${name} where id = ${id}`.execute(srv.services.database.db)
-      return
-    }
-    const other = new SQLite(target.file)
-    try {
-      other.prepare('update agents set name = ? where id = ?').run(name, id)
-    } finally {
-      other.close()
-    }
-  }
-
   it('a row changed in the database by other means shows on the next read, new ETag and all', async () => {
     const target = mine[5]!
     const first = await srv.call('GET', `/agents/${target.id}`)
     assert.deepEqual(await srv.call('GET', `/agents/${target.id}`).then((r) => r.body), first.body)
-    await renameByHand(target.id, 'Renamed by SQL')
+    await renameAgentByHand(srv, target.id, 'Renamed by SQL')
     const second = await srv.call('GET', `/agents/${target.id}`)
     assert.equal(second.body.data.name, 'Renamed by SQL')
     assert.notEqual(second.headers.get('etag'), first.headers.get('etag'))
-    await renameByHand(target.id, target.name)
+    await renameAgentByHand(srv, target.id, target.name)
     assert.deepEqual((await srv.call('GET', `/agents/${target.id}`)).body, first.body)
   })
 
@@ -116,9 +96,9 @@ describe('GET /agents/:id, many at once', () => {
     assert.deepEqual(one.body.data, inList)
     const etag = `"${createHash('sha256').update(JSON.stringify(one.body.data)).digest('base64url').slice(0, 32)}"`
     assert.equal(one.headers.get('etag'), etag, 'the ETag is over the JSON answered')
-    await renameByHand(target.id, 'Listed, renamed by SQL')
+    await renameAgentByHand(srv, target.id, 'Listed, renamed by SQL')
     const relisted = await srv.call('GET', '/agents?limit=100')
     assert.equal(relisted.body.data.find((a: Agent) => a.id === target.id).name, 'Listed, renamed by SQL')
-    await renameByHand(target.id, target.name)
+    await renameAgentByHand(srv, target.id, target.name)
   })
 })

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
-import { sql } from 'kysely'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { renameAgentByHand, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 
 /** GET /agents: the seed's whole list, keyset cursor pages with Link headers, and the filters. */
 
@@ -381,7 +380,7 @@ describe('GET /agents: every agent as its row reads now (the JSON made for a row
     for (const list of await lists()) assert.deepEqual([...list].reverse(), created, 'each as it was created (and as the JSON is now kept)')
 
     // By hand in the database: no version bump, no updatedAt, nothing this instance could have seen.
-    await sql`update agents set name = ${'Renamed by hand'} where id = ${renamed.id}`.execute(srv.services.database.db)
+    await renameAgentByHand(srv, renamed.id, 'Renamed by hand')
     assert.equal((await call('PUT', `/agents/${flipped.id}`, { status: 'online' })).status, 200)
     assert.equal((await call('PUT', `/agents/${withAvatar.id}`, { avatar: null })).status, 200)
     for (const list of await lists()) {

@@ -195,3 +195,22 @@ export async function holdDatabaseLock (srv: TestServer, postgres: { table: stri
   await client.query(`LOCK TABLE ${postgres.table} IN ${postgres.mode} MODE`)
   return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
 }
+
+/**
+ * Renames an agent in the database itself, as an operator's hand-made fix would: not through the
+ * service, so no version bump and no updatedAt. On SQLite through a connection of its own, as an
+ * sqlite3 shell's would be (the server's own connection is the server's).
+ */
+export async function renameAgentByHand (srv: TestServer, id: string, name: string): Promise<void> {
+  const target = srv.services.config.database
+  if (target.kind === 'postgres') {
+    await srv.services.database.db.updateTable('agents').set({ name }).where('id', '=', id).execute()
+    return
+  }
+  const other = new SQLite(target.file)
+  try {
+    other.prepare('update agents set name = ? where id = ?').run(name, id)
+  } finally {
+    other.close()
+  }
+}
