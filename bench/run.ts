@@ -1126,7 +1126,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
   }
   if (scaling.length > 0) {
     out.push('', '### Against roster size', '',
-      `A service with its read cache off (\`AGENT_CACHE_ENTRIES=0\`, and with it the JSON kept for lists), so that every GET reads the database and every list makes its JSON: at 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
+      `A service with its read cache off (\`AGENT_CACHE_ENTRIES=0\`, and with it the JSON kept for lists and the whole lists kept), so that every GET and every list reads the database and every list makes its JSON: at 1 connection, ${T.scalingSeconds} s each: GET /agents/:id on a random seeded agent, GET /agents?limit=100 (first page) and ` +
       `GET /agents?limit=100&cursor=… (the page after the agent in the middle of the list). Latencies in ms. ` +
       `The queries alone were timed on the database directly, ${T.listIterations} times each, in ${QUERY_ROUNDS} rounds ${QUERY_ROUND_PAUSE_MS} ms apart; the round with the lowest p50 is shown (interference on a shared VM only adds). ` +
       `In each round the same queries ran by turns on the database of a second service holding ${referenceSize().toLocaleString('en-US')} agents (in brackets; the service is described below), so that the largest roster's queries are judged against the smallest's measured in the same seconds: this host's spells of slower queries last longer than a round.`, '', mdTable(sc.header, sc.rows, sc.align))
