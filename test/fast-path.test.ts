@@ -7,7 +7,8 @@ import { storeLeg } from './helpers/stores.js'
 
 /**
  * GET /agents/:id with a known token is answered ahead of Fastify (src/http/fast-path.ts): from
- * memory when the SQLite read cache has the agent, else read from the database first. A client
+ * memory when the SQLite read cache has the agent, else read from the database first; and so is
+ * GET /agents when the SQLite read cache holds the whole answer. A client
  * must not be able to tell: the same status, the same headers in the same order, the same bytes
  * (errors included), the same rate limit, counted in the same metrics. A query string sends the
  * very same request the usual way, so the two can be compared side by side.
@@ -124,6 +125,33 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
     const availability = await get(`${srv.api}/agents/availability`)
     assert.equal(availability.status, 200)
     assert.deepEqual(Object.keys(JSON.parse(availability.body.toString()).data).sort(), ['available', 'online'])
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before)
+  })
+
+  it('answers the whole list kept in memory (SQLite) as the usual way answered it, once nothing was written since', async () => {
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'fast-list', name: 'Listed' })).status, 200)
+    const requests = 'agentry_http_requests_total{method="GET",route="/api/external/v1/agents",status_code="200"}'
+    for (const path of ['/agents', '/agents/']) {
+      const before = await metric(srv, 'agentry_http_fast_answers_total')
+      const countedBefore = await metric(srv, requests)
+      // The first after a write is read the usual way, and kept; the second is the one kept.
+      const usual = await get(`${srv.api}${path}`)
+      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before, 'the first one goes the usual way')
+      const fast = await get(`${srv.api}${path}`)
+      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + (onSqlite ? 1 : 0), onSqlite ? 'the second answered ahead of the framework' : 'PostgreSQL keeps no list')
+      assert.equal(await metric(srv, requests), countedBefore + 2, 'both counted under the route')
+      // Arguments swapped: here the usual answer came first.
+      sameAnswer(usual, fast, 200)
+      assert.deepEqual(pairs(fast).map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
+      assert.ok((JSON.parse(fast.body.toString()).data as Array<{ name: string }>).some((a) => a.name === 'Listed'))
+    }
+    // A query string, or a write since: the usual way.
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    assert.equal((await get(`${srv.api}/agents?status=offline`)).status, 200)
+    assert.equal((await get(`${srv.api}/agents?status=offline`)).status, 200)
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'fast-list-2', name: 'Listed too' })).status, 200)
+    const after = await get(`${srv.api}/agents`)
+    assert.ok((JSON.parse(after.body.toString()).data as Array<{ name: string }>).some((a) => a.name === 'Listed too'))
     assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before)
   })
 

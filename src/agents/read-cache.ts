@@ -97,14 +97,14 @@ export class AgentReadCache {
     setBounded(this.entries, keyOf(widgetId, id), { ...agent, validUntil }, this.maxEntries)
   }
 
-  /** A list answer kept, if still fresh; `key` names the widget and the query. */
-  getList (key: string, now: number): CachedList | undefined {
+  /** A list answer kept, if still fresh; `key` names the widget and the query. `countMiss` as for get(). */
+  getList (key: string, now: number, countMiss = true): CachedList | undefined {
     this.changedElsewhere()
     this.dropStaleLists()
     const entry = this.lists.get(key)
     if (entry === undefined || now >= entry.validUntil) {
       if (entry !== undefined) this.dropList(key, entry)
-      this.listMisses++
+      if (countMiss) this.listMisses++
       return undefined
     }
     this.listHits++

@@ -226,10 +226,11 @@ export class AgentService {
 
   /**
    * The answer to GET /agents kept for this widget and query (`key`), if nothing was written since
-   * and no heartbeat has lapsed meanwhile (SQLite's read cache).
+   * and no heartbeat has lapsed meanwhile (SQLite's read cache). `countMiss` false: a miss is not
+   * counted (the caller declines, and the usual way looks again).
    */
-  cachedList (widgetId: string, key: string): CachedList | undefined {
-    return this.cache?.getList(`${widgetId}\n${key}`, this.now())
+  cachedList (widgetId: string, key: string, countMiss = true): CachedList | undefined {
+    return this.cache?.getList(`${widgetId}\n${key}`, this.now(), countMiss)
   }
 
   /** Take one before reading a list, and hand it to keepList(): it refuses what a write overtook. */

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import { etagMatches, type AgentService } from '../agents/service.js'
 import type { AgentRepresentation } from '../agents/read-cache.js'
@@ -8,6 +8,7 @@ import { authorizationHash } from './plugins/auth.js'
 import type { RateLimiter } from './plugins/rate-limit.js'
 import { requestIdOf } from './request-id.js'
 import { agentEnvelope } from './routes/agents/etag.js'
+import { listCacheKey } from './routes/agents/list.js'
 import { isAppError } from '../errors/index.js'
 import { envelope, RETRY_AFTER_SECONDS, serverError } from './error-handler.js'
 
@@ -51,6 +52,11 @@ const PLAIN_ID = /^[0-9A-Za-z_-]{1,200}$/
  * route such as `/agents/availability`), an unknown or uncached token (the usual way then checks it
  * and caches it), a limit reached, shutdown.
  *
+ * `GET /agents` with no query string is answered here too, but only when the read cache holds the
+ * whole answer (SQLite, nothing written since: AgentService.cachedList); the usual way made it, and
+ * it is sent with the same headers the usual way sends with it. Otherwise it goes the usual way,
+ * which reads the list and keeps it.
+ *
  * Why: Fastify's request lifecycle (request and reply objects, five hooks, parameter validation, an
  * async handler, header normalisation) costs ~25 µs of CPU per request on a 2-core VM, against
  * ~16 µs for node:http alone answering the same bytes from memory (BENCHMARKS.md): most of a read
@@ -59,7 +65,8 @@ const PLAIN_ID = /^[0-9A-Za-z_-]{1,200}$/
  * this saves, and those lines are Fastify's.
  */
 export function agentFastPath (deps: FastPathDeps): FastPath {
-  const base = `${deps.prefix}/agents/`
+  const list = `${deps.prefix}/agents`
+  const base = `${list}/`
   const route = `${deps.prefix}/agents/:id`
   const bodies = new WeakMap<AgentRepresentation, Buffer>()
 
@@ -102,18 +109,33 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     res.end(body)
   }
 
-  const counted = (status: number, start: number): void => {
-    deps.requests.observe('GET', route, status, (performance.now() - start) / 1000)
+  const counted = (status: number, start: number, path = route): void => {
+    deps.requests.observe('GET', path, status, (performance.now() - start) / 1000)
     deps.answered()
+  }
+
+  /** The first headers of an answer, as Fastify writes them: the request id, then the rate limit counted. */
+  const opening = (headers: IncomingHttpHeaders, hash: string, now: number): string[] => {
+    const out = ['x-request-id', requestIdOf(headers)]
+    const limiter = deps.limiter
+    if (limiter !== undefined) {
+      const limit = limiter.take(hash, now)
+      out.push('ratelimit-limit', String(limit.limit), 'ratelimit-remaining', String(limit.remaining), 'ratelimit-reset', String(limit.resetSeconds))
+    }
+    return out
   }
 
   return (req, res) => {
     if (req.method !== 'GET') return false
     const url = req.url ?? ''
-    if (!url.startsWith(base)) return false
-    let id = url.slice(base.length)
-    if (id.endsWith('/')) id = id.slice(0, -1)
-    if (!PLAIN_ID.test(id) || deps.isOtherRoute(base + id)) return false
+    const isList = url === list || url === `${list}/`
+    let id = ''
+    if (!isList) {
+      if (!url.startsWith(base)) return false
+      id = url.slice(base.length)
+      if (id.endsWith('/')) id = id.slice(0, -1)
+      if (!PLAIN_ID.test(id) || deps.isOtherRoute(base + id)) return false
+    }
     const headers = req.headers
     if (headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
@@ -122,15 +144,21 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     const caller = deps.tokens.cachedIdentity(hash)
     if (caller === undefined || caller === null) return false
     const now = Date.now()
-    const limiter = deps.limiter
-    if (limiter !== undefined && !limiter.allows(hash, now)) return false
+    if (deps.limiter !== undefined && !deps.limiter.allows(hash, now)) return false
+
+    if (isList) {
+      // Only a list kept whole (SQLite, nothing written since); any other goes the usual way.
+      const kept = deps.agents.cachedList(caller.widgetId, listCacheKey(url, {}), false)
+      if (kept === undefined) return false
+      const out = opening(headers, hash, now)
+      if (kept.link !== undefined) out.push('link', kept.link)
+      end(res, out, 200, kept.body)
+      counted(200, start, list)
+      return true
+    }
 
     // Header names, order and values as Fastify writes them for the same request.
-    const out = ['x-request-id', requestIdOf(headers)]
-    if (limiter !== undefined) {
-      const limit = limiter.take(hash, now)
-      out.push('ratelimit-limit', String(limit.limit), 'ratelimit-remaining', String(limit.remaining), 'ratelimit-reset', String(limit.resetSeconds))
-    }
+    const out = opening(headers, hash, now)
     const ifNoneMatch = headers['if-none-match']
     const cached = deps.agents.cachedRepresentation(caller.widgetId, id)
     if (cached !== undefined) {

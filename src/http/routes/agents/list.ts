@@ -6,6 +6,11 @@ import { AgentSchema, ListMeta, ListQuery } from '../../schemas/agent.js'
 import { errorResponses } from '../../schemas/envelope.js'
 import { sendJson } from './etag.js'
 
+/** Names a list answer in the cache: the path asked for (the Link header is made of it) and the query as validated. */
+export function listCacheKey (path: string, query: object): string {
+  return `${path}?${JSON.stringify(query)}`
+}
+
 export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents }) => {
   app.get('/agents', {
     schema: {
@@ -26,7 +31,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
     const { limit, cursor, ...filters } = request.query
     // Answered from memory while nothing was written (SQLite; see AgentReadCache).
     const path = request.url.split('?')[0] ?? ''
-    const key = `${path}?${JSON.stringify(request.query)}`
+    const key = listCacheKey(path, request.query)
     const cached = agents.cachedList(request.widgetId, key)
     if (cached !== undefined) {
       if (cached.link !== undefined) void reply.header('link', cached.link)
