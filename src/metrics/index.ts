@@ -90,7 +90,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
 
   new Gauge({
     name: 'agentry_list_cache_entries',
-    help: 'Answers to GET /agents held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
+    help: 'Answers to GET /agents and GET /agents/availability held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
     registers: [registry],
     collect () {
       const stats = readCacheStats()
@@ -99,7 +99,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   })
   new Counter({
     name: 'agentry_list_cache_lookups_total',
-    help: 'GET /agents lookups in the read cache since start, by result: hit (answered from memory) or miss.',
+    help: 'GET /agents and GET /agents/availability lookups in the read cache since start, by result: hit (answered from memory) or miss.',
     labelNames: ['result'] as const,
     registers: [registry],
     collect () {
@@ -114,7 +114,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   let fastAnswers = 0
   new Counter({
     name: 'agentry_http_fast_answers_total',
-    help: 'Requests answered ahead of the full request pipeline: GET /agents/:id (from memory or the database) and GET of small /static files from memory (also counted in agentry_http_requests_total).',
+    help: 'Requests answered ahead of the full request pipeline: GET /agents/:id (from memory or the database), GET /agents kept whole (SQLite) and GET of small /static files from memory (also counted in agentry_http_requests_total).',
     registers: [registry],
     collect () {
       this.reset()
