@@ -175,11 +175,16 @@ export class AgentReadCache {
   }
 }
 
-export interface ReadCacheStats {
+/** Entries held, and lookups answered from memory or not since start. */
+export interface CacheCounts {
   entries: number
   hits: number
   misses: number
-  lists: { entries: number, hits: number, misses: number }
+}
+
+/** Of the agents kept, and of the lists. */
+export interface ReadCacheStats extends CacheCounts {
+  lists: CacheCounts
 }
 
 /** A list's size in memory, near enough: its bytes, and its Link header's. */

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
-import type { ReadCacheStats as Stats } from '../agents/read-cache.js'
+import type { CacheCounts, ReadCacheStats as Stats } from '../agents/read-cache.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -65,51 +65,34 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   })
 
   // Read from the cache when scraped, so the hot path counts with plain numbers, not prom-client calls.
-  new Gauge({
-    name: 'agentry_agent_cache_entries',
-    help: 'Agents held ready to answer GET /agents/:id from memory (SQLite only; see AGENT_CACHE_ENTRIES).',
-    registers: [registry],
-    collect () {
-      const stats = readCacheStats()
-      if (stats !== undefined) this.set(stats.entries)
-    }
-  })
-  new Counter({
-    name: 'agentry_agent_cache_lookups_total',
-    help: 'GET /agents/:id lookups in the read cache since start, by result: hit (answered from memory) or miss.',
-    labelNames: ['result'] as const,
-    registers: [registry],
-    collect () {
-      const stats = readCacheStats()
-      if (stats === undefined) return
-      this.reset()
-      this.inc({ result: 'hit' }, stats.hits)
-      this.inc({ result: 'miss' }, stats.misses)
-    }
-  })
-
-  new Gauge({
-    name: 'agentry_list_cache_entries',
-    help: 'Answers to GET /agents and GET /agents/availability held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
-    registers: [registry],
-    collect () {
-      const stats = readCacheStats()
-      if (stats !== undefined) this.set(stats.lists.entries)
-    }
-  })
-  new Counter({
-    name: 'agentry_list_cache_lookups_total',
-    help: 'GET /agents and GET /agents/availability lookups in the read cache since start, by result: hit (answered from memory) or miss.',
-    labelNames: ['result'] as const,
-    registers: [registry],
-    collect () {
-      const stats = readCacheStats()
-      if (stats === undefined) return
-      this.reset()
-      this.inc({ result: 'hit' }, stats.lists.hits)
-      this.inc({ result: 'miss' }, stats.lists.misses)
-    }
-  })
+  const cacheMetrics = (name: string, held: string, lookups: string, pick: (stats: Stats) => CacheCounts): void => {
+    new Gauge({
+      name: `${name}_entries`,
+      help: held,
+      registers: [registry],
+      collect () {
+        const stats = readCacheStats()
+        if (stats !== undefined) this.set(pick(stats).entries)
+      }
+    })
+    new Counter({
+      name: `${name}_lookups_total`,
+      help: `${lookups} lookups in the read cache since start, by result: hit (answered from memory) or miss.`,
+      labelNames: ['result'] as const,
+      registers: [registry],
+      collect () {
+        const stats = readCacheStats()
+        if (stats === undefined) return
+        this.reset()
+        this.inc({ result: 'hit' }, pick(stats).hits)
+        this.inc({ result: 'miss' }, pick(stats).misses)
+      }
+    })
+  }
+  cacheMetrics('agentry_agent_cache', 'Agents held ready to answer GET /agents/:id from memory (SQLite only; see AGENT_CACHE_ENTRIES).',
+    'GET /agents/:id', (stats) => stats)
+  cacheMetrics('agentry_list_cache', 'Answers to GET /agents and GET /agents/availability held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
+    'GET /agents and GET /agents/availability', (stats) => stats.lists)
 
   let fastAnswers = 0
   new Counter({
