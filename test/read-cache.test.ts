@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import SQLite from 'better-sqlite3'
-import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { renameAgentByHand, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -237,6 +237,40 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
     // 300 different queries (a name filter each), so 300 different answers.
     for (let i = 1; i <= 300; i++) assert.equal((await srv.call('GET', `/agents?limit=${1 + i % 200}&q=${i}`)).status, 200)
     assert.equal(await metric(srv, /^agentry_list_cache_entries /), 256)
+  })
+
+  it('GET /agents/by-service-user-id/:id answers what GET /agents/:id does, and shows every change of the agent or of its serviceUserId', async () => {
+    const bySid = async (sid: string): Promise<ApiResponse> => await srv.call('GET', `/agents/by-service-user-id/${sid}`)
+    const agentHits = async (): Promise<number> => await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    const e = (await srv.call('POST', '/agents', { serviceUserId: 'sid-e', name: 'E' })).body.data
+    const first = await bySid('sid-e')
+    const hitsBefore = await agentHits()
+    const second = await bySid('sid-e')
+    assert.equal(second.status, 200)
+    assert.deepEqual(second.body, first.body)
+    assert.deepEqual(second.body.data, e)
+    const byId = await srv.call('GET', `/agents/${e.id as string}`)
+    assert.deepEqual(second.body, byId.body)
+    assert.equal(second.headers.get('etag'), byId.headers.get('etag'))
+    if (onSqlite) assert.ok(await agentHits() > hitsBefore, 'the second read answered from the read cache')
+    const notModified = await fetch(`${srv.api}/agents/by-service-user-id/sid-e`, { headers: { authorization: `Bearer ${srv.token}`, 'if-none-match': second.headers.get('etag') ?? '' } })
+    assert.equal(notModified.status, 304)
+
+    const put = await srv.call('PUT', `/agents/${e.id as string}`, { name: 'E renamed' })
+    assert.deepEqual((await bySid('sid-e')).body, put.body)
+    // Its serviceUserId moves: the old one is no one's, until another agent takes it.
+    assert.equal((await srv.call('PUT', `/agents/${e.id as string}`, { serviceUserId: 'sid-e2' })).status, 200)
+    assert.equal((await bySid('sid-e')).status, 404)
+    assert.equal((await bySid('sid-e2')).body.data.id, e.id)
+    const f = (await srv.call('POST', '/agents', { serviceUserId: 'sid-e', name: 'F' })).body.data
+    assert.equal((await bySid('sid-e')).body.data.id, f.id)
+    // Changed by hand (on SQLite from another connection), then deleted.
+    await renameAgentByHand(srv, f.id as string, 'F by hand')
+    assert.equal((await bySid('sid-e')).body.data.name, 'F by hand')
+    assert.equal((await srv.call('DELETE', `/agents/${f.id as string}`)).status, 200)
+    const gone = await bySid('sid-e')
+    assert.equal(gone.status, 404)
+    assert.equal(gone.body.error.code, 'not_found')
   })
 
   it('on PostgreSQL lists are read every time: /metrics shows no list kept and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {

@@ -156,6 +156,8 @@ export class AgentService {
   private readonly avatarRows = new Map<string, AvatarRow>()
   /** Agents as last shown, by id: for lists, and for GETs without a read cache (see Shown). */
   private readonly shown = new Map<string, Shown>()
+  /** The id of the agent last found for a serviceUserId, by widget (SQLite: see getRepresentationByServiceUserId). */
+  private readonly idsByServiceUserId = new Map<string, string>()
   /**
    * Images whose content the file collector claimed while a write was making an avatar of it, with
    * until when the collector may be deleting the files (see maintain).
@@ -247,12 +249,36 @@ export class AgentService {
 
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */
   async getRepresentation (widgetId: string, id: string): Promise<AgentRepresentation> {
-    const key = id.toLowerCase()
     const now = this.now()
-    const cached = this.cache?.get(widgetId, key, now)
+    const cached = this.cache?.get(widgetId, id.toLowerCase(), now)
     if (cached !== undefined) return cached
     const ticket = this.cache?.ticket()
-    const stored = await this.mustFind(widgetId, id)
+    return await this.representationOfRow(await this.mustFind(widgetId, id), now, ticket)
+  }
+
+  /**
+   * The agent with this serviceUserId as JSON with its ETag, for GET /agents/by-service-user-id/:id.
+   * The id last found for it is remembered: when the read cache holds that agent (as fresh as any
+   * entry there, see AgentReadCache) and it still has this serviceUserId, it is the one (unique in a
+   * widget), answered with no query. Otherwise, and on PostgreSQL, it is read as before.
+   */
+  async getRepresentationByServiceUserId (widgetId: string, serviceUserId: string): Promise<AgentRepresentation> {
+    const now = this.now()
+    const key = `${widgetId}\n${serviceUserId}`
+    const known = this.idsByServiceUserId.get(key)
+    if (known !== undefined) {
+      const cached = this.cache?.get(widgetId, known, now)
+      if (cached !== undefined && cached.row.service_user_id === serviceUserId) return cached
+    }
+    const ticket = this.cache?.ticket()
+    const stored = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+    if (stored === undefined) throw notFoundByServiceUserId(serviceUserId)
+    if (this.cache !== undefined) setBounded(this.idsByServiceUserId, key, stored.id.toLowerCase(), this.options.shownKept ?? 0)
+    return await this.representationOfRow(stored, now, ticket)
+  }
+
+  /** An agent's row as read, made into what the API shows (kept in the read cache under `ticket`, or remembered as shown). */
+  private async representationOfRow (stored: AgentRow, now: number, ticket: number | undefined): Promise<AgentRepresentation> {
     const current = effective(stored, now)
     // No read cache (PostgreSQL): the row is read every time, but made into JSON and hashed for its
     // ETag only when it differs from the last one shown (field by field, whatever changed it).
@@ -262,7 +288,7 @@ export class AgentService {
     }
     const avatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
     const representation = representationOf(this.shape(current, avatar))
-    if (ticket !== undefined) this.cache?.set(widgetId, key, { ...representation, row: stored }, cachedUntil(stored), ticket)
+    if (ticket !== undefined) this.cache?.set(stored.widget_id, stored.id.toLowerCase(), { ...representation, row: stored }, cachedUntil(stored), ticket)
     else this.rememberShown(current, avatar, representation.json, representation)
     return representation
   }
@@ -296,12 +322,6 @@ export class AgentService {
   private async findForWrite (widgetId: string, id: string, fresh: boolean): Promise<AgentRow> {
     const cached = fresh ? undefined : this.cache?.get(widgetId, id.toLowerCase(), this.now())
     return cached?.row ?? await this.mustFind(widgetId, id)
-  }
-
-  async getByServiceUserId (widgetId: string, serviceUserId: string): Promise<Agent> {
-    const row = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
-    if (row === undefined) throw notFoundByServiceUserId(serviceUserId)
-    return await this.represent(row)
   }
 
   async create (widgetId: string, input: CreateAgentInput, options: WriteOptions = {}): Promise<Agent> {

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentRoutesOptions } from './index.js'
-import { withEtag } from './etag.js'
+import { sendAgentJson, setEtag } from './etag.js'
 import { AgentSchema, ServiceUserIdParams } from '../../schemas/agent.js'
 import { NotModified, Ok, errorResponses } from '../../schemas/envelope.js'
 
@@ -14,8 +14,9 @@ export const getByServiceUserIdRoute: FastifyPluginAsyncTypebox<AgentRoutesOptio
       response: { 200: Ok(AgentSchema), 304: NotModified, ...errorResponses(401, 404, 429) }
     }
   }, async (request, reply) => {
-    const agent = await agents.getByServiceUserId(request.widgetId, request.params.serviceUserId)
-    if (withEtag(request, reply, agent)) return await reply.code(304).send(undefined)
-    return { status: 200 as const, data: agent }
+    // As GET /agents/:id: the agent comes as JSON already (from memory when the read cache has it).
+    const { json, etag } = await agents.getRepresentationByServiceUserId(request.widgetId, request.params.serviceUserId)
+    if (setEtag(request, reply, etag)) return await reply.code(304).send(undefined)
+    return await sendAgentJson(reply, json)
   })
 }
