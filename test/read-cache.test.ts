@@ -221,14 +221,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
   it('a change another process commits to the same SQLite file shows on the next list', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
     const d = (await srv.call('POST', '/agents', { serviceUserId: 'list-d', name: 'D' })).body.data
     assert.ok(names(await listTwice()).includes('D'))
-    const target = srv.services.config.database
-    if (target.kind !== 'sqlite') throw new Error('SQLite expected')
-    const other = new SQLite(target.file)
-    try {
-      other.prepare('update agents set name = ?, version = version + 1 where id = ?').run('D elsewhere', d.id)
-    } finally {
-      other.close()
-    }
+    await renameAgentByHand(srv, d.id as string, 'D elsewhere')
     const listed = names(await listTwice())
     assert.ok(listed.includes('D elsewhere') && !listed.includes('D'), JSON.stringify(listed))
   })

@@ -116,9 +116,15 @@ function pgTypeParser (types: typeof pg.types): typeof pg.types.getTypeParser {
 /** How long a statement waits for another process's lock on the SQLite file before it fails with SQLITE_BUSY. */
 const LOCK_WAIT_MS = 5000
 
+/** The code a database or network error carries (`SQLITE_BUSY`, `23505`, `ECONNREFUSED`...), if any. */
+function codeOf (err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null | undefined)?.code
+  return typeof code === 'string' ? code : undefined
+}
+
 const isSqliteBusy = (err: unknown): boolean => {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_'))
+  const code = codeOf(err)
+  return code === 'SQLITE_BUSY' || code?.startsWith('SQLITE_BUSY_') === true
 }
 
 /** Runs fn, and again every 20 ms while it fails with SQLITE_BUSY, for timeoutMs at most. */
@@ -128,7 +134,7 @@ async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
     try {
       return fn()
     } catch (err) {
-      if ((err as { code?: unknown }).code !== 'SQLITE_BUSY' || Date.now() >= deadline) throw err
+      if (!isSqliteBusy(err) || Date.now() >= deadline) throw err
       await new Promise((resolve) => setTimeout(resolve, 20))
     }
   }
@@ -280,20 +286,18 @@ const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08
 /**
  * True when err says the database, or the file store, could not do the work now, through no fault
  * of the request: a retry a moment later may well succeed. SQLite: its write lock stayed with
- * another process for longer than a statement waits for it (LOCK_WAIT_MS, 5 s). PostgreSQL: see PG_UNAVAILABLE. Either
- * PostgreSQL or S3: a connection refused or cut (both clients report Node's codes).
+ * another process for longer than a statement waits for it (LOCK_WAIT_MS, 5 s). PostgreSQL: see
+ * PG_UNAVAILABLE. Either PostgreSQL or S3: a connection refused or cut (both clients report Node's
+ * codes).
  */
 export function isStoreUnavailable (err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false
-  const code = (err as { code?: unknown }).code
-  if (typeof code !== 'string') return false
-  return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) ||
-    code === 'ECONNREFUSED' || code === 'ECONNRESET'
+  const code = codeOf(err)
+  if (code === undefined) return false
+  return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) || code === 'ECONNREFUSED' || code === 'ECONNRESET'
 }
 
 /** True when err is a unique-constraint violation on either dialect. */
 export function isUniqueViolation (err: unknown): boolean {
-  if (typeof err !== 'object' || err === null) return false
-  const code = (err as { code?: unknown }).code
+  const code = codeOf(err)
   return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === '23505'
 }

@@ -43,8 +43,8 @@ function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<Migra
  * Brings the schema up to date, safely when several processes start at once. On PostgreSQL,
  * Kysely's migrator holds an advisory lock. On SQLite its lock is a no-op, but the whole run is one
  * transaction that begins IMMEDIATE (see AgentrySqliteDialect): a second process waits for the
- * first one's run (up to 5 s, see LockWaitingConnection), then finds nothing left to do. Should the wait run out, the
- * attempt has changed nothing and is tried again.
+ * first one's run (up to 5 s, see LockWaitingConnection), then finds nothing left to do. Should the
+ * wait run out, the attempt has changed nothing and is tried again.
  */
 export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
