@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
+import { hashToken } from '../src/tokens/service.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { call, startTwoInstances, type Instances, type ServeProcess } from './helpers/process.js'
+import { call, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
+import { startTestServer, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 const TOKEN = 'instances-test-token-0123456789'
@@ -78,5 +81,125 @@ describe(`two instances, one truth (${storeLeg()})`, () => {
       assert.equal(racers.length, 10)
       assert.equal(new Set(racers.map((x) => x.serviceUserId)).size, 10)
     }
+  })
+})
+
+describe(`rate limits across two instances (${storeLeg()})`, () => {
+  const LIMIT = 40
+  const onPostgres = storeLeg().startsWith('postgres')
+  let instances: Instances
+
+  before(async () => {
+    instances = await startTwoInstances(TOKEN, { RATE_LIMIT_MAX: String(LIMIT), RATE_LIMIT_WINDOW_MS: '60000' })
+  })
+
+  after(async () => { await instances?.stop() })
+
+  /** How many exchanges of counts with the other instances this one has made ("ok"). */
+  async function exchanges (p: ServeProcess): Promise<number> {
+    const text = await (await fetch(`${p.url}/metrics`)).text()
+    return Number(/^agentry_rate_limit_exchanges_total\{result="ok"\} (\d+)$/m.exec(text)?.[1] ?? 0)
+  }
+
+  /** Waits until the instance has exchanged counts once more than `since`. */
+  async function exchanged (p: ServeProcess, since: number): Promise<void> {
+    await until('the instance to exchange its counts', async () => await exchanges(p) > since ? true : undefined, 5_000)
+  }
+
+  const list = async (p: ServeProcess): Promise<Reply> => await call(`${p.url}${AGENTS}`, { headers: auth })
+  const remaining = (r: Reply): number => Number(r.headers.get('ratelimit-remaining'))
+
+  it(onPostgres
+    ? 'on PostgreSQL a token\'s limit holds across instances: what one admitted, the other counts'
+    : 'on SQLite each process counts a token\'s requests alone', async () => {
+    const { a, b } = instances
+    for (let i = 1; i <= 30; i++) {
+      const r = await list(a)
+      assert.equal(r.status, 200)
+      assert.equal(remaining(r), LIMIT - i)
+    }
+    const bBefore = await exchanges(b)
+    // b has not heard of a's requests before it exchanges its own counts.
+    assert.equal(remaining(await list(b)), LIMIT - 1)
+    if (!onPostgres) {
+      assert.equal(remaining(await list(b)), LIMIT - 2)
+      assert.equal(await exchanges(b), 0)
+      return
+    }
+    await exchanged(b, bBefore)
+    // Now it has: 30 on a, 1 on b, and this one.
+    const next = await list(b)
+    assert.equal(next.status, 200)
+    assert.equal(remaining(next), LIMIT - 32)
+    for (let i = 33; i <= LIMIT; i++) assert.equal(remaining(await list(b)), LIMIT - i)
+    const refused = await list(b)
+    assert.equal(refused.status, 429)
+    assert.equal(refused.body.error.code, 'rate_limited')
+    assert.ok(Number(refused.headers.get('retry-after')) > 0)
+
+    // a learns of b's requests with its next exchange, and refuses the token too.
+    const aBefore = await exchanges(a)
+    await list(a)
+    await exchanged(a, aBefore)
+    const refusedOnA = await list(a)
+    assert.equal(refusedOnA.status, 429)
+    assert.equal(remaining(refusedOnA), 0)
+  })
+})
+
+describe(`rate-limit counts shared through the database (${storeLeg()})`, {
+  skip: !storeLeg().startsWith('postgres') && 'SQLite: each process counts alone, in memory'
+}, () => {
+  let srv: TestServer
+
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '100', RATE_LIMIT_WINDOW_MS: '60000' }) })
+  after(async () => { await srv?.close() })
+
+  async function exchanges (result: 'ok' | 'failed'): Promise<number> {
+    const text = await (await fetch(`${srv.url}/metrics`)).text()
+    return Number(new RegExp(`^agentry_rate_limit_exchanges_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0)
+  }
+
+  async function sharedCount (): Promise<number | undefined> {
+    const rows = await sql<{ count: number }>`select count from rate_limit_windows where key = ${hashToken(srv.token)}`.execute(srv.services.database.db)
+    return rows.rows[0]?.count
+  }
+
+  it('requests are still answered, counted here; the counts are added up once the database takes them again', async () => {
+    const db = srv.services.database.db
+    assert.equal((await srv.call('GET', '/agents')).status, 200)
+    await until('the first count to be shared', async () => await sharedCount() === 1 ? true : undefined, 5_000)
+
+    // A real failure of the database: the table is not there.
+    await sql`alter table rate_limit_windows rename to rate_limit_windows_away`.execute(db)
+    try {
+      for (let i = 2; i <= 11; i++) {
+        const r = await srv.call('GET', '/agents')
+        assert.equal(r.status, 200)
+        assert.equal(r.headers.get('ratelimit-remaining'), String(100 - i))
+      }
+      await until('an exchange to fail', async () => await exchanges('failed') > 0 ? true : undefined, 5_000)
+    } finally {
+      await sql`alter table rate_limit_windows_away rename to rate_limit_windows`.execute(db)
+    }
+    // Nothing counted meanwhile is lost: the next exchange sends it.
+    await until('the counts to be added up', async () => await sharedCount() === 11 ? true : undefined, 10_000)
+    const r = await srv.call('GET', '/agents')
+    assert.equal(r.headers.get('ratelimit-remaining'), String(100 - 12))
+  })
+
+  it('made-up tokens are counted by the instance alone: they never reach the database', async () => {
+    const made = 'made-up-token-0123456789'
+    for (let i = 1; i <= 10; i++) {
+      const r = await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${made}` })
+      assert.equal(r.status, 401)
+      assert.equal(r.headers.get('ratelimit-remaining'), String(100 - i))
+    }
+    // The valid token's next request is sent with the next exchange; the made-up one is not.
+    const before = await exchanges('ok')
+    await srv.call('GET', '/agents')
+    await until('an exchange', async () => await exchanges('ok') > before ? true : undefined, 5_000)
+    const rows = await sql<{ key: string }>`select key from rate_limit_windows`.execute(srv.services.database.db)
+    assert.deepEqual(rows.rows.map((x) => x.key), [hashToken(srv.token)])
   })
 })

@@ -5,6 +5,7 @@ import { syncPresenceScopes } from './migrations/002_sync_presence_scopes.js'
 import { eventsWebhooks } from './migrations/003_events_webhooks.js'
 import { blobClaims } from './migrations/004_blob_claims.js'
 import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
+import { rateLimitWindows } from './migrations/006_rate_limit_windows.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 export function migrations (dialect: DialectName): Record<string, Migration> {
@@ -13,7 +14,8 @@ export function migrations (dialect: DialectName): Record<string, Migration> {
     '002_sync_presence_scopes': syncPresenceScopes(),
     '003_events_webhooks': eventsWebhooks(dialect),
     '004_blob_claims': blobClaims(),
-    '005_blob_claims_deleting': blobClaimsDeleting()
+    '005_blob_claims_deleting': blobClaimsDeleting(),
+    '006_rate_limit_windows': rateLimitWindows(dialect)
   }
 }
 

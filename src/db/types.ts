@@ -65,6 +65,15 @@ export interface BlobClaimTable {
   deleting_until: ColumnType<number, number | undefined, number>
 }
 
+/** PostgreSQL only: a token's requests in its rate-limit window, counted by all instances. */
+export interface RateLimitWindowTable {
+  /** The token's sha256 (hashToken). */
+  key: string
+  /** When the window ends (Date.now() milliseconds). */
+  ends_at: number
+  count: number
+}
+
 export interface EventTable {
   /** Orders events; per widget it is the event id clients see (SSE id, Last-Event-ID). */
   seq: Generated<number>
@@ -139,6 +148,7 @@ export interface Database {
   webhook_endpoints: WebhookEndpointTable
   webhook_deliveries: WebhookDeliveryTable
   webhook_attempts: WebhookAttemptTable
+  rate_limit_windows: RateLimitWindowTable
 }
 
 export type WidgetRow = Selectable<WidgetTable>

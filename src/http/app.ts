@@ -18,7 +18,7 @@ import { lazyChildLoggerFactory } from './lazy-logger.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
-import { RateLimiter } from './plugins/rate-limit.js'
+import type { RateLimiter } from './plugins/rate-limit.js'
 import { registerStaticFiles } from './plugins/static.js'
 import { registerAdminConsole } from './plugins/admin.js'
 import { apiRoutes } from './routes/api.js'
@@ -35,6 +35,8 @@ export interface AppDeps {
   database: DbHandle
   store: BlobStore
   metrics: Metrics
+  /** Undefined when rate limits are off. */
+  rateLimiter: RateLimiter | undefined
   checkReady: () => Promise<void>
   version: string
   /** Pino options, or false for silence; defaults to JSON lines at config.logLevel. */
@@ -129,7 +131,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
   await registerOpenApi(app, deps.version)
 
   await app.register(healthRoutes, { checkReady: deps.checkReady })
-  const rateLimiter = config.rateLimit.max > 0 ? new RateLimiter(config.rateLimit.max, config.rateLimit.windowMs) : undefined
+  const rateLimiter = deps.rateLimiter
   await app.register(apiRoutes, {
     prefix: API_PREFIX,
     agents: deps.agents,

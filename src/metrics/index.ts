@@ -16,6 +16,8 @@ export interface Metrics {
   /** Counts a request answered ahead of Fastify (agentry_http_fast_answers_total). */
   fastAnswered: () => void
   avatars: AvatarObserver
+  /** Counts an exchange of rate-limit counts with the other instances (agentry_rate_limit_exchanges_total). */
+  rateLimitExchanged: (ok: boolean) => void
 }
 
 /** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
@@ -94,6 +96,13 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   cacheMetrics('agentry_list_cache', 'Answers to GET /agents and GET /agents/availability held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
     'GET /agents and GET /agents/availability', (stats) => stats.lists)
 
+  const exchanges = new Counter({
+    name: 'agentry_rate_limit_exchanges_total',
+    help: 'Exchanges of rate-limit counts with the other instances through the database (PostgreSQL only), by result: ok or failed (each instance then counts alone until one succeeds).',
+    labelNames: ['result'] as const,
+    registers: [registry]
+  })
+
   let fastAnswers = 0
   new Counter({
     name: 'agentry_http_fast_answers_total',
@@ -112,6 +121,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
     avatars: {
       stage: (stage, seconds) => { avatarStage.observe({ stage }, seconds) },
       failed: (reason) => { avatarFailures.inc({ reason }) }
-    }
+    },
+    rateLimitExchanged: (ok) => { exchanges.inc({ result: ok ? 'ok' : 'failed' }) }
   }
 }

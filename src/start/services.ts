@@ -15,6 +15,8 @@ import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
+import { RateLimiter } from '../http/plugins/rate-limit.js'
+import { addToRateWindows, purgeRateWindows } from '../db/repositories/rate-limits.js'
 
 export interface Services {
   config: Config
@@ -26,6 +28,8 @@ export interface Services {
   webhooks: WebhookService
   streams: EventStreams
   metrics: Metrics
+  /** Undefined when rate limits are off (RATE_LIMIT_MAX=0). */
+  rateLimiter: RateLimiter | undefined
   checkReady: () => Promise<void>
   version: string
   close: () => Promise<void>
@@ -51,6 +55,7 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
     await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds)
     await purgeEvents(database.db, now - config.events.retentionSeconds)
     await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS)
+    if (database.dialect === 'postgres') await purgeRateWindows(database.db, Date.now() - config.rateLimit.windowMs)
   })
   // Webhook deliveries are polled often: a due delivery goes out within one poll on some instance.
   const dispatch = every(config.events.pollMs, async () => {
@@ -140,6 +145,18 @@ export async function createServices (config: Config, overrides: ServiceOverride
     isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
   })
   const streams = new EventStreams(database.db, config.events)
+  // On PostgreSQL, instances add up their counts (see RateLimiter); on SQLite (one machine) each
+  // process counts alone.
+  const { max, windowMs } = config.rateLimit
+  const rateLimiter = max === 0
+    ? undefined
+    : new RateLimiter(max, windowMs, database.dialect !== 'postgres'
+      ? undefined
+      : {
+          add: async (counts, now, ms) => await addToRateWindows(database.db, counts, now, ms),
+          shares: (key) => key.startsWith('ip:') ? false : tokens.wasValid(key),
+          exchanged: metrics.rateLimitExchanged
+        })
   const stopMaintenance = startMaintenance(config, database, store, agents, webhooks)
   return {
     config,
@@ -151,11 +168,13 @@ export async function createServices (config: Config, overrides: ServiceOverride
     webhooks,
     streams,
     metrics,
+    rateLimiter,
     version: VERSION,
     checkReady: async () => { await Promise.all([pingDatabase(database.db), store.checkReady()]) },
     close: async () => {
       streams.closeAll()
       await stopMaintenance()
+      await rateLimiter?.close()
       await database.close()
       store.close?.()
       avatars.close()

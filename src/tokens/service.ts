@@ -72,6 +72,15 @@ export class TokenService {
     return cached !== undefined && cached.expires > Date.now() ? cached.identity : undefined
   }
 
+  /**
+   * Whether the token with this sha256 was valid when this instance last looked it up (however
+   * long ago); undefined if it has not looked it up since its cache was last emptied.
+   */
+  wasValid (hash: string): boolean | undefined {
+    const cached = this.cache.get(hash)
+    return cached === undefined ? undefined : cached.identity !== null
+  }
+
   /** The widget and scope of a token given its sha256 (hashToken), or undefined for an unknown or revoked token. */
   async authenticateHash (hash: string): Promise<TokenIdentity | undefined> {
     const cached = this.cachedIdentity(hash)
