@@ -15,7 +15,7 @@ import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
-import { RateLimiter } from '../http/plugins/rate-limit.js'
+import { RateLimiter, isAddressKey } from '../http/plugins/rate-limit.js'
 import { addToRateWindows, purgeRateWindows } from '../db/repositories/rate-limits.js'
 
 export interface Services {
@@ -154,7 +154,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
       ? undefined
       : {
           add: async (counts, now, ms) => await addToRateWindows(database.db, counts, now, ms),
-          shares: (key) => key.startsWith('ip:') ? false : tokens.wasValid(key),
+          shares: (key) => isAddressKey(key) ? false : tokens.wasValid(key),
           exchanged: metrics.rateLimitExchanged
         })
   const stopMaintenance = startMaintenance(config, database, store, agents, webhooks)

@@ -40,6 +40,15 @@ export interface SharedCounts {
   exchanged?: (ok: boolean) => void
 }
 
+/** The key of requests without a token: their client address (a token's key is its sha256, hex). */
+export function addressKey (ip: string): string {
+  return `ip:${ip}`
+}
+
+export function isAddressKey (key: string): boolean {
+  return key.startsWith('ip:')
+}
+
 /** How often instances add up their counts while requests come in. */
 export const EXCHANGE_MS = 250
 /** Keys per statement. */
@@ -230,7 +239,7 @@ export class RateLimiter {
 export function registerRateLimit (app: FastifyInstance, limiter: RateLimiter): void {
   const per = describeWindow(limiter.windowMs)
   app.addHook('onRequest', (request, reply, done) => {
-    const state = limiter.take(tokenHashOf(request) ?? `ip:${request.ip}`, Date.now())
+    const state = limiter.take(tokenHashOf(request) ?? addressKey(request.ip), Date.now())
     void reply.header('ratelimit-limit', state.limit)
     void reply.header('ratelimit-remaining', state.remaining)
     void reply.header('ratelimit-reset', state.resetSeconds)
