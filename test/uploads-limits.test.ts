@@ -104,6 +104,27 @@ describe('rate limits per token', () => {
   })
 })
 
+describe('rate limits: memory per instance is bounded', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_MS: '60000' }, { rateLimitKeys: 4 }) })
+  after(async () => { await srv.close() })
+
+  it('past the keys it remembers, the oldest window is forgotten: a flood of made-up tokens cannot fill the memory', async () => {
+    const remaining = async (token: string): Promise<string | null> =>
+      (await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${token}` })).headers.get('ratelimit-remaining')
+    assert.equal(await remaining(srv.token), '2')
+    assert.equal(await remaining(srv.token), '1')
+    // Three made-up tokens more: four keys, all remembered.
+    for (let i = 0; i < 3; i++) assert.equal(await remaining(`made-up-${i}-0123456789`), '2')
+    assert.equal(await remaining(srv.token), '0')
+    // A fifth key: the oldest window (the real token's, begun first) is forgotten, and starts afresh.
+    assert.equal(await remaining('made-up-3-0123456789'), '2')
+    assert.equal(await remaining(srv.token), '2')
+    // A made-up token still remembered is still counted.
+    assert.equal(await remaining('made-up-2-0123456789'), '1')
+  })
+})
+
 describe('token scopes', () => {
   let srv: TestServer
   before(async () => { srv = await startTestServer() })

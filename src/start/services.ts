@@ -99,6 +99,8 @@ export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.j
 export interface ServiceOverrides {
   isAllowedAddress?: AddressPolicy
   avatarRowsKept?: number
+  /** Keys whose rate-limit windows are remembered at most (tests: small, to reach it). */
+  rateLimitKeys?: number
   /** Agents per batch of the unpaginated list (tests: small, so a short list takes several). */
   listBatchSize?: number
   beforeCollect?: () => Promise<void>
@@ -156,7 +158,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
           add: async (counts, now, ms) => await addToRateWindows(database.db, counts, now, ms),
           shares: (key) => isAddressKey(key) ? false : tokens.wasValid(key),
           exchanged: metrics.rateLimitExchanged
-        })
+        }, overrides.rateLimitKeys)
   const stopMaintenance = startMaintenance(config, database, store, agents, webhooks)
   return {
     config,

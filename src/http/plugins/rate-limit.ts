@@ -51,6 +51,8 @@ export function isAddressKey (key: string): boolean {
 
 /** How often instances add up their counts while requests come in. */
 export const EXCHANGE_MS = 250
+/** Keys whose windows an instance remembers at most: ~16 MB. */
+const MAX_KEYS = 100_000
 /** Keys per statement. */
 const EXCHANGE_BATCH = 1000
 
@@ -79,7 +81,11 @@ export class RateLimiter {
   private failing = false
   private closed = false
 
-  constructor (readonly max: number, readonly windowMs: number, private readonly shared?: SharedCounts) {
+  /**
+   * maxKeys: how many keys' windows are remembered at most. Past it the oldest window is forgotten
+   * (its key starts afresh), so a flood of made-up tokens or addresses cannot use up memory.
+   */
+  constructor (readonly max: number, readonly windowMs: number, private readonly shared?: SharedCounts, private readonly maxKeys = MAX_KEYS) {
     this.nextSweep = Date.now() + windowMs
     this.sendAfter = Math.max(1, Math.floor(max / 20))
   }
@@ -99,6 +105,13 @@ export class RateLimiter {
     }
     let w = this.windows.get(key)
     if (w === undefined || w.resetAt <= now) {
+      if (w !== undefined) {
+        // Set anew, so that the map stays in the order the windows started.
+        this.windows.delete(key)
+      } else if (this.windows.size >= this.maxKeys) {
+        const oldest = this.windows.keys().next()
+        if (oldest.done !== true) this.windows.delete(oldest.value)
+      }
       w = { count: 0, unsent: 0, resetAt: now + this.windowMs, alone: false }
       this.windows.set(key, w)
     }
