@@ -203,3 +203,19 @@ describe(`rate-limit counts shared through the database (${storeLeg()})`, {
     assert.deepEqual(rows.rows.map((x) => x.key), [hashToken(srv.token)])
   })
 })
+
+describe(`ended rate-limit windows are deleted (${storeLeg()})`, {
+  skip: !storeLeg().startsWith('postgres') && 'SQLite: each process counts alone, in memory'
+}, () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '100', RATE_LIMIT_WINDOW_MS: '1000', MAINTENANCE_INTERVAL_MS: '100' }) })
+  after(async () => { await srv?.close() })
+
+  it('by the periodic upkeep, a window after the window ended', async () => {
+    const db = srv.services.database.db
+    const windows = async (): Promise<number> => (await sql<{ n: number }>`select count(*)::int as n from rate_limit_windows`.execute(db)).rows[0]?.n ?? 0
+    assert.equal((await srv.call('GET', '/agents')).status, 200)
+    await until('the count to be shared', async () => await windows() === 1 ? true : undefined, 5_000)
+    await until('the ended window to be deleted', async () => await windows() === 0 ? true : undefined, 10_000)
+  })
+})
