@@ -218,6 +218,44 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
     assert.equal((all.body.data as Array<{ id: string, status: string }>).find((x) => x.id === c.id)?.status, 'offline')
   })
 
+  it('a write in one widget keeps the lists of the others, and shows on the next list of its own', async () => {
+    const other = await srv.services.tokens.create('list-other-widget')
+    const asOther = { authorization: `Bearer ${other.token}` }
+    const otherNames = async (): Promise<string[]> => {
+      const first = await srv.call('GET', '/agents', undefined, asOther)
+      const second = await srv.call('GET', '/agents', undefined, asOther)
+      assert.deepEqual(second.body, first.body)
+      return names(second)
+    }
+    const mine = names(await listTwice())
+    assert.deepEqual(await otherNames(), [])
+
+    const x = (await srv.call('POST', '/agents', { serviceUserId: 'other-x', name: 'X' }, asOther)).body.data
+    const hitsBefore = await listHits()
+    assert.deepEqual(names(await listTwice()), mine)
+    if (onSqlite) assert.equal(await listHits() - hitsBefore, 2, 'this widget\'s list was still kept after a create in another')
+    assert.deepEqual(await otherNames(), ['X'])
+
+    const writes: Array<[string, () => Promise<ApiResponse>, string[]]> = [
+      ['an update', async () => await srv.call('PUT', `/agents/${x.id as string}`, { name: 'X renamed' }, asOther), ['X renamed']],
+      ['an upsert', async () => await srv.call('PUT', '/agents/by-service-user-id/other-y', { name: 'Y' }, asOther), ['Y', 'X renamed']],
+      ['a heartbeat', async () => await srv.call('POST', `/agents/${x.id as string}/heartbeat`, undefined, asOther), ['Y', 'X renamed']],
+      ['a delete', async () => await srv.call('DELETE', `/agents/${x.id as string}`, undefined, asOther), ['Y']]
+    ]
+    for (const [what, write, expected] of writes) {
+      assert.equal((await write()).status, 200, what)
+      const before = await listHits()
+      assert.deepEqual(names(await listTwice()), mine, what)
+      if (onSqlite) assert.equal(await listHits() - before, 2, `this widget's list was still kept after ${what} in another`)
+      assert.deepEqual(await otherNames(), expected, what)
+    }
+    // The heartbeat's agent was deleted: nothing is left to lapse in the other widget.
+
+    // And a write in this widget shows on its next list at once.
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'list-after-other', name: 'After other' })).status, 200)
+    assert.deepEqual(names(await listTwice()), ['After other', ...mine])
+  })
+
   it('a change another process commits to the same SQLite file shows on the next list', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
     const d = (await srv.call('POST', '/agents', { serviceUserId: 'list-d', name: 'D' })).body.data
     assert.ok(names(await listTwice()).includes('D'))

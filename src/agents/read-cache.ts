@@ -22,6 +22,15 @@ export interface CachedList {
 
 interface ListEntry extends CachedList {
   readonly validUntil: number
+  readonly widgetId: string
+  /** The widget's list epoch it was read under (see changed()). */
+  readonly widgetEpoch: number
+}
+
+/** Taken before reading a list (listTicket), handed to setList: it refuses what a write overtook. */
+export interface ListTicket {
+  readonly epoch: number
+  readonly widgetEpoch: number
 }
 
 /** Lists kept at most, and their bytes at most: a crawl through many pages cannot grow it past that. */
@@ -47,9 +56,10 @@ interface Entry extends CachedAgent {
  *   checked on every lookup; any such change empties the cache. So two servers on one SQLite file,
  *   or the CLI beside a server, never read stale agents, and a lone server keeps its cache.
  *
- * It also keeps answers to GET /agents (lists and pages, whole envelopes), which any write at all
- * made by this instance drops (see changed(); a list may hold any agent, or gain a new one), as does
- * a change by another connection; and each is kept only until the next heartbeat anywhere lapses.
+ * It also keeps answers to GET /agents (lists and pages, whole envelopes). A write made by this
+ * instance drops its widget's lists (see changed(); a list may hold any agent of the widget, or gain
+ * a new one), and a write it cannot place in one widget drops them all, as does a change by another
+ * connection; and each is kept only until the next heartbeat anywhere lapses.
  *
  * PostgreSQL has no such cheap signal, and several instances write to it, so it runs without this cache.
  */
@@ -60,8 +70,12 @@ export class AgentReadCache {
   private hits = 0
   private misses = 0
   private readonly lists = new Map<string, ListEntry>()
-  /** The generation the lists were read under: any other, and they are all stale. */
-  private listsGeneration = 0
+  /** Moves with every change that may touch any widget's lists: then they are all stale. */
+  private listEpoch = 0
+  /** The list epoch the kept lists were read under. */
+  private listsEpoch = 0
+  /** Per widget, moves with every write to it: its lists read before are stale. */
+  private readonly widgetEpochs = new Map<string, number>()
   private listBytes = 0
   private listHits = 0
   private listMisses = 0
@@ -97,12 +111,13 @@ export class AgentReadCache {
     setBounded(this.entries, keyOf(widgetId, id), { ...agent, validUntil }, this.maxEntries)
   }
 
-  /** A list answer kept, if still fresh; `key` names the widget and the query. `countMiss` as for get(). */
-  getList (key: string, now: number, countMiss = true): CachedList | undefined {
+  /** A list answer kept for the widget, if still fresh; `query` names the query. `countMiss` as for get(). */
+  getList (widgetId: string, query: string, now: number, countMiss = true): CachedList | undefined {
     this.changedElsewhere()
     this.dropStaleLists()
+    const key = listKeyOf(widgetId, query)
     const entry = this.lists.get(key)
-    if (entry === undefined || now >= entry.validUntil) {
+    if (entry === undefined || now >= entry.validUntil || entry.widgetEpoch !== this.widgetEpoch(widgetId)) {
       if (entry !== undefined) this.dropList(key, entry)
       if (countMiss) this.listMisses++
       return undefined
@@ -111,25 +126,42 @@ export class AgentReadCache {
     return entry
   }
 
-  /** Keeps a list answer read under `ticket` (refused if anything was written since) until validUntil. */
-  setList (key: string, list: CachedList, validUntil: number, ticket: number): void {
-    if (ticket !== this.generation || this.maxEntries === 0) return
+  /** Take one before reading a list of the widget, and hand it to setList(). */
+  listTicket (widgetId: string): ListTicket {
+    this.changedElsewhere()
+    return { epoch: this.listEpoch, widgetEpoch: this.widgetEpoch(widgetId) }
+  }
+
+  /** Keeps a list answer read under `ticket` (refused if the widget was written since) until validUntil. */
+  setList (widgetId: string, query: string, list: CachedList, validUntil: number, ticket: ListTicket): void {
+    if (ticket.epoch !== this.listEpoch || ticket.widgetEpoch !== this.widgetEpoch(widgetId) || this.maxEntries === 0) return
     this.dropStaleLists()
     const bytes = sizeOf(list)
     if (bytes > MAX_LIST_BYTES / 4) return
+    const key = listKeyOf(widgetId, query)
     const old = this.lists.get(key)
     if (old !== undefined) this.dropList(key, old)
     for (const [oldestKey, oldest] of this.lists) {
       if (this.lists.size < MAX_LISTS && this.listBytes + bytes <= MAX_LIST_BYTES) break
       this.dropList(oldestKey, oldest)
     }
-    this.lists.set(key, { ...list, validUntil })
+    this.lists.set(key, { ...list, validUntil, widgetId, widgetEpoch: ticket.widgetEpoch })
     this.listBytes += bytes
   }
 
-  /** After any committed write of this instance: every list may have changed. */
-  changed (): void {
+  /**
+   * After a committed write of this instance (or a failed one: no telling): the widget's lists may
+   * have changed; without a widget, every list may have.
+   */
+  changed (widgetId?: string): void {
     this.generation++
+    if (widgetId === undefined) {
+      this.listEpoch++
+      // Every widget's lists go with the epoch, so their own counts can start again.
+      this.widgetEpochs.clear()
+    } else {
+      this.widgetEpochs.set(widgetId, this.widgetEpoch(widgetId) + 1)
+    }
   }
 
   /** After a committed write to this agent. */
@@ -138,8 +170,14 @@ export class AgentReadCache {
     this.entries.delete(keyOf(widgetId, id))
   }
 
+  private widgetEpoch (widgetId: string): number {
+    return this.widgetEpochs.get(widgetId) ?? 0
+  }
+
   clear (): void {
     this.generation++
+    this.listEpoch++
+    this.widgetEpochs.clear()
     this.entries.clear()
   }
 
@@ -149,7 +187,7 @@ export class AgentReadCache {
       entries: this.entries.size,
       hits: this.hits,
       misses: this.misses,
-      lists: { entries: this.listsGeneration === this.generation ? this.lists.size : 0, hits: this.listHits, misses: this.listMisses }
+      lists: { entries: this.listsEpoch === this.listEpoch ? this.lists.size : 0, hits: this.listHits, misses: this.listMisses }
     }
   }
 
@@ -163,10 +201,10 @@ export class AgentReadCache {
   }
 
   private dropStaleLists (): void {
-    if (this.listsGeneration === this.generation) return
+    if (this.listsEpoch === this.listEpoch) return
     this.lists.clear()
     this.listBytes = 0
-    this.listsGeneration = this.generation
+    this.listsEpoch = this.listEpoch
   }
 
   private dropList (key: string, entry: CachedList): void {
@@ -194,4 +232,8 @@ function sizeOf (list: CachedList): number {
 
 function keyOf (widgetId: string, id: string): string {
   return `${widgetId}/${id}`
+}
+
+function listKeyOf (widgetId: string, query: string): string {
+  return `${widgetId}\n${query}`
 }

@@ -1,4 +1,5 @@
 import { hash, randomUUID } from 'node:crypto'
+import type { Kysely } from 'kysely'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
@@ -8,14 +9,14 @@ import {
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
 import { abandonedBlobClaims, blobClaimDeletingUntil, claimBlobGc, clearBlobGc, dueBlobGc, endBlobClaim, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
-import type { AgentRow, AgentRowUpdate, AvatarRow } from '../db/types.js'
+import type { AgentRow, AgentRowUpdate, AvatarRow, Database } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import { setBounded } from '../util/bounded-map.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { BatchedAgentReads } from './batched-reads.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
-import type { AgentReadCache, AgentRepresentation, CachedList } from './read-cache.js'
+import type { AgentReadCache, AgentRepresentation, CachedList, ListTicket } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
 
 /** Thrown inside a write's transaction when its row changed since it was read: rolled back, then tried again. */
@@ -152,6 +153,8 @@ export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
   private readonly transact: Transact
+  /** transact, for a write that changes agents of this widget only (its lists alone are dropped). */
+  private readonly transactIn: <T>(widgetId: string, fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>
   private readonly batchedReads: BatchedAgentReads | undefined
   private readonly avatarRows = new Map<string, AvatarRow>()
   /** Agents as last shown, by id: for lists, and for GETs without a read cache (see Shown). */
@@ -175,11 +178,15 @@ export class AgentService {
     this.cache = options.readCache
     const transact: Transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
     const cache = this.cache
-    // Any write may change any list (a new agent, one renamed, one deleted): once it has committed
-    // (or failed: no telling), lists kept from before are dropped.
+    // A write may change any list of its widget (a new agent, one renamed, one deleted): once it has
+    // committed (or failed: no telling), the widget's lists kept from before are dropped; those of
+    // every widget, for a write not made through transactIn.
     this.transact = cache === undefined
       ? transact
       : async (fn) => { try { return await transact(fn) } finally { cache.changed() } }
+    this.transactIn = cache === undefined
+      ? async (_widgetId, fn) => await transact(fn)
+      : async (widgetId, fn) => { try { return await transact(fn) } finally { cache.changed(widgetId) } }
     const prepared = options.prepared
     if (prepared !== undefined) {
       // Compiled once: only the array of ids (its one parameter) changes from one batch to the next.
@@ -232,19 +239,19 @@ export class AgentService {
    * counted (the caller declines, and the usual way looks again).
    */
   cachedList (widgetId: string, key: string, countMiss = true): CachedList | undefined {
-    return this.cache?.getList(`${widgetId}\n${key}`, this.now(), countMiss)
+    return this.cache?.getList(widgetId, key, this.now(), countMiss)
   }
 
-  /** Take one before reading a list, and hand it to keepList(): it refuses what a write overtook. */
-  listTicket (): number | undefined {
-    return this.cache?.ticket()
+  /** Take one before reading a list of the widget, and hand it to keepList(): it refuses what a write overtook. */
+  listTicket (widgetId: string): ListTicket | undefined {
+    return this.cache?.listTicket(widgetId)
   }
 
   /** Keeps an answer to GET /agents for cachedList(), until the next heartbeat of any agent lapses. */
-  async keepList (widgetId: string, key: string, list: CachedList, ticket: number | undefined): Promise<void> {
+  async keepList (widgetId: string, key: string, list: CachedList, ticket: ListTicket | undefined): Promise<void> {
     if (this.cache === undefined || ticket === undefined) return
     const lapse = await nextPresenceLapse(this.db)
-    this.cache.setList(`${widgetId}\n${key}`, list, lapse ?? Number.POSITIVE_INFINITY, ticket)
+    this.cache.setList(widgetId, key, list, lapse ?? Number.POSITIVE_INFINITY, ticket)
   }
 
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */
@@ -383,7 +390,7 @@ export class AgentService {
       const row = await this.mustFind(widgetId, id)
       const agent = await this.represent(row)
       if (options.ifMatch !== undefined && !etagMatches(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
-      const deleted = await this.transact(async (trx) => {
+      const deleted = await this.transactIn(widgetId, async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
         if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
         await this.record(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
@@ -407,7 +414,7 @@ export class AgentService {
       const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
       if (row.status !== 'online') changes.updated_at = now
       const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
-      const agent = await this.transact(async (trx) => {
+      const agent = await this.transactIn(widgetId, async (trx) => {
         const updated = await updateAgentAtVersion(trx, row, changes)
         if (updated === undefined) return undefined
         const after = this.shape(updated, avatar)
@@ -522,7 +529,7 @@ export class AgentService {
     for (const stored of await findLapsedPresence(this.db, now, widgetId, 500)) {
       const current = effective(stored, now)
       const avatar = stored.avatar_id === null ? undefined : await this.avatarRow(stored.avatar_id)
-      const done = await this.transact(async (trx) => {
+      const done = await this.transactIn(stored.widget_id, async (trx) => {
         const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
         if (row === undefined) return false
         await this.record(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
@@ -575,7 +582,7 @@ export class AgentService {
   private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
     const now = this.now()
     try {
-      return await this.transact(async (trx) => {
+      return await this.transactIn(widgetId, async (trx) => {
         const avatar = image === undefined ? undefined : this.newAvatarRow(widgetId, image, now)
         // Issued together (one round trip on PostgreSQL: pipelinedTransact), the avatar's row first:
         // the agent's refers to it.
@@ -623,7 +630,7 @@ export class AgentService {
       if (!visible && Object.keys(changes.hidden).length === 0) return this.shape(current, currentAvatar)
 
       try {
-        const result = await this.transact(async (trx) => {
+        const result = await this.transactIn(current.widget_id, async (trx) => {
           let avatar = currentAvatar
           const update: AgentRowUpdate = { ...changes.hidden, ...changes.visible }
           const newAvatar = changes.image === undefined ? undefined : this.newAvatarRow(current.widget_id, changes.image, now)

@@ -17,7 +17,7 @@ export const availabilityRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = 
   }, async (request, reply) => {
     // Answered from memory while nothing was written (SQLite; see AgentReadCache), like lists.
     const cached = agents.cachedList(request.widgetId, KEY)
-    const ticket = cached === undefined ? agents.listTicket() : undefined
+    const ticket = cached === undefined ? agents.listTicket(request.widgetId) : undefined
     const body = cached?.body ?? Buffer.from(JSON.stringify({ status: 200, data: await agents.availability(request.widgetId) }))
     if (cached === undefined) await agents.keepList(request.widgetId, KEY, { body, link: undefined }, ticket)
     return await sendJson(reply, body)

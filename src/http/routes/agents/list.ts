@@ -37,7 +37,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       if (cached.link !== undefined) void reply.header('link', cached.link)
       return await sendJson(reply, cached.body)
     }
-    const ticket = agents.listTicket()
+    const ticket = agents.listTicket(request.widgetId)
     if (limit === undefined && cursor === undefined) {
       // The first batch is read before anything is sent: a failure there is still an error envelope.
       const batches = agents.listAll(request.widgetId, filters)
