@@ -15,7 +15,7 @@ import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
-import { RateLimiter, isAddressKey } from '../http/plugins/rate-limit.js'
+import { RateLimiter, isAddressKey } from '../ratelimit/limiter.js'
 import { addToRateWindows, purgeRateWindows } from '../db/repositories/rate-limits.js'
 
 export interface Services {
