@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
 import { sql } from 'kysely'
+import { rateWindowsFileOf } from '../src/db/rate-windows-sqlite.js'
 import { hashToken } from '../src/tokens/service.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { call, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
@@ -86,7 +88,6 @@ describe(`two instances, one truth (${storeLeg()})`, () => {
 
 describe(`rate limits across two instances (${storeLeg()})`, () => {
   const LIMIT = 40
-  const onPostgres = storeLeg().startsWith('postgres')
   let instances: Instances
 
   before(async () => {
@@ -95,37 +96,24 @@ describe(`rate limits across two instances (${storeLeg()})`, () => {
 
   after(async () => { await instances?.stop() })
 
-  /** How many exchanges of counts with the other instances this one has made ("ok"). */
-  async function exchanges (p: ServeProcess): Promise<number> {
-    const text = await (await fetch(`${p.url}/metrics`)).text()
-    return Number(/^agentry_rate_limit_exchanges_total\{result="ok"\} (\d+)$/m.exec(text)?.[1] ?? 0)
-  }
-
   /** Waits until the instance has exchanged counts once more than `since`. */
   async function exchanged (p: ServeProcess, since: number): Promise<void> {
-    await until('the instance to exchange its counts', async () => await exchanges(p) > since ? true : undefined, 5_000)
+    await until('the instance to exchange its counts', async () => await exchanges(p.url, 'ok') > since ? true : undefined, 5_000)
   }
 
   const list = async (p: ServeProcess): Promise<Reply> => await call(`${p.url}${AGENTS}`, { headers: auth })
   const remaining = (r: Reply): number => Number(r.headers.get('ratelimit-remaining'))
 
-  it(onPostgres
-    ? 'on PostgreSQL a token\'s limit holds across instances: what one admitted, the other counts'
-    : 'on SQLite each process counts a token\'s requests alone', async () => {
+  it('a token\'s limit holds across instances: what one admitted, the other counts', async () => {
     const { a, b } = instances
     for (let i = 1; i <= 30; i++) {
       const r = await list(a)
       assert.equal(r.status, 200)
       assert.equal(remaining(r), LIMIT - i)
     }
-    const bBefore = await exchanges(b)
+    const bBefore = await exchanges(b.url, 'ok')
     // b has not heard of a's requests before it exchanges its own counts.
     assert.equal(remaining(await list(b)), LIMIT - 1)
-    if (!onPostgres) {
-      assert.equal(remaining(await list(b)), LIMIT - 2)
-      assert.equal(await exchanges(b), 0)
-      return
-    }
     await exchanged(b, bBefore)
     // Now it has: 30 on a, 1 on b, and this one.
     const next = await list(b)
@@ -138,7 +126,7 @@ describe(`rate limits across two instances (${storeLeg()})`, () => {
     assert.ok(Number(refused.headers.get('retry-after')) > 0)
 
     // a learns of b's requests with its next exchange, and refuses the token too.
-    const aBefore = await exchanges(a)
+    const aBefore = await exchanges(a.url, 'ok')
     await list(a)
     await exchanged(a, aBefore)
     const refusedOnA = await list(a)
@@ -147,40 +135,72 @@ describe(`rate limits across two instances (${storeLeg()})`, () => {
   })
 })
 
-describe(`rate-limit counts shared through the database (${storeLeg()})`, {
-  skip: !storeLeg().startsWith('postgres') && 'SQLite: each process counts alone, in memory'
-}, () => {
+/** How many exchanges of rate-limit counts the server at `url` has made, by result. */
+async function exchanges (url: string, result: 'ok' | 'failed'): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  return Number(new RegExp(`^agentry_rate_limit_exchanges_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0)
+}
+
+/**
+ * The shared counts the server's instances add up, by key: PostgreSQL's table, or the SQLite
+ * rate-limit file beside the database (read through a connection of its own).
+ */
+async function sharedCounts (srv: TestServer): Promise<Map<string, number>> {
+  const target = srv.services.config.database
+  if (target.kind === 'postgres') {
+    const { rows } = await sql<{ key: string, count: number }>`select key, count from rate_limit_windows`.execute(srv.services.database.db)
+    return new Map(rows.map((r) => [r.key, Number(r.count)]))
+  }
+  const file = new SQLite(rateWindowsFileOf(target.file), { readonly: true })
+  try {
+    const rows = file.prepare('select key, count from rate_limit_windows').all() as Array<{ key: string, count: number }>
+    return new Map(rows.map((r) => [r.key, r.count]))
+  } finally {
+    file.close()
+  }
+}
+
+/**
+ * Makes the shared counts fail for real until the returned function is called: on PostgreSQL the
+ * table is renamed away; on SQLite another connection holds the rate-limit file's write lock.
+ */
+async function breakSharedCounts (srv: TestServer): Promise<() => Promise<void>> {
+  const target = srv.services.config.database
+  const db = srv.services.database.db
+  if (target.kind === 'postgres') {
+    await sql`alter table rate_limit_windows rename to rate_limit_windows_away`.execute(db)
+    return async () => { await sql`alter table rate_limit_windows_away rename to rate_limit_windows`.execute(db) }
+  }
+  const holder = new SQLite(rateWindowsFileOf(target.file))
+  holder.exec('begin immediate')
+  return async () => {
+    holder.exec('commit')
+    holder.close()
+  }
+}
+
+describe(`rate-limit counts shared through the store (${storeLeg()})`, () => {
   let srv: TestServer
 
   before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '100', RATE_LIMIT_WINDOW_MS: '60000' }) })
   after(async () => { await srv?.close() })
 
-  async function exchanges (result: 'ok' | 'failed'): Promise<number> {
-    const text = await (await fetch(`${srv.url}/metrics`)).text()
-    return Number(new RegExp(`^agentry_rate_limit_exchanges_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0)
-  }
+  const sharedCount = async (): Promise<number | undefined> => (await sharedCounts(srv)).get(hashToken(srv.token))
 
-  async function sharedCount (): Promise<number | undefined> {
-    const rows = await sql<{ count: number }>`select count from rate_limit_windows where key = ${hashToken(srv.token)}`.execute(srv.services.database.db)
-    return rows.rows[0]?.count
-  }
-
-  it('requests are still answered, counted here; the counts are added up once the database takes them again', async () => {
-    const db = srv.services.database.db
+  it('while the store cannot take them, requests are still answered and counted here; then the counts are added up', async () => {
     assert.equal((await srv.call('GET', '/agents')).status, 200)
     await until('the first count to be shared', async () => await sharedCount() === 1 ? true : undefined, 5_000)
 
-    // A real failure of the database: the table is not there.
-    await sql`alter table rate_limit_windows rename to rate_limit_windows_away`.execute(db)
+    const mend = await breakSharedCounts(srv)
     try {
       for (let i = 2; i <= 11; i++) {
         const r = await srv.call('GET', '/agents')
         assert.equal(r.status, 200)
         assert.equal(r.headers.get('ratelimit-remaining'), String(100 - i))
       }
-      await until('an exchange to fail', async () => await exchanges('failed') > 0 ? true : undefined, 5_000)
+      await until('an exchange to fail', async () => await exchanges(srv.url, 'failed') > 0 ? true : undefined, 5_000)
     } finally {
-      await sql`alter table rate_limit_windows_away rename to rate_limit_windows`.execute(db)
+      await mend()
     }
     // Nothing counted meanwhile is lost: the next exchange sends it.
     await until('the counts to be added up', async () => await sharedCount() === 11 ? true : undefined, 10_000)
@@ -188,7 +208,7 @@ describe(`rate-limit counts shared through the database (${storeLeg()})`, {
     assert.equal(r.headers.get('ratelimit-remaining'), String(100 - 12))
   })
 
-  it('made-up tokens are counted by the instance alone: they never reach the database', async () => {
+  it('made-up tokens are counted by the instance alone: they never reach the store', async () => {
     const made = 'made-up-token-0123456789'
     for (let i = 1; i <= 10; i++) {
       const r = await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${made}` })
@@ -196,26 +216,27 @@ describe(`rate-limit counts shared through the database (${storeLeg()})`, {
       assert.equal(r.headers.get('ratelimit-remaining'), String(100 - i))
     }
     // The valid token's next request is sent with the next exchange; the made-up one is not.
-    const before = await exchanges('ok')
+    const before = await exchanges(srv.url, 'ok')
     await srv.call('GET', '/agents')
-    await until('an exchange', async () => await exchanges('ok') > before ? true : undefined, 5_000)
-    const rows = await sql<{ key: string }>`select key from rate_limit_windows`.execute(srv.services.database.db)
-    assert.deepEqual(rows.rows.map((x) => x.key), [hashToken(srv.token)])
+    await until('an exchange', async () => await exchanges(srv.url, 'ok') > before ? true : undefined, 5_000)
+    assert.deepEqual([...(await sharedCounts(srv)).keys()], [hashToken(srv.token)])
   })
 })
 
-describe(`ended rate-limit windows are deleted (${storeLeg()})`, {
-  skip: !storeLeg().startsWith('postgres') && 'SQLite: each process counts alone, in memory'
-}, () => {
+describe(`ended rate-limit windows are deleted (${storeLeg()})`, () => {
   let srv: TestServer
   before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '100', RATE_LIMIT_WINDOW_MS: '1000', MAINTENANCE_INTERVAL_MS: '100' }) })
   after(async () => { await srv?.close() })
 
-  it('by the periodic upkeep, a window after the window ended', async () => {
-    const db = srv.services.database.db
-    const windows = async (): Promise<number> => (await sql<{ n: number }>`select count(*)::int as n from rate_limit_windows`.execute(db)).rows[0]?.n ?? 0
+  it('a window after the window ended (PostgreSQL: by the periodic upkeep; SQLite: by a later exchange)', async () => {
+    const key = hashToken(srv.token)
     assert.equal((await srv.call('GET', '/agents')).status, 200)
-    await until('the count to be shared', async () => await windows() === 1 ? true : undefined, 5_000)
-    await until('the ended window to be deleted', async () => await windows() === 0 ? true : undefined, 10_000)
+    await until('the count to be shared', async () => (await sharedCounts(srv)).get(key) === 1 ? true : undefined, 5_000)
+    // On SQLite the file is tidied when counts are added: another token's requests, from time to time.
+    const other = await srv.services.tokens.create('rate-windows-other')
+    await until('the ended window to be deleted', async () => {
+      await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${other.token}` })
+      return (await sharedCounts(srv)).has(key) ? undefined : true
+    }, 10_000, 250)
   })
 })

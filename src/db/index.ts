@@ -122,13 +122,13 @@ function codeOf (err: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined
 }
 
-const isSqliteBusy = (err: unknown): boolean => {
+export const isSqliteBusy = (err: unknown): boolean => {
   const code = codeOf(err)
   return code === 'SQLITE_BUSY' || code?.startsWith('SQLITE_BUSY_') === true
 }
 
 /** Runs fn, and again every 20 ms while it fails with SQLITE_BUSY, for timeoutMs at most. */
-async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
+export async function whileBusy<T> (timeoutMs: number, fn: () => T): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     try {

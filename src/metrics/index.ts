@@ -98,7 +98,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
 
   const exchanges = new Counter({
     name: 'agentry_rate_limit_exchanges_total',
-    help: 'Exchanges of rate-limit counts with the other instances through the database (PostgreSQL only), by result: ok or failed (each instance then counts alone until one succeeds).',
+    help: 'Exchanges of rate-limit counts with the other instances (through PostgreSQL, or the SQLite rate-limit file), by result: ok or failed (each instance then counts alone until one succeeds).',
     labelNames: ['result'] as const,
     registers: [registry]
   })

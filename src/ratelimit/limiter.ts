@@ -23,7 +23,7 @@ export interface RateLimitState {
   readonly allowed: boolean
 }
 
-/** Where instances add up their counts (PostgreSQL: addToRateWindows). */
+/** Where instances add up their counts (PostgreSQL: addToRateWindows; SQLite: openSqliteRateWindows). */
 export interface SharedCounts {
   /** Adds these requests to each key's count in the shared window; answers the totals. */
   add: (counts: ReadonlyArray<{ key: string, count: number }>, now: number, windowMs: number) => Promise<WindowCount[]>
@@ -57,12 +57,12 @@ const EXCHANGE_BATCH = 1000
  * Fixed-window limits per key (a token's hash, never the token, or a client address). Synchronous
  * throughout: it runs on every API request.
  *
- * With shared counts (PostgreSQL), every instance adds its requests to each token's shared count
- * every EXCHANGE_MS while it has some, and at once when it has counted a twentieth of the limit for
- * a token since it last did; it answers from what it learnt then plus what it counted since. So the
- * limit holds across instances, give or take what they admit between two exchanges, and a request
- * never waits for the database. While the database cannot be reached, each instance counts alone and
- * sends its counts later.
+ * With shared counts (on PostgreSQL, and on an SQLite file: all but an in-memory database), every
+ * instance adds its requests to each token's shared count every EXCHANGE_MS while it has some, and
+ * at once when it has counted a twentieth of the limit for a token since it last did; it answers
+ * from what it learnt then plus what it counted since. So the limit holds across instances, give or
+ * take what they admit between two exchanges, and a request never waits for the store. While the
+ * store cannot be reached, each instance counts alone and sends its counts later.
  */
 export class RateLimiter {
   private readonly windows = new Map<string, Window>()

@@ -4,7 +4,7 @@ import { AgentService } from '../agents/service.js'
 import { AgentReadCache } from '../agents/read-cache.js'
 import { AvatarService } from '../avatars/service.js'
 import { configureImageLibrary } from '../avatars/process.js'
-import { openDatabase, pingDatabase, type DbHandle } from '../db/index.js'
+import { openDatabase, pingDatabase, whileBusy, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
@@ -15,7 +15,8 @@ import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
-import { RateLimiter, isAddressKey } from '../ratelimit/limiter.js'
+import { RateLimiter, isAddressKey, type SharedCounts } from '../ratelimit/limiter.js'
+import { openSqliteRateWindows, type SqliteRateWindows } from '../db/rate-windows-sqlite.js'
 import { addToRateWindows, purgeRateWindows } from '../db/repositories/rate-limits.js'
 
 export interface Services {
@@ -109,8 +110,11 @@ export interface ServiceOverrides {
 /** Opens the stores named by config, brings the schema up to date and wires the domain services. */
 export async function createServices (config: Config, overrides: ServiceOverrides = {}): Promise<Services> {
   const database = await openDatabase(config.database)
+  const target = config.database
+  let sqliteWindows: SqliteRateWindows | undefined
   try {
     await migrateToLatest(database.db, database.dialect)
+    if (config.rateLimit.max > 0 && target.kind === 'sqlite' && target.file !== ':memory:') sqliteWindows = await openSqliteRateWindows(target.file)
   } catch (err) {
     await database.close()
     throw err
@@ -147,15 +151,18 @@ export async function createServices (config: Config, overrides: ServiceOverride
     isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
   })
   const streams = new EventStreams(database.db, config.events)
-  // On PostgreSQL, instances add up their counts (see RateLimiter); on SQLite (one machine) each
-  // process counts alone.
+  // Instances add up their counts (see RateLimiter): through the database on PostgreSQL, through a
+  // file of their own beside an SQLite database (not in it: see rateWindowsFileOf).
   const { max, windowMs } = config.rateLimit
+  const addCounts: SharedCounts['add'] | undefined = database.dialect === 'postgres'
+    ? async (counts, now, ms) => await addToRateWindows(database.db, counts, now, ms)
+    : sqliteWindows === undefined ? undefined : async (counts, now, ms) => await whileBusy(50, () => sqliteWindows.add(counts, now, ms))
   const rateLimiter = max === 0
     ? undefined
-    : new RateLimiter(max, windowMs, database.dialect !== 'postgres'
+    : new RateLimiter(max, windowMs, addCounts === undefined
       ? undefined
       : {
-          add: async (counts, now, ms) => await addToRateWindows(database.db, counts, now, ms),
+          add: addCounts,
           shares: (key) => isAddressKey(key) ? false : tokens.wasValid(key),
           exchanged: metrics.rateLimitExchanged
         }, overrides.rateLimitKeys)
@@ -177,6 +184,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
       streams.closeAll()
       await stopMaintenance()
       await rateLimiter?.close()
+      sqliteWindows?.close()
       await database.close()
       store.close?.()
       avatars.close()

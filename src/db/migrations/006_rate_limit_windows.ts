@@ -4,7 +4,8 @@ import type { DialectName } from '../index.js'
 /**
  * PostgreSQL only: each token's request count in its current rate-limit window, added up by every
  * instance (see SharedRateCounts). Unlogged: a count is worth no WAL, and one lost in a crash only
- * restarts a window. SQLite runs on one machine, and counts in each process's memory.
+ * restarts a window. On SQLite the counts are added up in a file of their own (see
+ * rateWindowsFileOf).
  */
 export function rateLimitWindows (dialect: DialectName) {
   return {
