@@ -243,7 +243,8 @@ describe('avatar pipeline', () => {
     const fresh = await startTestServer()
     try {
       assert.equal((await fresh.call('POST', '/agents', { serviceUserId: 'taken', name: 'First' })).status, 200)
-      const files = async () => [...listFiles(fresh.dataDir).filter((f) => !f.startsWith('agentry.db')), ...await fresh.storedFiles()]
+      // Besides the database and the rate-limit counts (agentry.db*, agentry.rate-limits.db*).
+      const files = async () => [...listFiles(fresh.dataDir).filter((f) => !/^agentry\.(rate-limits\.)?db/.test(f)), ...await fresh.storedFiles()]
       const failures = async () => (await (await fetch(`${fresh.url}/metrics`)).text()).split('\n').filter((l) => l.startsWith('agentry_avatar_failures_total')).join('\n')
       const failuresBefore = await failures()
       const hits = () => ['/photo.jpg', '/missing.jpg', '/slow.jpg'].map((p) => fx.hits.get(p) ?? 0)

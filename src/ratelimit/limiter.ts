@@ -30,7 +30,7 @@ export interface SharedCounts {
   /**
    * Whether a key's count is shared: tokens this instance found valid are; tokens it found unknown
    * or revoked, and client addresses, are counted by each instance alone, so made-up tokens never
-   * reach the database. Undefined while not known yet.
+   * reach a store. Undefined while not known yet.
    */
   shares: (key: string) => boolean | undefined
   /** Told after each exchange whether it succeeded (a metric). */
