@@ -22,7 +22,6 @@ export interface CachedList {
 
 interface ListEntry extends CachedList {
   readonly validUntil: number
-  readonly widgetId: string
   /** The widget's list epoch it was read under (see changed()). */
   readonly widgetEpoch: number
 }
@@ -145,7 +144,7 @@ export class AgentReadCache {
       if (this.lists.size < MAX_LISTS && this.listBytes + bytes <= MAX_LIST_BYTES) break
       this.dropList(oldestKey, oldest)
     }
-    this.lists.set(key, { ...list, validUntil, widgetId, widgetEpoch: ticket.widgetEpoch })
+    this.lists.set(key, { ...list, validUntil, widgetEpoch: ticket.widgetEpoch })
     this.listBytes += bytes
   }
 
