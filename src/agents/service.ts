@@ -153,8 +153,8 @@ export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
   private readonly transact: Transact
-  /** transact, for a write that changes agents of this widget only (its lists alone are dropped). */
-  private readonly transactIn: <T>(widgetId: string, fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>
+  /** transact, for a write that changes agents of this widget only (its lists alone are dropped); undefined: any widget. */
+  private readonly transactIn: <T>(widgetId: string | undefined, fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>
   private readonly batchedReads: BatchedAgentReads | undefined
   private readonly avatarRows = new Map<string, AvatarRow>()
   /** Agents as last shown, by id: for lists, and for GETs without a read cache (see Shown). */
@@ -180,13 +180,11 @@ export class AgentService {
     const cache = this.cache
     // A write may change any list of its widget (a new agent, one renamed, one deleted): once it has
     // committed (or failed: no telling), the widget's lists kept from before are dropped; those of
-    // every widget, for a write not made through transactIn.
-    this.transact = cache === undefined
-      ? transact
-      : async (fn) => { try { return await transact(fn) } finally { cache.changed() } }
+    // every widget, for a write that names none (transact).
     this.transactIn = cache === undefined
       ? async (_widgetId, fn) => await transact(fn)
       : async (widgetId, fn) => { try { return await transact(fn) } finally { cache.changed(widgetId) } }
+    this.transact = async (fn) => await this.transactIn(undefined, fn)
     const prepared = options.prepared
     if (prepared !== undefined) {
       // Compiled once: only the array of ids (its one parameter) changes from one batch to the next.

@@ -47,7 +47,7 @@ export function isAddressKey (key: string): boolean {
 }
 
 /** How often instances add up their counts while requests come in. */
-export const EXCHANGE_MS = 250
+const EXCHANGE_MS = 250
 /** Keys whose windows an instance remembers at most: ~16 MB. */
 const MAX_KEYS = 100_000
 /** Keys per statement. */
