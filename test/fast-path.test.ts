@@ -70,6 +70,20 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
     assert.deepEqual(JSON.parse(fast.body.toString()), { status: 200, data: (await srv.call('GET', `/agents/${id}?usual=2`)).body.data })
   })
 
+  it('sends a name beyond ASCII as the usual way does, its length counted in bytes', async () => {
+    const name = 'Zoë Ångström 李雷 🙂'
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'fast-utf8', name })
+    assert.equal(created.status, 200)
+    const utf8 = created.body.data.id as string
+    assert.equal((await srv.call('GET', `/agents/${utf8}`)).status, 200)
+    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const fast = await get(`${srv.api}/agents/${utf8}`)
+    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    sameAnswer(fast, await get(`${srv.api}/agents/${utf8}?usual=1`), 200)
+    assert.equal(pairs(fast).find(([n]) => n === 'content-length')?.[1], String(fast.body.length))
+    assert.equal(JSON.parse(fast.body.toString('utf8')).data.name, name)
+  })
+
   it('answers If-None-Match with the current ETag with a bare 304, as the usual way does', async () => {
     const etag = pairs(await get(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
     const before = await metric(srv, 'agentry_http_fast_answers_total')
