@@ -50,6 +50,7 @@ export interface StaticFastPathDeps {
  * background, if small enough), shutdown.
  */
 export function staticFastPath (deps: StaticFastPathDeps): FastPath {
+  const observe = deps.requests.forRoute('GET', '/static/*')
   const prefix = '/static/'
   const entries = new Map<string, Entry>()
   const loading = new Set<string>()
@@ -126,7 +127,7 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
     }
     res.writeHead(200, ['x-request-id', requestIdOf(headers), ...entry.headers])
     res.end(entry.body)
-    deps.requests.observe('GET', '/static/*', 200, (performance.now() - start) / 1000)
+    observe(200, (performance.now() - start) / 1000)
     deps.answered()
     return true
   }
