@@ -25,6 +25,13 @@ async function fastAnswers (srv: TestServer): Promise<number> {
   return Number(text.split('\n').find((l) => l.startsWith('agentry_http_fast_answers_total '))?.split(' ')[1] ?? 0)
 }
 
+/** agentry_http_requests_total for GET /static/* answered 200. */
+async function staticRequests (srv: TestServer): Promise<number> {
+  const text = await (await fetch(`${srv.url}/metrics`)).text()
+  const line = 'agentry_http_requests_total{method="GET",route="/static/*",status_code="200"} '
+  return Number(text.split('\n').find((l) => l.startsWith(line))?.slice(line.length) ?? 0)
+}
+
 describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
   let srv: TestServer
   let fx: FixtureServer
@@ -46,9 +53,11 @@ describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept 
   it('answers exactly what @fastify/static answers: status, headers in order, bytes', async () => {
     const { url } = await cachedFile('static-1', 'photo.png')
     const before = await fastAnswers(srv)
+    const counted = await staticRequests(srv)
     const fast = await rawGet(url)
     const usual = await rawGet(`${url}?usual=1`)
     assert.equal(await fastAnswers(srv), before + 1, 'one from memory, one the usual way')
+    assert.equal(await staticRequests(srv), counted + 2, 'both counted in the request metrics under the route')
     assert.equal(fast.status, 200)
     assert.equal(usual.status, 200)
     assert.deepEqual(fast.body, usual.body)
