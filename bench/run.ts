@@ -110,6 +110,11 @@ interface TurnRound {
   agentry: LoadResult
   bare: LoadResult
   jsonServer: LoadResult
+  /**
+   * A second bare node:http, the same program with the same bytes: the control. Its ratio to the
+   * first is what the host's noise alone does to a ratio measured this way.
+   */
+  bareAgain: LoadResult
 }
 
 interface ScalingRecord {
@@ -394,15 +399,20 @@ async function seedRoster (svc: Service, fixture: FixtureServer): Promise<Seeded
 }
 
 /**
- * GET /agents/:id on the service, on bare node:http and on json-server, by turns: T.turnRounds
- * rounds of T.turnSeconds each, the order reversed every other round. This host's speed moves from
+ * GET /agents/:id on the service, on bare node:http, on json-server and on a second bare node:http
+ * (the control), by turns: T.turnRounds rounds of T.turnSeconds each, the order reversed every
+ * other round. This host's speed moves from
  * minute to minute (bare node:http has made 38,000 and 57,000 req/s within the hour), so the whole
  * runs, a minute or more apart, compare different hosts; each round compares the three within
  * seconds. The ratio targets are judged on the median of the rounds' ratios.
  */
 async function getByTurns (leg: Leg, specs: Record<keyof TurnRound, LoadSpec>): Promise<TurnRound[]> {
   const rounds: TurnRound[] = []
-  const order: Array<keyof TurnRound> = ['agentry', 'bare', 'jsonServer']
+  const order: Array<keyof TurnRound> = ['agentry', 'bare', 'jsonServer', 'bareAgain']
+  // Each server warmed first as the whole runs warm theirs: a process started for the turns (the
+  // control, or every baseline on a leg without whole baseline runs) would otherwise meet the first
+  // round with its code not yet optimised.
+  for (const server of order) checkClean(`${leg} GET /agents/:id by turns, warm-up, ${server}`, await runLoad({ ...specs[server], seconds: T.warmup, warmupSeconds: T.warmup }))
   for (let r = 0; r < T.turnRounds; r++) {
     const results: Partial<TurnRound> = {}
     for (const server of r % 2 === 0 ? order : [...order].reverse()) {
@@ -413,7 +423,8 @@ async function getByTurns (leg: Leg, specs: Record<keyof TurnRound, LoadSpec>): 
     const round = results as TurnRound
     rounds.push(round)
     log(`  ${leg.padEnd(8)} GET /agents/:id by turns, round ${r + 1}: ${fmt(round.agentry.rps)} req/s; bare node:http ${fmt(round.bare.rps)}, json-server ${fmt(round.jsonServer.rps)}: ` +
-      `${(100 * round.agentry.rps / round.bare.rps).toFixed(0)}% of bare, ${(round.agentry.rps / round.jsonServer.rps).toFixed(1)}x json-server`)
+      `${(100 * round.agentry.rps / round.bare.rps).toFixed(0)}% of bare, ${(round.agentry.rps / round.jsonServer.rps).toFixed(1)}x json-server; ` +
+      `control: bare node:http again ${fmt(round.bareAgain.rps)}, ${(100 * round.bareAgain.rps / round.bare.rps).toFixed(0)}% of the first`)
   }
   return rounds
 }
@@ -459,7 +470,11 @@ async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Prom
         '--host', '127.0.0.1', '--port', String(jsPort), '--quiet', '--read-only', 'db.json'
       ], { cwd: dir, env: childEnv({}), port: jsPort, ...SERVER_CPUS })
       baselines.push(jsonServer)
+      const bareAgainPort = await freePort()
+      const bareAgain = turns ? spawnNode('bare node:http again', writeBareServer(dir, routes, bareAgainPort), { cwd: dir, env: childEnv({}), port: bareAgainPort, ...SERVER_CPUS }) : undefined
+      if (bareAgain !== undefined) baselines.push(bareAgain)
       await waitReady(bare, `${bare.url}/healthz`)
+      if (bareAgain !== undefined) await waitReady(bareAgain, `${bareAgain.url}/healthz`)
       await waitReady(jsonServer, `${jsonServer.url}/agents/${ids[0] ?? ''}`)
       const b = { seconds: T.seconds, warmupSeconds: T.warmup, connections: CONNECTIONS }
       if (wholeBaselines) {
@@ -488,12 +503,13 @@ async function runLeg (leg: Leg, fixture: FixtureServer, images: Buffer[]): Prom
           result: await measure({ ...b, url: `${jsonServer.url}/agents`, pid: jsonServer.pid })
         })
       }
-      if (turns) {
+      if (bareAgain !== undefined) {
         const spec = { seconds: T.turnSeconds, warmupSeconds: T.turnWarmup, connections: CONNECTIONS }
         getTurns[leg] = await getByTurns(leg, {
           agentry: { ...spec, url: svc.url, pid: svc.proc.pid, headers: auth, requests: cycle(`${API}/agents`), ...databaseProcess(leg) },
           bare: { ...spec, url: bare.url, pid: bare.pid, requests: cycle(`${API}/agents`) },
-          jsonServer: { ...spec, url: jsonServer.url, pid: jsonServer.pid, requests: cycle('/agents') }
+          jsonServer: { ...spec, url: jsonServer.url, pid: jsonServer.pid, requests: cycle('/agents') },
+          bareAgain: { ...spec, url: bareAgain.url, pid: bareAgain.pid, requests: cycle(`${API}/agents`) }
         })
       }
       for (const p of baselines.splice(0)) await p.stop()
@@ -882,6 +898,12 @@ function find (leg: ScenarioRecord['leg'], id: string, server: ScenarioRecord['s
 }
 
 /** Flat: the largest roster's figure within 1.5x of the smallest's, or within 0.1 ms of it (timer noise). */
+function medianOf (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
 const isFlat = (small: number, large: number) => large <= small * 1.5 || large - small <= 0.1
 
 function evaluateTargets (legs: Leg[]): void {
@@ -902,13 +924,15 @@ function evaluateTargets (legs: Leg[]): void {
       // The rounds run whenever both the service's GET and the baselines are measured.
       if (rounds === undefined || rounds.length === 0) return
       const ratios = rounds.map((r) => r.agentry.rps / r[baseline].rps)
-      const sorted = [...ratios].sort((a, b) => a - b)
-      const mid = Math.floor(sorted.length / 2)
-      const median = sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+      const median = medianOf(ratios)
+      // Two identical servers by the same turns: how far noise alone moves such a ratio here.
+      const control = rounds.map((r) => r.bareAgain.rps / r.bare.rps)
+      const pct = (r: number) => `${(r * 100).toFixed(0)}%`
+      const noise = `control: a second bare node:http read ${pct(Math.min(...control))}-${pct(Math.max(...control))} of the first (median ${pct(medianOf(control))})`
       targets.push({
         leg,
         target,
-        value: `${show(median)} by turns (median of ${ratios.length} rounds: ${ratios.map(show).join(', ')})${apart === undefined ? '' : `; ${apart}`}`,
+        value: `${show(median)} by turns (median of ${ratios.length} rounds: ${ratios.map(show).join(', ')}; ${noise})${apart === undefined ? '' : `; ${apart}`}`,
         pass: median >= goal
       })
     }
@@ -1189,14 +1213,16 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
       rounds.forEach((r, i) => {
         rows.push([leg, String(i + 1), fmt(r.agentry.rps), fmt(r.bare.rps), fmt(r.jsonServer.rps),
           `${(100 * r.agentry.rps / r.bare.rps).toFixed(0)}%`, `${(r.agentry.rps / r.jsonServer.rps).toFixed(1)}x`,
-          fmt(r.agentry.cpu.serverUsPerRequest ?? NaN), fmt(r.bare.cpu.serverUsPerRequest ?? NaN)])
+          fmt(r.agentry.cpu.serverUsPerRequest ?? NaN), fmt(r.bare.cpu.serverUsPerRequest ?? NaN),
+          `${fmt(r.bareAgain.rps)} (${(100 * r.bareAgain.rps / r.bare.rps).toFixed(0)}%)`])
       })
     }
     out.push('', '### GET /agents/:id by turns', '',
       `The GET ratio targets are judged here: ${T.turnRounds} rounds per store, each ${T.turnWarmup} s warm-up and ${T.turnSeconds} s measured on the service, on bare \`node:http\` and on json-server, ` +
       'one after the other, the order reversed every other round, at c=10 over the same 100 agents. This host\'s speed moves from minute to minute, so each round compares the three within seconds; ' +
-      'the median of the rounds\' ratios is what the targets take.', '',
-      mdTable(['store', 'round', 'agentry req/s', 'bare node:http req/s', 'json-server req/s', 'of bare', 'x json-server', 'agentry CPU µs/req', 'bare CPU µs/req'], rows, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']))
+      'the median of the rounds\' ratios is what the targets take. The control is a second bare `node:http` (the same program and bytes) in the same turns: ' +
+      'its ratio to the first is what noise alone does to a ratio measured this way.', '',
+      mdTable(['store', 'round', 'agentry req/s', 'bare node:http req/s', 'json-server req/s', 'of bare', 'x json-server', 'agentry CPU µs/req', 'bare CPU µs/req', 'control: bare again req/s'], rows, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']))
   }
   for (const [key, floor] of Object.entries(sharpAlone)) {
     out.push('', `sharp alone, in-process (\`processAvatar()\` on 400x400 JPEGs, one at a time, ${floor.runs} runs, measured ${key === 'standalone' ? 'on its own' : `just before the ${key} avatar scenarios`}): p50 ${ms(floor.p50)} ms, p99 ${ms(floor.p99)} ms.`)
