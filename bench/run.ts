@@ -400,18 +400,19 @@ async function seedRoster (svc: Service, fixture: FixtureServer): Promise<Seeded
 }
 
 /**
- * GET /agents/:id on the service, on bare node:http, on json-server and on a second bare node:http
- * (the control), by turns: T.turnRounds rounds of T.turnSeconds each, the order reversed every
- * other round. This host's speed moves from
- * minute to minute (bare node:http has made 38,000 and 57,000 req/s within the hour), so the whole
- * runs, a minute or more apart, compare different hosts; each round compares the three within
- * seconds. The ratio targets are judged on the median of the rounds' ratios.
+ * GET /agents/:id on the service, on bare node:http twice (two processes, one on each side of the
+ * service: their mean is the ceiling, the second's ratio to the first the control) and on
+ * json-server, by turns: T.turnRounds rounds of T.turnSeconds each, the order reversed every other
+ * round. This host's speed moves from minute to minute (bare node:http has made 38,000 and 57,000
+ * req/s within the hour), so the whole runs, a minute or more apart, compare different hosts; each
+ * round compares the four within seconds. The ratio targets are judged on the median of the
+ * rounds' ratios.
  */
 async function getByTurns (leg: Leg, specs: Record<keyof TurnRound, LoadSpec>): Promise<TurnRound[]> {
   const rounds: TurnRound[] = []
   // The service between the two bare servers, so that each of them has it for a neighbour as often
   // as the other (before it in one round, after it in the next): with the service first and its
-  // control last, the control read a median 105-112% of the first bare server in four runs.
+  // control last, the control read a median 103-112% of the first bare server in four legs.
   const order: Array<keyof TurnRound> = ['bare', 'agentry', 'bareAgain', 'jsonServer']
   // Each server warmed first as the whole runs warm theirs: a process started for the turns (the
   // control, or every baseline on a leg without whole baseline runs) would otherwise meet the first
@@ -901,7 +902,6 @@ function find (leg: ScenarioRecord['leg'], id: string, server: ScenarioRecord['s
   return scenarios.find((s) => s.leg === leg && s.id === id && s.server === server && (connections === undefined || s.connections === connections))
 }
 
-/** Flat: the largest roster's figure within 1.5x of the smallest's, or within 0.1 ms of it (timer noise). */
 /** The ceiling of a round by turns: the mean of its two bare node:http runs. */
 const ceilingOf = (r: TurnRound): number => (r.bare.rps + r.bareAgain.rps) / 2
 
@@ -911,6 +911,7 @@ function medianOf (values: number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
 }
 
+/** Flat: the largest roster's figure within 1.5x of the smallest's, or within 0.1 ms of it (timer noise). */
 const isFlat = (small: number, large: number) => large <= small * 1.5 || large - small <= 0.1
 
 function evaluateTargets (legs: Leg[]): void {
