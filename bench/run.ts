@@ -1226,7 +1226,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
     }
     out.push('', '### GET /agents/:id by turns', '',
       `The GET ratio targets are judged here: ${T.turnRounds} rounds per store, each ${T.turnWarmup} s warm-up and ${T.turnSeconds} s measured on the service, on bare \`node:http\` and on json-server, ` +
-      'one after the other, the order reversed every other round, at c=10 over the same 100 agents. This host\'s speed moves from minute to minute, so each round compares the three within seconds; ' +
+      'one after the other, the order reversed every other round, at c=10 over the same 100 agents. This host\'s speed moves from minute to minute, so each round compares them all within seconds; ' +
       'the median of the rounds\' ratios is what the targets take. Bare `node:http` runs twice per round, as two processes of the same program with the same bytes, ' +
       'one on each side of the service: the ceiling is the mean of the two, and the second\'s ratio to the first (the control) is what noise alone does to a ratio measured this way.', '',
       mdTable(['store', 'round', 'agentry req/s', 'bare node:http req/s', 'bare again req/s (control)', 'json-server req/s', 'of bare (mean of both)', 'x json-server', 'agentry CPU µs/req', 'bare CPU µs/req'], rows, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r']))
