@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
-import { headerPairs, rawGet, startTestServer, TEST_TOKEN, type RawResponse, type TestServer } from './helpers/server.js'
+import { headerPairs, metricValue, rawGet, startTestServer, TEST_TOKEN, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -23,11 +23,6 @@ async function get (url: string, headers: Record<string, string> = {}): Promise<
 
 const pairs = headerPairs
 
-async function metric (srv: TestServer, name: string): Promise<number> {
-  const text = await (await fetch(`${srv.url}/metrics`)).text()
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
-  return line === undefined ? 0 : Number(line.split(' ').at(-1))
-}
 
 /** The same answer both ways: status, headers in the same order with the same values, body. */
 function sameAnswer (fast: RawResponse, usual: RawResponse, status: number): void {
@@ -59,11 +54,11 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
   after(async () => { await srv.close() })
 
   it('answers exactly what the usual way answers: status, headers in order, body', async () => {
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${id}`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     const usual = await get(`${srv.api}/agents/${id}?usual=1`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'a query string goes the usual way')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'a query string goes the usual way')
 
     sameAnswer(fast, usual, 200)
     assert.deepEqual(pairs(fast).map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'etag', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
@@ -76,9 +71,9 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
     assert.equal(created.status, 200)
     const utf8 = created.body.data.id as string
     assert.equal((await srv.call('GET', `/agents/${utf8}`)).status, 200)
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${utf8}`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     sameAnswer(fast, await get(`${srv.api}/agents/${utf8}?usual=1`), 200)
     assert.equal(pairs(fast).find(([n]) => n === 'content-length')?.[1], String(fast.body.length))
     assert.equal(JSON.parse(fast.body.toString('utf8')).data.name, name)
@@ -86,9 +81,9 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
 
   it('answers If-None-Match with the current ETag with a bare 304, as the usual way does', async () => {
     const etag = pairs(await get(`${srv.api}/agents/${id}`)).find(([n]) => n === 'etag')?.[1] ?? ''
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${id}`, { 'if-none-match': etag })
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     const usual = await get(`${srv.api}/agents/${id}?usual=1`, { 'if-none-match': etag })
     for (const res of [fast, usual]) {
       assert.equal(res.status, 304)
@@ -112,9 +107,9 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
 
   it('is counted in the request metrics under the route, like any answer', async () => {
     const name = 'agentry_http_requests_total{method="GET",route="/api/external/v1/agents/:id",status_code="200"}'
-    const before = await metric(srv, name)
+    const before = await metricValue(srv, name)
     for (let i = 0; i < 3; i++) assert.equal((await get(`${srv.api}/agents/${id}`)).status, 200)
-    assert.equal(await metric(srv, name), before + 3)
+    assert.equal(await metricValue(srv, name), before + 3)
   })
 
   it('shows a write at once, and leaves what it cannot answer to the usual way', async () => {
@@ -135,55 +130,55 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
     assert.equal(head, 200)
 
     // A path shaped like an agent's that is a route of its own is that route's.
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const availability = await get(`${srv.api}/agents/availability`)
     assert.equal(availability.status, 200)
     assert.deepEqual(Object.keys(JSON.parse(availability.body.toString()).data).sort(), ['available', 'online'])
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before)
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before)
   })
 
   it('answers the whole list kept in memory (SQLite) as the usual way answered it, once nothing was written since', async () => {
     assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'fast-list', name: 'Listed' })).status, 200)
     const requests = 'agentry_http_requests_total{method="GET",route="/api/external/v1/agents",status_code="200"}'
     for (const path of ['/agents', '/agents/']) {
-      const before = await metric(srv, 'agentry_http_fast_answers_total')
-      const countedBefore = await metric(srv, requests)
+      const before = await metricValue(srv, 'agentry_http_fast_answers_total')
+      const countedBefore = await metricValue(srv, requests)
       // The first after a write is read the usual way, and kept; the second is the one kept.
       const usual = await get(`${srv.api}${path}`)
-      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before, 'the first one goes the usual way')
+      assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before, 'the first one goes the usual way')
       const fast = await get(`${srv.api}${path}`)
-      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + (onSqlite ? 1 : 0), onSqlite ? 'the second answered ahead of the framework' : 'PostgreSQL keeps no list')
-      assert.equal(await metric(srv, requests), countedBefore + 2, 'both counted under the route')
+      assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + (onSqlite ? 1 : 0), onSqlite ? 'the second answered ahead of the framework' : 'PostgreSQL keeps no list')
+      assert.equal(await metricValue(srv, requests), countedBefore + 2, 'both counted under the route')
       // Arguments swapped: here the usual answer came first.
       sameAnswer(usual, fast, 200)
       assert.deepEqual(pairs(fast).map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
       assert.ok((JSON.parse(fast.body.toString()).data as Array<{ name: string }>).some((a) => a.name === 'Listed'))
     }
     // A query string, or a write since: the usual way.
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     assert.equal((await get(`${srv.api}/agents?status=offline`)).status, 200)
     assert.equal((await get(`${srv.api}/agents?status=offline`)).status, 200)
     assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'fast-list-2', name: 'Listed too' })).status, 200)
     const after = await get(`${srv.api}/agents`)
     assert.ok((JSON.parse(after.body.toString()).data as Array<{ name: string }>).some((a) => a.name === 'Listed too'))
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before)
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before)
   })
 
   it('reads an agent it does not hold in memory, and answers a missing one as the usual way does', async () => {
     const created = await srv.call('POST', '/agents', { serviceUserId: 'fast-unread', name: 'Unread' })
     const unread = created.body.data.id as string
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const fast = await get(`${srv.api}/agents/${unread}`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
     assert.equal(fast.status, 200)
     assert.deepEqual(JSON.parse(fast.body.toString()).data, created.body.data)
     assert.equal(pairs(fast).find(([n]) => n === 'etag')?.[1], created.headers.get('etag'))
 
     const missing = '00000000-0000-0000-0000-000000000000'
     const fastMissing = await get(`${srv.api}/agents/${missing}`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 2, 'a 404 too')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 2, 'a 404 too')
     const usualMissing = await get(`${srv.api}/agents/${missing}?usual=1`)
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 2)
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 2)
     sameAnswer(fastMissing, usualMissing, 404)
     assert.deepEqual(pairs(fastMissing).map(([name]) => name), ['x-request-id', 'ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset', 'content-type', 'content-length', 'date', 'connection', 'keep-alive'])
     assert.equal(JSON.parse(fastMissing.body.toString()).error.code, 'not_found')
@@ -197,9 +192,9 @@ describe(`GET /agents/:id answered ahead of the framework (${storeLeg()})`, () =
     let usual: RawResponse
     try {
       const unknown = '00000000-0000-0000-0000-00000000beef'
-      const before = await metric(srv, 'agentry_http_fast_answers_total')
+      const before = await metricValue(srv, 'agentry_http_fast_answers_total')
       fast = await get(`${srv.api}/agents/${unknown}`)
-      assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
+      assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 1, 'answered ahead of the framework')
       usual = await get(`${srv.api}/agents/${unknown}?usual=1`)
     } finally {
       await sql`alter table agents_away rename to agents`.execute(db)
@@ -228,7 +223,7 @@ describe(`GET /agents/:id ahead of the framework, under a rate limit (${storeLeg
   it('counts against the same limit, and the request past it is refused with 429', async () => {
     const created = await srv.call('POST', '/agents', { serviceUserId: 'fast-limit', name: 'Limited' })
     assert.equal(created.headers.get('ratelimit-remaining'), '5')
-    const before = await metric(srv, 'agentry_http_fast_answers_total')
+    const before = await metricValue(srv, 'agentry_http_fast_answers_total')
     const remaining: string[] = []
     for (let i = 0; i < 5; i++) {
       const res = await get(`${srv.api}/agents/${created.body.data.id as string}`)
@@ -236,7 +231,7 @@ describe(`GET /agents/:id ahead of the framework, under a rate limit (${storeLeg
       remaining.push(pairs(res).find(([n]) => n === 'ratelimit-remaining')?.[1] ?? '')
     }
     assert.deepEqual(remaining, ['4', '3', '2', '1', '0'], 'each read counted once, whichever way it went')
-    assert.equal(await metric(srv, 'agentry_http_fast_answers_total'), before + 5, 'all were answered ahead of the framework')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), before + 5, 'all were answered ahead of the framework')
     const refused = await get(`${srv.api}/agents/${created.body.data.id as string}`)
     assert.equal(refused.status, 429)
     assert.equal(JSON.parse(refused.body.toString()).error.code, 'rate_limited')

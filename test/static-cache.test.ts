@@ -5,7 +5,7 @@ import path from 'node:path'
 import { describe, it } from 'node:test'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
-import { COLLECT_AT_ONCE, headerPairs, rawGet, serversForSuite, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, headerPairs, metricValue, rawGet, serversForSuite, startTestServer, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -20,17 +20,9 @@ const onLocalDisk = storeLeg().endsWith('local')
 const pairs = headerPairs
 const header = (raw: RawResponse, name: string) => pairs(raw).find(([n]) => n === name)?.[1]
 
-async function fastAnswers (srv: TestServer): Promise<number> {
-  const text = await (await fetch(`${srv.url}/metrics`)).text()
-  return Number(text.split('\n').find((l) => l.startsWith('agentry_http_fast_answers_total '))?.split(' ')[1] ?? 0)
-}
-
+const fastAnswers = async (srv: TestServer): Promise<number> => await metricValue(srv, 'agentry_http_fast_answers_total')
 /** agentry_http_requests_total for GET /static/* answered 200. */
-async function staticRequests (srv: TestServer): Promise<number> {
-  const text = await (await fetch(`${srv.url}/metrics`)).text()
-  const line = 'agentry_http_requests_total{method="GET",route="/static/*",status_code="200"} '
-  return Number(text.split('\n').find((l) => l.startsWith(line))?.slice(line.length) ?? 0)
-}
+const staticRequests = async (srv: TestServer): Promise<number> => await metricValue(srv, 'agentry_http_requests_total{method="GET",route="/static/*",status_code="200"}')
 
 describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept in memory only when they are on local disk' }, () => {
   let srv: TestServer

@@ -143,6 +143,18 @@ export async function rawGet (url: string, headers: Record<string, string> = {})
   })
 }
 
+/**
+ * The value of one series of the server's /metrics: `name` is a metric without labels
+ * (`agentry_http_fast_answers_total`) or one series of it, labels and all
+ * (`agentry_http_requests_total{method="GET",...}`); a bare name of a labelled metric takes its
+ * first series. 0 when there is none yet.
+ */
+export async function metricValue (srv: TestServer, name: string): Promise<number> {
+  const text = await (await fetch(`${srv.url}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+  return line === undefined ? 0 : Number(line.split(' ').at(-1))
+}
+
 export interface RawResponse {
   status: number
   headers: http.IncomingHttpHeaders
