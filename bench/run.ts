@@ -428,7 +428,7 @@ async function getByTurns (leg: Leg, specs: Record<keyof TurnRound, LoadSpec>): 
     const round = results as TurnRound
     rounds.push(round)
     log(`  ${leg.padEnd(8)} GET /agents/:id by turns, round ${r + 1}: ${fmt(round.agentry.rps)} req/s; bare node:http ${fmt(round.bare.rps)} and ${fmt(round.bareAgain.rps)} ` +
-      `(the second ${(100 * round.bareAgain.rps / round.bare.rps).toFixed(0)}% of the first), json-server ${fmt(round.jsonServer.rps)}: ` +
+      `(the second ${(100 * controlOf(round)).toFixed(0)}% of the first), json-server ${fmt(round.jsonServer.rps)}: ` +
       `${(100 * round.agentry.rps / ceilingOf(round)).toFixed(0)}% of bare, ${(round.agentry.rps / round.jsonServer.rps).toFixed(1)}x json-server`)
   }
   return rounds
@@ -904,6 +904,8 @@ function find (leg: ScenarioRecord['leg'], id: string, server: ScenarioRecord['s
 
 /** The ceiling of a round by turns: the mean of its two bare node:http runs. */
 const ceilingOf = (r: TurnRound): number => (r.bare.rps + r.bareAgain.rps) / 2
+/** The control of a round by turns: its second bare node:http run against the first. */
+const controlOf = (r: TurnRound): number => r.bareAgain.rps / r.bare.rps
 
 function medianOf (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
@@ -934,7 +936,7 @@ function evaluateTargets (legs: Leg[]): void {
       const ratios = rounds.map((r) => r.agentry.rps / (baseline === 'bare' ? ceilingOf(r) : r.jsonServer.rps))
       const median = medianOf(ratios)
       // Two identical servers by the same turns: how far noise alone moves such a ratio here.
-      const control = rounds.map((r) => r.bareAgain.rps / r.bare.rps)
+      const control = rounds.map(controlOf)
       const pct = (r: number) => `${(r * 100).toFixed(0)}%`
       const noise = `control: the second bare node:http read ${pct(Math.min(...control))}-${pct(Math.max(...control))} of the first (median ${pct(medianOf(control))})`
       targets.push({
@@ -1219,7 +1221,7 @@ function markdown (meta: ReturnType<typeof machine>, seconds: number, busyBefore
     const rows: string[][] = []
     for (const [leg, rounds] of turnLegs) {
       rounds.forEach((r, i) => {
-        rows.push([leg, String(i + 1), fmt(r.agentry.rps), fmt(r.bare.rps), `${fmt(r.bareAgain.rps)} (${(100 * r.bareAgain.rps / r.bare.rps).toFixed(0)}%)`, fmt(r.jsonServer.rps),
+        rows.push([leg, String(i + 1), fmt(r.agentry.rps), fmt(r.bare.rps), `${fmt(r.bareAgain.rps)} (${(100 * controlOf(r)).toFixed(0)}%)`, fmt(r.jsonServer.rps),
           `${(100 * r.agentry.rps / ceilingOf(r)).toFixed(0)}%`, `${(r.agentry.rps / r.jsonServer.rps).toFixed(1)}x`,
           fmt(r.agentry.cpu.serverUsPerRequest ?? NaN), fmt(r.bare.cpu.serverUsPerRequest ?? NaN)])
       })
