@@ -6,7 +6,7 @@ import { rateWindowsFileOf } from '../src/db/rate-windows-sqlite.js'
 import { hashToken } from '../src/tokens/service.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { call, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
-import { startTestServer, type TestServer } from './helpers/server.js'
+import { metricValue, startTestServer, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 const TOKEN = 'instances-test-token-0123456789'
@@ -137,8 +137,7 @@ describe(`rate limits across two instances (${storeLeg()})`, () => {
 
 /** How many exchanges of rate-limit counts the server at `url` has made, by result. */
 async function exchanges (url: string, result: 'ok' | 'failed'): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  return Number(new RegExp(`^agentry_rate_limit_exchanges_total\\{result="${result}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0)
+  return await metricValue({ url }, `agentry_rate_limit_exchanges_total{result="${result}"}`)
 }
 
 /**

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import SQLite from 'better-sqlite3'
-import { renameAgentByHand, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { metricSeries, metricValue, renameAgentByHand, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -14,12 +14,6 @@ import { storeLeg } from './helpers/stores.js'
 
 const onSqlite = storeLeg().startsWith('sqlite')
 const sleep = async (ms: number) => { await new Promise((resolve) => setTimeout(resolve, ms)) }
-
-async function metric (srv: TestServer, line: RegExp): Promise<number | undefined> {
-  const text = await (await fetch(`${srv.url}/metrics`)).text()
-  const found = text.split('\n').find((l) => line.test(l))
-  return found === undefined ? undefined : Number(found.split(' ').at(-1))
-}
 
 describe('GET /agents/:id with the read cache', () => {
   let srv: TestServer
@@ -99,11 +93,11 @@ describe('GET /agents/:id with the read cache', () => {
 
   it('holds at most AGENT_CACHE_ENTRIES agents and reports hits and misses in /metrics', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
     const ids = [await create('cache-4'), await create('cache-5'), await create('cache-6'), await create('cache-7')]
-    const hitsBefore = await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    const hitsBefore = await metricValue(srv, 'agentry_agent_cache_lookups_total{result="hit"}')
     for (const id of ids) await getTwice(id)
-    const hitsAfter = await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    const hitsAfter = await metricValue(srv, 'agentry_agent_cache_lookups_total{result="hit"}')
     assert.ok(hitsAfter - hitsBefore >= ids.length, `each second read is a hit (${hitsBefore} -> ${hitsAfter})`)
-    assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 3)
+    assert.equal(await metricSeries(srv, 'agentry_agent_cache_entries'), 3)
   })
 
   it('a change another process commits to the same SQLite file shows on the next read', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
@@ -138,8 +132,8 @@ describe('GET /agents/:id with the read cache', () => {
   it('on PostgreSQL there is no read cache: /metrics shows no entries and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {
     const id = await create('cache-9')
     await getTwice(id)
-    assert.equal(await metric(srv, /^agentry_agent_cache_entries /), 0)
-    assert.equal(await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/), undefined)
+    assert.equal(await metricSeries(srv, 'agentry_agent_cache_entries'), 0)
+    assert.equal(await metricSeries(srv, 'agentry_agent_cache_lookups_total{result="hit"}'), undefined)
   })
 })
 
@@ -149,7 +143,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
   before(async () => { srv = await startTestServer({ PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' }) })
   after(async () => { await srv.close() })
 
-  const listHits = async (): Promise<number> => await metric(srv, /^agentry_list_cache_lookups_total\{result="hit"\}/) ?? 0
+  const listHits = async (): Promise<number> => await metricValue(srv, 'agentry_list_cache_lookups_total{result="hit"}')
 
   /** The list twice: the second answer must be the first, Link header and all. */
   async function listTwice (query = ''): Promise<ApiResponse> {
@@ -267,12 +261,12 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
   it('keeps at most 256 answers', { skip: !onSqlite && 'the read cache exists on SQLite only' }, async () => {
     // 300 different queries (a name filter each), so 300 different answers.
     for (let i = 1; i <= 300; i++) assert.equal((await srv.call('GET', `/agents?limit=${1 + i % 200}&q=${i}`)).status, 200)
-    assert.equal(await metric(srv, /^agentry_list_cache_entries /), 256)
+    assert.equal(await metricSeries(srv, 'agentry_list_cache_entries'), 256)
   })
 
   it('GET /agents/by-service-user-id/:id answers what GET /agents/:id does, and shows every change of the agent or of its serviceUserId', async () => {
     const bySid = async (sid: string): Promise<ApiResponse> => await srv.call('GET', `/agents/by-service-user-id/${sid}`)
-    const agentHits = async (): Promise<number> => await metric(srv, /^agentry_agent_cache_lookups_total\{result="hit"\}/) ?? 0
+    const agentHits = async (): Promise<number> => await metricValue(srv, 'agentry_agent_cache_lookups_total{result="hit"}')
     const e = (await srv.call('POST', '/agents', { serviceUserId: 'sid-e', name: 'E' })).body.data
     const first = await bySid('sid-e')
     const hitsBefore = await agentHits()
@@ -306,7 +300,7 @@ describe('GET /agents with the read cache (whole answers kept while nothing is w
 
   it('on PostgreSQL lists are read every time: /metrics shows no list kept and no hits', { skip: onSqlite && 'the PostgreSQL leg checks this' }, async () => {
     await listTwice()
-    assert.equal(await metric(srv, /^agentry_list_cache_entries /), 0)
+    assert.equal(await metricSeries(srv, 'agentry_list_cache_entries'), 0)
     assert.equal(await listHits(), 0)
   })
 })

@@ -144,15 +144,21 @@ export async function rawGet (url: string, headers: Record<string, string> = {})
 }
 
 /**
- * The value of one series of the server's /metrics: `name` is a metric without labels
+ * The value of one series of the server's /metrics (`server` is a test server or a spawned
+ * instance: anything with a url): `name` is a metric without labels
  * (`agentry_http_fast_answers_total`) or one series of it, labels and all
  * (`agentry_http_requests_total{method="GET",...}`); a bare name of a labelled metric takes its
- * first series. 0 when there is none yet.
+ * first series. undefined when the server shows no such series.
  */
-export async function metricValue (srv: TestServer, name: string): Promise<number> {
-  const text = await (await fetch(`${srv.url}/metrics`)).text()
+export async function metricSeries (server: { url: string }, name: string): Promise<number | undefined> {
+  const text = await (await fetch(`${server.url}/metrics`)).text()
   const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
-  return line === undefined ? 0 : Number(line.split(' ').at(-1))
+  return line === undefined ? undefined : Number(line.split(' ').at(-1))
+}
+
+/** metricSeries, 0 when there is no such series yet (a counter nothing has counted). */
+export async function metricValue (server: { url: string }, name: string): Promise<number> {
+  return await metricSeries(server, name) ?? 0
 }
 
 export interface RawResponse {
