@@ -19,7 +19,7 @@ import pg from 'pg'
 import { encodeCursor } from '../src/agents/cursor.js'
 import sharp from 'sharp'
 import { processAvatar } from '../src/avatars/process.js'
-import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, timeListQueries, timeListQueriesInDatabase, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, QUERY_ROUNDS, QUERY_ROUND_PAUSE_MS, type BenchDb, type Plans, type Position } from './lib/db.js'
+import { createPgDatabase, openPostgres, openSqlite, seededId, sqliteFile, timeListQueries, timeListQueriesInDatabase, GET_BATCH_SQL, GET_SQL, LIST_SQL, PAGE_SQL, QUERY_ROUNDS, QUERY_ROUND_PAUSE_MS, type BenchDb, type Plans, type Position, type QueryRunner } from './lib/db.js'
 import { writeBareServer, writeFastifyServer, type BareRoute } from './lib/bare.js'
 import { makeJpegs, startFixtureServer, type FixtureServer } from './lib/images.js'
 import { percentiles, runLoad, timeByTurns, type LatencyStats, type LoadResult, type LoadSpec } from './lib/load.js'
@@ -715,10 +715,10 @@ async function runScaling (leg: Leg): Promise<void> {
       const middlePage = await measure({ ...one, url: `${svc.url}${API}/agents?limit=100&cursor=${encodeCursor(middle)}` })
       checkClean(`${leg} GET /agents?limit=100&cursor=(middle) at ${size} agents`, middlePage)
       const beside = await timeHttpBeside(svc, size, middle, refSvc, refMiddle)
-      const [listQuery, listQueryRef] = await timeBeside(db, undefined, ref, undefined)
-      const [pageQuery, pageQueryRef] = await timeBeside(db, middle, ref, refMiddle)
+      const [listQuery, listQueryRef] = await timeBeside(db, undefined, ref, undefined, timeListQueries)
+      const [pageQuery, pageQueryRef] = await timeBeside(db, middle, ref, refMiddle, timeListQueries)
       const inDatabase = db.dialect === 'postgres'
-        ? { list: await timeInDatabaseBeside(db, undefined, ref, undefined), page: await timeInDatabaseBeside(db, middle, ref, refMiddle) }
+        ? { list: await timeBeside(db, undefined, ref, undefined, timeListQueriesInDatabase), page: await timeBeside(db, middle, ref, refMiddle, timeListQueriesInDatabase) }
         : undefined
       const plans = await db.plans(middle)
       const wholeList = await measureWholeList(svc, size)
@@ -773,23 +773,16 @@ async function timeHttpBeside (svc: Service, size: number, middle: Position, ref
   return { getById, firstPage, middlePage }
 }
 
-/** A list query on `db` and the same on the reference roster, timed in the same rounds: [db's, ref's]. */
-async function timeBeside (db: BenchDb, after: Position | undefined, ref: BenchDb, refAfter: Position | undefined): Promise<[LatencyStats, LatencyStats]> {
+/**
+ * A list query on `db` and the same on the reference roster, timed in the same rounds: [db's,
+ * ref's]; `timing` is timeListQueries (from a client) or timeListQueriesInDatabase (PostgreSQL).
+ */
+async function timeBeside<S extends LatencyStats> (db: BenchDb, after: Position | undefined, ref: BenchDb, refAfter: Position | undefined,
+  timing: (iterations: number, runners: QueryRunner[]) => Promise<S[]>): Promise<[S, S]> {
   const runners = [await db.listQueryRunner(after), await ref.listQueryRunner(refAfter)]
   try {
-    const [mine, theirs] = await timeListQueries(T.listIterations, runners)
-    return [mine as LatencyStats, theirs as LatencyStats]
-  } finally {
-    for (const r of runners) await r.close()
-  }
-}
-
-/** The same, as the database itself times them (PostgreSQL): [db's, ref's]. */
-async function timeInDatabaseBeside (db: BenchDb, after: Position | undefined, ref: BenchDb, refAfter: Position | undefined): Promise<[InDatabaseStats, InDatabaseStats]> {
-  const runners = [await db.listQueryRunner(after), await ref.listQueryRunner(refAfter)]
-  try {
-    const [mine, theirs] = await timeListQueriesInDatabase(T.listIterations, runners)
-    return [mine as InDatabaseStats, theirs as InDatabaseStats]
+    const [mine, theirs] = await timing(T.listIterations, runners)
+    return [mine as S, theirs as S]
   } finally {
     for (const r of runners) await r.close()
   }
