@@ -23,7 +23,6 @@ async function get (url: string, headers: Record<string, string> = {}): Promise<
 
 const pairs = headerPairs
 
-
 /** The same answer both ways: status, headers in the same order with the same values, body. */
 function sameAnswer (fast: RawResponse, usual: RawResponse, status: number): void {
   assert.equal(fast.status, status)
