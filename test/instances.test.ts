@@ -66,6 +66,28 @@ describe(`two instances, one truth (${storeLeg()})`, () => {
     }
   })
 
+  it('a change made through one instance shows in the other\'s next list, though it listed the same before (and kept it)', async () => {
+    const created = await call(`${a.url}${AGENTS}`, { method: 'POST', headers: auth, body: JSON.stringify({ serviceUserId: 'shared-3', name: 'Listed before' }) })
+    const id = (created.body as { data: { id: string } }).data.id
+    const listedOn = async (p: ServeProcess, query: string): Promise<{ id: string, name: string } | undefined> => {
+      const list = await call(`${p.url}${AGENTS}${query}`, { headers: auth })
+      assert.equal(list.status, 200, list.text)
+      return (list.body.data as Array<{ id: string, name: string }>).find((x) => x.id === id)
+    }
+    for (const query of ['', '?limit=50']) {
+      // Three times: each instance keeps a list once it has read it (on PostgreSQL from its second).
+      for (let i = 0; i < 3; i++) assert.equal((await listedOn(b, query))?.name, 'Listed before', query)
+    }
+    for (const name of ['Listed after 1', 'Listed after 2']) {
+      assert.equal((await call(`${a.url}${AGENTS}/${id}`, { method: 'PUT', headers: auth, body: JSON.stringify({ name }) })).status, 200)
+      for (const query of ['', '?limit=50']) assert.equal((await listedOn(b, query))?.name, name, query)
+    }
+    assert.equal((await call(`${a.url}${AGENTS}/${id}`, { method: 'DELETE', headers: { authorization: auth.authorization } })).status, 200)
+    for (const query of ['', '?limit=50']) assert.equal(await listedOn(b, query), undefined, query)
+    const hits = Number(/^agentry_list_cache_lookups_total\{result="hit"\} (\d+)$/m.exec((await call(`${b.url}/metrics`)).text)?.[1] ?? 0)
+    assert.ok(hits >= 2, `lists were answered from memory on the instance that listed them (${hits} times)`)
+  })
+
   it('racing the same serviceUserId on both: exactly one wins, the other gets 409, nothing half-made', async () => {
     for (let round = 0; round < 10; round++) {
       const body = (name: string) => JSON.stringify({ serviceUserId: `race-${round}`, name })

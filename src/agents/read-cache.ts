@@ -1,5 +1,6 @@
 import type { AgentRow } from '../db/types.js'
 import { setBounded } from '../util/bounded-map.js'
+import { KeptLists } from './kept-lists.js'
 
 /** What GET /agents/:id answers, ready to send: the agent's JSON and its strong ETag. */
 export interface AgentRepresentation {
@@ -31,10 +32,6 @@ export interface ListTicket {
   readonly epoch: number
   readonly widgetEpoch: number
 }
-
-/** Lists kept at most, and their bytes at most: a crawl through many pages cannot grow it past that. */
-const MAX_LISTS = 256
-const MAX_LIST_BYTES = 16 * 1024 * 1024
 
 interface Entry extends CachedAgent {
   /** Unix seconds from which the entry is stale: when a heartbeat lapses, the agent reads as offline. */
@@ -68,14 +65,13 @@ export class AgentReadCache {
   private seenExternal: number
   private hits = 0
   private misses = 0
-  private readonly lists = new Map<string, ListEntry>()
+  private readonly lists = new KeptLists<ListEntry>()
   /** Moves with every change that may touch any widget's lists: then they are all stale. */
   private listEpoch = 0
   /** The list epoch the kept lists were read under. */
   private listsEpoch = 0
   /** Per widget, moves with every write to it: its lists read before are stale. */
   private readonly widgetEpochs = new Map<string, number>()
-  private listBytes = 0
   private listHits = 0
   private listMisses = 0
 
@@ -117,7 +113,7 @@ export class AgentReadCache {
     const key = listKeyOf(widgetId, query)
     const entry = this.lists.get(key)
     if (entry === undefined || now >= entry.validUntil || entry.widgetEpoch !== this.widgetEpoch(widgetId)) {
-      if (entry !== undefined) this.dropList(key, entry)
+      if (entry !== undefined) this.lists.delete(key)
       if (countMiss) this.listMisses++
       return undefined
     }
@@ -134,17 +130,7 @@ export class AgentReadCache {
   setList (widgetId: string, query: string, list: CachedList, validUntil: number, ticket: ListTicket): void {
     if (ticket.epoch !== this.listEpoch || ticket.widgetEpoch !== this.widgetEpoch(widgetId) || this.maxEntries === 0) return
     this.dropStaleLists()
-    const bytes = sizeOf(list)
-    if (bytes > MAX_LIST_BYTES / 4) return
-    const key = listKeyOf(widgetId, query)
-    const old = this.lists.get(key)
-    if (old !== undefined) this.dropList(key, old)
-    for (const [oldestKey, oldest] of this.lists) {
-      if (this.lists.size < MAX_LISTS && this.listBytes + bytes <= MAX_LIST_BYTES) break
-      this.dropList(oldestKey, oldest)
-    }
-    this.lists.set(key, { ...list, validUntil, widgetEpoch: ticket.widgetEpoch })
-    this.listBytes += bytes
+    this.lists.set(listKeyOf(widgetId, query), { ...list, validUntil, widgetEpoch: ticket.widgetEpoch })
   }
 
   /**
@@ -201,13 +187,7 @@ export class AgentReadCache {
   private dropStaleLists (): void {
     if (this.listsEpoch === this.listEpoch) return
     this.lists.clear()
-    this.listBytes = 0
     this.listsEpoch = this.listEpoch
-  }
-
-  private dropList (key: string, entry: CachedList): void {
-    this.lists.delete(key)
-    this.listBytes -= sizeOf(entry)
   }
 }
 
@@ -223,15 +203,11 @@ export interface ReadCacheStats extends CacheCounts {
   lists: CacheCounts
 }
 
-/** A list's size in memory, near enough: its bytes, and its Link header's. */
-function sizeOf (list: CachedList): number {
-  return list.body.length + 2 * (list.link?.length ?? 0)
-}
-
 function keyOf (widgetId: string, id: string): string {
   return `${widgetId}/${id}`
 }
 
-function listKeyOf (widgetId: string, query: string): string {
+/** Names a widget's list answer among all widgets'. */
+export function listKeyOf (widgetId: string, query: string): string {
   return `${widgetId}\n${query}`
 }

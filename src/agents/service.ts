@@ -4,8 +4,8 @@ import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
 import { isUniqueViolation, type Db, type DbHandle, type DbOrTrx, type DialectName, type Transact } from '../db/index.js'
 import {
-  countAvailable, deleteAgentAtVersion, nextPresenceLapse, findAgent, findAgentByServiceUserId, findAgentsByIdsPreparable, findLapsedPresence, insertAgent, listAgents,
-  updateAgentAtVersion, type AgentFilter
+  AGENT_COLUMNS, checkListedRows, countAvailable, databaseServerStart, deleteAgentAtVersion, nextPresenceLapse, findAgent, findAgentByServiceUserId, findAgentsByIdsPreparable,
+  findLapsedPresence, insertAgent, joinedTags, listAgents, listAgentsTagged, updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
 import { abandonedBlobClaims, blobClaimDeletingUntil, claimBlobGc, clearBlobGc, dueBlobGc, endBlobClaim, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
@@ -15,6 +15,7 @@ import { setBounded } from '../util/bounded-map.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { BatchedAgentReads } from './batched-reads.js'
+import type { CheckedLists, CheckedTicket } from './checked-lists.js'
 import { decodeCursor, encodeCursor } from './cursor.js'
 import type { AgentReadCache, AgentRepresentation, CachedList, ListTicket } from './read-cache.js'
 import { containsPattern, searchableName } from './search.js'
@@ -50,6 +51,8 @@ export interface AgentServiceOptions {
   transact?: Transact
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
   readCache?: AgentReadCache
+  /** Keeps list answers, each checked against the database before it is sent again (PostgreSQL). */
+  checkedLists?: CheckedLists
   /**
    * How many agents' last shown JSON to keep (with its ETag once a GET needed one), reused while a
    * list, or a GET without a read cache, reads their row exactly as it was (0: none).
@@ -82,6 +85,17 @@ export interface Page {
   /** Null on the last page. */
   nextCursor: string | null
   limit: number
+  /** With CheckedLists: the version tags of the rows read, for keepList. */
+  tags?: string
+}
+
+/** One batch of the whole list (AgentService.listAll). */
+export interface ListBatch {
+  items: string[]
+  /** False on the last batch. */
+  more: boolean
+  /** With CheckedLists: the version tags of the rows read, for keepList. */
+  tags?: string
 }
 
 /** The list filters of a query, as listAgents takes them. */
@@ -152,6 +166,7 @@ interface Changes {
 export class AgentService {
   private readonly now: Clock
   private readonly cache: AgentReadCache | undefined
+  private readonly checkedLists: CheckedLists | undefined
   private readonly transact: Transact
   /** transact, for a write that changes agents of this widget only (its lists alone are dropped); undefined: any widget. */
   private readonly transactIn: <T>(widgetId: string | undefined, fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>
@@ -176,6 +191,7 @@ export class AgentService {
   ) {
     this.now = options.now ?? unixSeconds
     this.cache = options.readCache
+    this.checkedLists = options.checkedLists
     const transact: Transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
     const cache = this.cache
     // A write may change any list of its widget (a new agent, one renamed, one deleted): once it has
@@ -196,14 +212,32 @@ export class AgentService {
   /** One page of the (filtered) list: `limit` agents (DEFAULT_PAGE_SIZE by default) after the cursor, if any. */
   async page (widgetId: string, query: ListQueryInput = {}): Promise<Page> {
     const limit = query.limit ?? DEFAULT_PAGE_SIZE
-    const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor)
+    const filter = this.listedFilter(query)
     // Presence is decided in the database before filtering on status or updatedSince.
     await this.lapsePresence(widgetId)
-    const rows = await listAgents(this.db, widgetId, { ...listFilter(query), after, limit: limit + 1 })
+    const { rows, tags } = await this.readListed(widgetId, filter)
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     const nextCursor = rows.length > limit && last !== undefined ? encodeCursor({ createdAt: last.created_at, seq: last.seq }) : null
-    return { items: await this.listItems(page), nextCursor, limit }
+    return { items: await this.listItems(page), nextCursor, limit, tags }
+  }
+
+  /**
+   * What a list request reads: a page (`limit` or `cursor` given) reads one row more than its limit
+   * (so it knows whether there is a next page); the whole list reads its first batch so.
+   */
+  private listedFilter (query: ListQueryInput): AgentFilter {
+    const { limit, cursor, ...filters } = query
+    if (limit === undefined && cursor === undefined) return { ...listFilter(filters), limit: (this.options.listBatchSize ?? LIST_BATCH) + 1 }
+    const after = cursor === undefined ? undefined : decodeCursor(cursor)
+    return { ...listFilter(filters), after, limit: (limit ?? DEFAULT_PAGE_SIZE) + 1 }
+  }
+
+  /** listAgents, and with CheckedLists the version tags of the rows read. */
+  private async readListed (widgetId: string, filter: AgentFilter): Promise<{ rows: AgentRow[], tags: string | undefined }> {
+    if (this.checkedLists === undefined) return { rows: await listAgents(this.db, widgetId, filter), tags: undefined }
+    const rows = await listAgentsTagged(this.db, widgetId, filter)
+    return { rows, tags: joinedTags(rows) }
   }
 
   /**
@@ -213,15 +247,16 @@ export class AgentService {
    * that exists throughout appears exactly once; one created or deleted meanwhile may or may not.
    * `more` is false on the last batch (which may be the first).
    */
-  async * listAll (widgetId: string, query: Omit<ListQueryInput, 'limit' | 'cursor'> = {}): AsyncGenerator<{ items: string[], more: boolean }> {
+  async * listAll (widgetId: string, query: Omit<ListQueryInput, 'limit' | 'cursor'> = {}): AsyncGenerator<ListBatch> {
     const batch = this.options.listBatchSize ?? LIST_BATCH
     await this.lapsePresence(widgetId)
     let after: AgentFilter['after']
     for (;;) {
-      const rows = await listAgents(this.db, widgetId, { ...listFilter(query), after, limit: batch + 1 })
+      // The first batch is read as listedFilter says, so that its tags are what checkedList checks.
+      const { rows, tags } = await this.readListed(widgetId, { ...listFilter(query), after, limit: batch + 1 })
       const more = rows.length > batch
       const items = await this.listItems(more ? rows.slice(0, batch) : rows)
-      yield { items, more }
+      yield { items, more, tags }
       if (!more) return
       const last = rows[batch - 1] as AgentRow
       after = { createdAt: last.created_at, seq: last.seq }
@@ -240,16 +275,39 @@ export class AgentService {
     return this.cache?.getList(widgetId, key, this.now(), countMiss)
   }
 
-  /** Take one before reading a list of the widget, and hand it to keepList(): it refuses what a write overtook. */
-  listTicket (widgetId: string): ListTicket | undefined {
-    return this.cache?.listTicket(widgetId)
+  /**
+   * The answer to GET /agents kept for this widget and query (`key`, made of `query`), if the rows it
+   * was made of are still exactly those the query reads now and no heartbeat of the widget has lapsed
+   * (PostgreSQL's CheckedLists: one short query instead of reading the rows).
+   */
+  async checkedList (widgetId: string, key: string, query: ListQueryInput): Promise<CachedList | undefined> {
+    const lists = this.checkedLists
+    const entry = lists?.candidate(widgetId, key)
+    if (lists === undefined || entry === undefined) return undefined
+    const check = await checkListedRows(this.db, widgetId, this.listedFilter(query), this.now(), this.options.prepared)
+    return lists.checked(widgetId, key, entry, check)
   }
 
-  /** Keeps an answer to GET /agents for cachedList(), until the next heartbeat of any agent lapses. */
-  async keepList (widgetId: string, key: string, list: CachedList, ticket: ListTicket | undefined): Promise<void> {
-    if (this.cache === undefined || ticket === undefined) return
-    const lapse = await nextPresenceLapse(this.db)
-    this.cache.setList(widgetId, key, list, lapse ?? Number.POSITIVE_INFINITY, ticket)
+  /** Take one before reading a list of the widget, and hand it to keepList(): it refuses what a write overtook. */
+  listTicket (widgetId: string): ListTicket | CheckedTicket | undefined {
+    return this.cache?.listTicket(widgetId) ?? this.checkedLists?.ticket()
+  }
+
+  /**
+   * Keeps an answer to GET /agents: on SQLite for cachedList(), until the next heartbeat of any agent
+   * lapses; on PostgreSQL for checkedList(), with the version tags of the rows it was made of.
+   */
+  async keepList (widgetId: string, key: string, list: CachedList, ticket: ListTicket | CheckedTicket | undefined, tags?: string): Promise<void> {
+    if (ticket === undefined) return
+    if (this.cache !== undefined && 'widgetEpoch' in ticket) {
+      const lapse = await nextPresenceLapse(this.db)
+      this.cache.setList(widgetId, key, list, lapse ?? Number.POSITIVE_INFINITY, ticket)
+    } else if (this.checkedLists !== undefined && 'generation' in ticket && tags !== undefined) {
+      // The first list of a process is not kept: what it read is only known to be from this
+      // database server once the server's start is.
+      if (!this.checkedLists.knowsServer) this.checkedLists.learnServer(await databaseServerStart(this.db))
+      else this.checkedLists.set(widgetId, key, list, tags, ticket)
+    }
   }
 
   /** The agent as JSON with its ETag, for GET /agents/:id: from the read cache when it has it. */
@@ -847,12 +905,12 @@ function cachedUntil (row: AgentRow): number {
   return row.status === 'online' && row.presence_expires_at !== null ? row.presence_expires_at : Infinity
 }
 
-/** Whether two rows of an agent hold the same values in every column. */
+/** Whether two rows of an agent hold the same values in every column (a listed row may carry its version tag besides: see listAgentsTagged). */
 function sameRow (a: AgentRow, b: AgentRow): boolean {
-  for (const column of Object.keys(a) as Array<keyof AgentRow>) {
+  for (const column of AGENT_COLUMNS) {
     if (a[column] !== b[column]) return false
   }
-  return Object.keys(a).length === Object.keys(b).length
+  return true
 }
 
 /** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
-import type { CacheCounts, ReadCacheStats as Stats } from '../agents/read-cache.js'
+import type { CacheCounts } from '../agents/read-cache.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -23,11 +23,14 @@ export interface Metrics {
 /** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
-/** What the read cache reports (see AgentReadCache.stats). */
-export type ReadCacheStats = () => Stats | undefined
+/** What the caches report when scraped (see AgentReadCache.stats and CheckedLists.stats); undefined where there is none. */
+export interface CacheStats {
+  agents: () => CacheCounts | undefined
+  lists: () => CacheCounts | undefined
+}
 
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
-export function createMetrics (poolStats: () => PoolStats | undefined, readCacheStats: ReadCacheStats = () => undefined): Metrics {
+export function createMetrics (poolStats: () => PoolStats | undefined, caches: CacheStats = { agents: () => undefined, lists: () => undefined }): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
 
@@ -67,14 +70,14 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
   })
 
   // Read from the cache when scraped, so the hot path counts with plain numbers, not prom-client calls.
-  const cacheMetrics = (name: string, held: string, lookups: string, pick: (stats: Stats) => CacheCounts): void => {
+  const cacheMetrics = (name: string, held: string, lookups: string, read: () => CacheCounts | undefined): void => {
     new Gauge({
       name: `${name}_entries`,
       help: held,
       registers: [registry],
       collect () {
-        const stats = readCacheStats()
-        if (stats !== undefined) this.set(pick(stats).entries)
+        const stats = read()
+        if (stats !== undefined) this.set(stats.entries)
       }
     })
     new Counter({
@@ -83,18 +86,18 @@ export function createMetrics (poolStats: () => PoolStats | undefined, readCache
       labelNames: ['result'] as const,
       registers: [registry],
       collect () {
-        const stats = readCacheStats()
+        const stats = read()
         if (stats === undefined) return
         this.reset()
-        this.inc({ result: 'hit' }, pick(stats).hits)
-        this.inc({ result: 'miss' }, pick(stats).misses)
+        this.inc({ result: 'hit' }, stats.hits)
+        this.inc({ result: 'miss' }, stats.misses)
       }
     })
   }
   cacheMetrics('agentry_agent_cache', 'Agents held ready to answer GET /agents/:id from memory (SQLite only; see AGENT_CACHE_ENTRIES).',
-    'GET /agents/:id', (stats) => stats)
-  cacheMetrics('agentry_list_cache', 'Answers to GET /agents and GET /agents/availability held ready to send again while nothing is written (SQLite only; see AGENT_CACHE_ENTRIES).',
-    'GET /agents and GET /agents/availability', (stats) => stats.lists)
+    'GET /agents/:id', caches.agents)
+  cacheMetrics('agentry_list_cache', 'Answers to GET /agents (and on SQLite GET /agents/availability) held ready to send again: on SQLite while nothing is written, on PostgreSQL each after a check that its rows are unchanged (see AGENT_CACHE_ENTRIES).',
+    'GET /agents (and on SQLite GET /agents/availability)', caches.lists)
 
   const exchanges = new Counter({
     name: 'agentry_rate_limit_exchanges_total',

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import type { Config } from '../config/index.js'
 import { AgentService } from '../agents/service.js'
 import { AgentReadCache } from '../agents/read-cache.js'
+import { CheckedLists } from '../agents/checked-lists.js'
 import { AvatarService } from '../avatars/service.js'
 import { configureImageLibrary } from '../avatars/process.js'
 import { openDatabase, pingDatabase, whileBusy, type DbHandle } from '../db/index.js'
@@ -125,7 +126,12 @@ export async function createServices (config: Config, overrides: ServiceOverride
   const readCache = database.externalChanges !== undefined && config.agentCacheEntries > 0
     ? new AgentReadCache(config.agentCacheEntries, database.externalChanges)
     : undefined
-  const metrics = createMetrics(database.poolStats, () => readCache?.stats())
+  // Elsewhere (PostgreSQL) lists are kept and checked against the database before each answer.
+  const checkedLists = readCache === undefined && database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
+  const metrics = createMetrics(database.poolStats, {
+    agents: () => readCache?.stats(),
+    lists: () => readCache?.stats().lists ?? checkedLists?.stats()
+  })
   const tokens = new TokenService(database.db)
   const avatars = new AvatarService({
     store,
@@ -140,6 +146,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     dialect: database.dialect,
     transact: database.transact,
     readCache,
+    checkedLists,
     shownKept: config.agentCacheEntries,
     prepared: database.prepared,
     avatarRowsKept: overrides.avatarRowsKept,

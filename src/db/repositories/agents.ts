@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto'
 import { sql } from 'kysely'
-import type { DbOrTrx } from '../index.js'
+import type { DbHandle, DbOrTrx } from '../index.js'
 import { compiledInsert, compiledOnce } from '../compiled.js'
 import type { AgentRow, AgentRowUpdate, AgentTable, NewAgentRow } from '../types.js'
 
@@ -15,7 +16,7 @@ export function findAgentQuery (db: DbOrTrx, widgetId: string, id: string) {
 }
 
 /** Every column of an agent row, by name (the compiler checks that none is missing). */
-const AGENT_COLUMNS = Object.keys({
+export const AGENT_COLUMNS = Object.keys({
   seq: true, id: true, widget_id: true, service_user_id: true, name: true, status: true, active: true, avatar_id: true,
   name_search: true, presence_expires_at: true, version: true, created_at: true, updated_at: true
 } satisfies Record<keyof AgentTable, true>) as Array<keyof AgentTable>
@@ -37,6 +38,9 @@ export async function findAgentByServiceUserId (db: DbOrTrx, widgetId: string, s
     db.selectFrom('agents').selectAll().where('widget_id', '=', v(0)).where('service_user_id', '=', v(1)))
   return (await db.executeQuery(query)).rows[0]
 }
+
+/** Runs a compiled query as a named prepared statement (DbHandle.prepared). */
+type Prepared = NonNullable<DbHandle['prepared']>
 
 export interface AgentFilter {
   status?: 'online' | 'offline'
@@ -80,6 +84,85 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
   q = q.orderBy('created_at', 'desc').orderBy('seq', 'desc')
   if (filter.limit !== undefined) q = q.limit(filter.limit)
   return q
+}
+
+/**
+ * A listed row with its version tag (PostgreSQL): where that version of the row sits in the table
+ * (`ctid`) and the transaction that wrote it (`xmin`). Every change to a row, through the service
+ * or by hand, writes a new version with a new tag, and a tag is never given to another version.
+ */
+export type TaggedAgentRow = AgentRow & { row_tag: string }
+
+const ROW_TAG = sql<string>`ctid::text || xmin::text`
+
+/** PostgreSQL: listAgents, each row with its version tag (joinedTags, checkListedRows). */
+export async function listAgentsTagged (db: DbOrTrx, widgetId: string, filter: AgentFilter): Promise<TaggedAgentRow[]> {
+  return await listAgentsQuery(db, widgetId, filter).select(ROW_TAG.as('row_tag')).execute()
+}
+
+/** What checkListedRows finds, in one row. */
+export interface ListedRowsCheck {
+  /** The version tags of the rows listAgents would return now, joined by ';' (see checkListedRows). */
+  tags: string
+  /** Whether an agent of the widget is online by a heartbeat that has lapsed (it must be written offline first). */
+  lapsed: boolean
+  /** When the database server started: a restore from a backup restarts it, and may then hand out the same tags again. */
+  server: string
+}
+
+/** checkListedRows' statements' names, by their SQL: one per set of filters (a few dozen at most). */
+const checkStatementNames = new Map<string, string>()
+
+/**
+ * PostgreSQL: which versions of which rows listAgents would return now, without reading them (one
+ * short row back, against up to a thousand rows of thirteen columns): tags equal to those of the
+ * rows a list was made of mean the same versions of the same rows, so the same list (CheckedLists
+ * keeps list answers on this). Compiled
+ * once per set of filters (compiledOnce) and, given `prepared`, planned once per connection: this
+ * runs before every list answered from memory, and its planning was most of its cost.
+ */
+export async function checkListedRows (db: DbOrTrx, widgetId: string, filter: AgentFilter, now: number, prepared?: Prepared): Promise<ListedRowsCheck> {
+  const { active, after, ...rest } = filter
+  const given = (Object.keys(rest) as Array<keyof typeof rest>).filter((k) => rest[k] !== undefined).sort()
+  const values: unknown[] = [widgetId, now, ...given.map((k) => rest[k])]
+  if (active !== undefined) values.push(active ? 1 : 0)
+  if (after !== undefined) values.push(after.createdAt, after.seq)
+  const key = `checkListedRows:${given.join(',')}:${active !== undefined}:${after !== undefined}`
+  const query = compiledOnce(db, key, values, (v) => {
+    let n = 2
+    const standIns: AgentFilter = Object.fromEntries(given.map((k) => [k, v(n++)]))
+    const activeAt = active === undefined ? -1 : n++
+    if (after !== undefined) standIns.after = { createdAt: v(n++), seq: v(n++) }
+    let rows = listAgentsQuery(db, v(0), standIns)
+    if (activeAt >= 0) rows = rows.where('active', '=', v(activeAt))
+    // Joined in the order the rows come (PostgreSQL keeps a sorted subquery's order, though it does
+    // not promise to): tags that match are the same versions of the same rows, so the same list,
+    // whatever order they came in; another order could only make a miss, never a stale answer.
+    const listed = rows.clearSelect().select(ROW_TAG.as('tag'))
+    return db.selectNoFrom((eb) => [
+      eb.selectFrom(listed.as('listed')).select(sql<string>`coalesce(string_agg(tag, ';'), '')`.as('tags')).as('tags'),
+      eb.exists(db.selectFrom('agents').select('seq').where('widget_id', '=', v(0)).where('status', '=', sql.lit('online')).where('presence_expires_at', '<=', v(1))).as('lapsed'),
+      sql<string>`pg_postmaster_start_time()::text`.as('server')
+    ]).$castTo<ListedRowsCheck>()
+  })
+  if (prepared === undefined) return (await db.executeQuery(query)).rows[0] as ListedRowsCheck
+  let name = checkStatementNames.get(query.sql)
+  if (name === undefined) {
+    name = `agentry_list_check_${createHash('sha256').update(query.sql).digest('hex').slice(0, 16)}`
+    checkStatementNames.set(query.sql, name)
+  }
+  return (await prepared<ListedRowsCheck>(name, query))[0] as ListedRowsCheck
+}
+
+/** PostgreSQL: when the database server started (see ListedRowsCheck.server). */
+export async function databaseServerStart (db: DbOrTrx): Promise<string> {
+  const row = await db.selectNoFrom(sql<string>`pg_postmaster_start_time()::text`.as('server')).executeTakeFirstOrThrow()
+  return row.server
+}
+
+/** Joins the version tags of listed rows as checkListedRows does. */
+export function joinedTags (rows: readonly TaggedAgentRow[]): string {
+  return rows.map((row) => row.row_tag).join(';')
 }
 
 // Writes return the row's columns by name, not `*`: on PostgreSQL they run as prepared statements

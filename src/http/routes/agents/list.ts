@@ -32,7 +32,8 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
     // Answered from memory while nothing was written (SQLite; see AgentReadCache).
     const path = request.url.split('?')[0] ?? ''
     const key = listCacheKey(path, request.query)
-    const cached = agents.cachedList(request.widgetId, key)
+    // Or, on PostgreSQL, after one short query has found its rows unchanged (see CheckedLists).
+    const cached = agents.cachedList(request.widgetId, key) ?? await agents.checkedList(request.widgetId, key, request.query)
     if (cached !== undefined) {
       if (cached.link !== undefined) void reply.header('link', cached.link)
       return await sendJson(reply, cached.body)
@@ -45,7 +46,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       const head = first.done === true ? '' : first.value.items.join(',')
       if (first.done === true || !first.value.more) {
         const body = Buffer.from(`{"status":200,"data":[${head}]}`)
-        await agents.keepList(request.widgetId, key, { body, link: undefined }, ticket)
+        await agents.keepList(request.widgetId, key, { body, link: undefined }, ticket, first.done === true ? undefined : first.value.tags)
         return await sendJson(reply, body)
       }
       // A long list goes out batch by batch as the client takes it (Readable.from waits for the socket
@@ -65,7 +66,7 @@ export const listAgentsRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = as
       void reply.header('link', link)
     }
     const body = Buffer.from(`{"status":200,"data":[${page.items.join(',')}],"meta":${JSON.stringify({ nextCursor: page.nextCursor, limit: page.limit })}}`)
-    await agents.keepList(request.widgetId, key, { body, link }, ticket)
+    await agents.keepList(request.widgetId, key, { body, link }, ticket, page.tags)
     return await sendJson(reply, body)
   })
 }
