@@ -34,21 +34,21 @@ export class CheckedLists {
   private hits = 0
   private misses = 0
 
-  /** The answer kept for this widget and query, to be checked (a miss is counted when there is none). */
-  candidate (widgetId: string, query: string): Entry | undefined {
+  /** The answer kept for this widget and query, to be checked. `countMiss` false: none is not counted as a miss (the caller declines, and the usual way looks again). */
+  candidate (widgetId: string, query: string, countMiss = true): Entry | undefined {
     const entry = this.lists.get(listKeyOf(widgetId, query))
-    if (entry === undefined) this.misses++
+    if (entry === undefined && countMiss) this.misses++
     return entry
   }
 
-  /** The candidate's answer if the check found its rows as they were; otherwise it is dropped. */
-  checked (widgetId: string, query: string, entry: Entry, check: ListedRowsCheck): CachedList | undefined {
+  /** The candidate's answer if the check found its rows as they were; otherwise it is dropped (and the miss counted unless `countMiss` is false). */
+  checked (widgetId: string, query: string, entry: Entry, check: ListedRowsCheck, countMiss = true): CachedList | undefined {
     const sameServer = check.server === this.server
     this.learnServer(check.server)
     if (!sameServer || check.lapsed || check.tags !== entry.tags) {
       const key = listKeyOf(widgetId, query)
       if (this.lists.get(key) === entry) this.lists.delete(key)
-      this.misses++
+      if (countMiss) this.misses++
       return undefined
     }
     this.hits++

@@ -278,14 +278,20 @@ export class AgentService {
   /**
    * The answer to GET /agents kept for this widget and query (`key`, made of `query`), if the rows it
    * was made of are still exactly those the query reads now and no heartbeat of the widget has lapsed
-   * (PostgreSQL's CheckedLists: one short query instead of reading the rows).
+   * (PostgreSQL's CheckedLists: one short query instead of reading the rows). `countMiss` as for
+   * cachedList.
    */
-  async checkedList (widgetId: string, key: string, query: ListQueryInput): Promise<CachedList | undefined> {
+  async checkedList (widgetId: string, key: string, query: ListQueryInput, countMiss = true): Promise<CachedList | undefined> {
     const lists = this.checkedLists
-    const entry = lists?.candidate(widgetId, key)
+    const entry = lists?.candidate(widgetId, key, countMiss)
     if (lists === undefined || entry === undefined) return undefined
     const check = await checkListedRows(this.db, widgetId, this.listedFilter(query), this.now(), this.options.prepared)
-    return lists.checked(widgetId, key, entry, check)
+    return lists.checked(widgetId, key, entry, check, countMiss)
+  }
+
+  /** Whether checkedList has an answer to check for this widget and query (PostgreSQL; nothing counted). */
+  keepsCheckedList (widgetId: string, key: string): boolean {
+    return this.checkedLists?.candidate(widgetId, key, false) !== undefined
   }
 
   /** Take one before reading a list of the widget, and hand it to keepList(): it refuses what a write overtook. */

@@ -79,7 +79,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       // Fastify has filled in its defaults by now.
       const opts = options as unknown as ServerTimeouts
       const server = createServer(opts.http ?? {}, (req, res) => {
-        if (fastPath === undefined || !fastPath(req, res)) handler(req, res)
+        if (fastPath === undefined || !fastPath(req, res, handler)) handler(req, res)
       })
       server.keepAliveTimeout = opts.keepAliveTimeout
       server.requestTimeout = opts.requestTimeout
@@ -160,7 +160,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     if (store instanceof LocalBlobStore && config.staticCacheBytes > 0) {
       paths.push(staticFastPath({ pathOf: (key) => store.pathOf(key), maxBytes: config.staticCacheBytes, requests: deps.metrics.requests, closing: () => closing, answered: deps.metrics.fastAnswered }))
     }
-    fastPath = (req, res) => paths.some((answer) => answer(req, res))
+    fastPath = (req, res, usualWay) => paths.some((answer) => answer(req, res, usualWay))
   }
   return app
 }

@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { FastifyBaseLogger } from 'fastify'
 import { etagMatches, type AgentService } from '../agents/service.js'
-import type { AgentRepresentation } from '../agents/read-cache.js'
+import type { AgentRepresentation, CachedList } from '../agents/read-cache.js'
 import type { RequestMetrics } from '../metrics/requests.js'
 import type { TokenService } from '../tokens/service.js'
 import { authorizationHash } from './plugins/auth.js'
@@ -30,8 +30,12 @@ export interface FastPathDeps {
   isOtherRoute: (path: string) => boolean
 }
 
-/** Takes a request and answers it, or declines it (false) without touching it. */
-export type FastPath = (req: IncomingMessage, res: ServerResponse) => boolean
+/**
+ * Takes a request and answers it, or declines it (false) without touching it. One it took may
+ * still be handed to `usualWay` (Fastify's handler) later, untouched, once it knows it cannot
+ * answer it (a GET has no body to have been read meanwhile).
+ */
+export type FastPath = (req: IncomingMessage, res: ServerResponse, usualWay: (req: IncomingMessage, res: ServerResponse) => void) => boolean
 
 const JSON_TYPE = 'application/json; charset=utf-8'
 
@@ -53,9 +57,11 @@ const PLAIN_ID = /^[0-9A-Za-z_-]{1,200}$/
  * and caches it), a limit reached, shutdown.
  *
  * `GET /agents` with no query string is answered here too, but only when the read cache holds the
- * whole answer (SQLite, nothing written since: AgentService.cachedList); the usual way made it, and
- * it is sent with the same headers the usual way sends with it. Otherwise it goes the usual way,
- * which reads the list and keeps it.
+ * whole answer (SQLite, nothing written since: AgentService.cachedList), or on PostgreSQL when one
+ * is kept and its check finds its rows unchanged (AgentService.checkedList); the usual way made it,
+ * and it is sent with the same headers the usual way sends with it. Otherwise it goes the usual
+ * way, which reads the list and keeps it: at once, or on PostgreSQL after a check that failed
+ * (nothing was counted or sent for it here, and the usual way counts the miss).
  *
  * Why: Fastify's request lifecycle (request and reply objects, five hooks, parameter validation, an
  * async handler, header normalisation) costs ~25 µs of CPU per request on a 2-core VM, against
@@ -127,7 +133,7 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     return out
   }
 
-  return (req, res) => {
+  return (req, res, usualWay) => {
     if (req.method !== 'GET') return false
     const url = req.url ?? ''
     const isList = url === list || url === `${list}/`
@@ -149,13 +155,27 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
     if (deps.limiter !== undefined && !deps.limiter.allows(hash, now)) return false
 
     if (isList) {
-      // Only a list kept whole (SQLite, nothing written since); any other goes the usual way.
-      const kept = deps.agents.cachedList(caller.widgetId, listCacheKey(url, {}), false)
-      if (kept === undefined) return false
-      const out = opening(headers, hash, now)
-      if (kept.link !== undefined) out.push('link', kept.link)
-      end(res, out, 200, kept.body)
-      counted(200, start, true)
+      // Only a list kept whole (SQLite, nothing written since; PostgreSQL, checked); any other goes the usual way.
+      const key = listCacheKey(url, {})
+      const sendList = (kept: CachedList): void => {
+        const out = opening(headers, hash, Date.now())
+        if (kept.link !== undefined) out.push('link', kept.link)
+        end(res, out, 200, kept.body)
+        counted(200, start, true)
+      }
+      const kept = deps.agents.cachedList(caller.widgetId, key, false)
+      if (kept !== undefined) {
+        sendList(kept)
+        return true
+      }
+      if (!deps.agents.keepsCheckedList(caller.widgetId, key)) return false
+      deps.agents.checkedList(caller.widgetId, key, {}, false)
+        // A failed check too: the usual way checks again, and answers the error if it fails again.
+        .then((checked) => { if (checked === undefined) usualWay(req, res); else sendList(checked) }, () => { usualWay(req, res) })
+        .catch((err: unknown) => {
+          deps.log.error({ err }, 'answer not sent')
+          res.destroy()
+        })
       return true
     }
 
