@@ -57,7 +57,8 @@ interface Entry extends CachedAgent {
  * a new one), and a write it cannot place in one widget drops them all, as does a change by another
  * connection; and each is kept only until the next heartbeat anywhere lapses.
  *
- * PostgreSQL has no such cheap signal, and several instances write to it, so it runs without this cache.
+ * PostgreSQL has no such cheap signal, and several instances write to it, so it runs without this
+ * cache; its lists are kept by CheckedLists instead, each checked against the database before it is sent.
  */
 export class AgentReadCache {
   private readonly entries = new Map<string, Entry>()
