@@ -171,7 +171,12 @@ export function agentFastPath (deps: FastPathDeps): FastPath {
       if (!deps.agents.keepsCheckedList(caller.widgetId, key)) return false
       deps.agents.checkedList(caller.widgetId, key, {}, false)
         // A failed check too: the usual way checks again, and answers the error if it fails again.
-        .then((checked) => { if (checked === undefined) usualWay(req, res); else sendList(checked) }, () => { usualWay(req, res) })
+        // So does a request whose limit other requests reached during the check (429), or one
+        // that met the start of shutdown (503): it is counted when it is answered, and only once.
+        .then((checked) => {
+          if (checked === undefined || deps.closing() || (deps.limiter !== undefined && !deps.limiter.allows(hash, Date.now()))) usualWay(req, res)
+          else sendList(checked)
+        }, () => { usualWay(req, res) })
         .catch((err: unknown) => {
           deps.log.error({ err }, 'answer not sent')
           res.destroy()

@@ -117,9 +117,9 @@ const checkStatementNames = new Map<string, string>()
  * PostgreSQL: which versions of which rows listAgents would return now, without reading them (one
  * short row back, against up to a thousand rows of thirteen columns): tags equal to those of the
  * rows a list was made of mean the same versions of the same rows, so the same list (CheckedLists
- * keeps list answers on this). Compiled
- * once per set of filters (compiledOnce) and, given `prepared`, planned once per connection: this
- * runs before every list answered from memory, and its planning was most of its cost.
+ * keeps list answers on this). Compiled once per set of filters (compiledOnce) and, given
+ * `prepared`, planned once per connection: this runs before every list answered from memory, and
+ * its planning was most of its cost.
  */
 export async function checkListedRows (db: DbOrTrx, widgetId: string, filter: AgentFilter, now: number, prepared?: Prepared): Promise<ListedRowsCheck> {
   const { active, after, ...rest } = filter
