@@ -249,11 +249,13 @@ export class AgentService {
    */
   async * listAll (widgetId: string, query: Omit<ListQueryInput, 'limit' | 'cursor'> = {}): AsyncGenerator<ListBatch> {
     const batch = this.options.listBatchSize ?? LIST_BATCH
+    // Each batch is read as listedFilter says for the whole list (after the last batch's end), so the
+    // first batch's tags are what checkedList checks.
+    const filter = this.listedFilter(query)
     await this.lapsePresence(widgetId)
     let after: AgentFilter['after']
     for (;;) {
-      // The first batch is read as listedFilter says, so that its tags are what checkedList checks.
-      const { rows, tags } = await this.readListed(widgetId, { ...listFilter(query), after, limit: batch + 1 })
+      const { rows, tags } = await this.readListed(widgetId, { ...filter, after })
       const more = rows.length > batch
       const items = await this.listItems(more ? rows.slice(0, batch) : rows)
       yield { items, more, tags }

@@ -127,7 +127,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     ? new AgentReadCache(config.agentCacheEntries, database.externalChanges)
     : undefined
   // Elsewhere (PostgreSQL) lists are kept and checked against the database before each answer.
-  const checkedLists = readCache === undefined && database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
+  const checkedLists = database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
   const metrics = createMetrics(database.poolStats, {
     agents: () => readCache?.stats(),
     lists: () => readCache?.stats().lists ?? checkedLists?.stats()

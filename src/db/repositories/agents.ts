@@ -94,6 +94,8 @@ export function listAgentsQuery (db: DbOrTrx, widgetId: string, filter: AgentFil
 export type TaggedAgentRow = AgentRow & { row_tag: string }
 
 const ROW_TAG = sql<string>`ctid::text || xmin::text`
+/** When the database server started (ListedRowsCheck.server). */
+const SERVER_START = sql<string>`pg_postmaster_start_time()::text`
 
 /** PostgreSQL: listAgents, each row with its version tag (joinedTags, checkListedRows). */
 export async function listAgentsTagged (db: DbOrTrx, widgetId: string, filter: AgentFilter): Promise<TaggedAgentRow[]> {
@@ -142,7 +144,7 @@ export async function checkListedRows (db: DbOrTrx, widgetId: string, filter: Ag
     return db.selectNoFrom((eb) => [
       eb.selectFrom(listed.as('listed')).select(sql<string>`coalesce(string_agg(tag, ';'), '')`.as('tags')).as('tags'),
       eb.exists(db.selectFrom('agents').select('seq').where('widget_id', '=', v(0)).where('status', '=', sql.lit('online')).where('presence_expires_at', '<=', v(1))).as('lapsed'),
-      sql<string>`pg_postmaster_start_time()::text`.as('server')
+      SERVER_START.as('server')
     ]).$castTo<ListedRowsCheck>()
   })
   if (prepared === undefined) return (await db.executeQuery(query)).rows[0] as ListedRowsCheck
@@ -156,7 +158,7 @@ export async function checkListedRows (db: DbOrTrx, widgetId: string, filter: Ag
 
 /** PostgreSQL: when the database server started (see ListedRowsCheck.server). */
 export async function databaseServerStart (db: DbOrTrx): Promise<string> {
-  const row = await db.selectNoFrom(sql<string>`pg_postmaster_start_time()::text`.as('server')).executeTakeFirstOrThrow()
+  const row = await db.selectNoFrom(SERVER_START.as('server')).executeTakeFirstOrThrow()
   return row.server
 }
 
