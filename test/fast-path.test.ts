@@ -257,6 +257,77 @@ describe(`GET /agents/:id ahead of the framework, under a rate limit (${storeLeg
   })
 })
 
+/**
+ * Holds `agents` locked from another connection (as a long migration would) until `whileHeld` is
+ * done, and returns what `started` got. `started` sends a GET /agents whose list is kept; the lock is
+ * held until that list's check (the statement that reads the rows' tags, `ctid || xmin`) waits for it
+ * in the database, then until `whileHeld` is done.
+ */
+async function withAgentsLocked (srv: TestServer, started: () => Promise<RawResponse>, whileHeld: () => Promise<void>): Promise<RawResponse> {
+  const { db } = srv.services.database
+  let request: Promise<RawResponse> | undefined
+  await db.transaction().execute(async (trx) => {
+    await sql`lock table agents in access exclusive mode`.execute(trx)
+    request = started()
+    for (let i = 0; ; i++) {
+      const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%xmin%' and pid <> pg_backend_pid()`.execute(db)
+      if ((waiting.rows[0]?.n ?? 0) > 0) break
+      assert.ok(i < 500, 'the list\'s check never reached the database')
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    await whileHeld()
+  })
+  return await (request as Promise<RawResponse>)
+}
+
+describe(`GET /agents kept on PostgreSQL, its limit reached by other requests during its check (${storeLeg()})`, () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '8', RATE_LIMIT_WINDOW_MS: '60000' }) })
+  after(async () => { await srv.close() })
+
+  it('is refused with 429 like any request past the limit, and counted once', { skip: onSqlite && 'SQLite: a kept list is sent at once, with no check to wait for' }, async () => {
+    assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'held-list', name: 'Held' })).status, 200)
+    // The first list of a process is not kept; the third is, and the fourth is answered ahead of the framework.
+    for (let i = 0; i < 3; i++) assert.equal((await get(`${srv.api}/agents`)).status, 200)
+    const refusedSeries = `agentry_http_requests_total{method="GET",route="/api/external/v1/agents",status_code="429"}`
+    const fastBefore = await metricValue(srv, 'agentry_http_fast_answers_total')
+    const refusedBefore = await metricValue(srv, refusedSeries)
+    const res = await withAgentsLocked(srv, async () => await get(`${srv.api}/agents`), async () => {
+      // Meanwhile the same token's other requests (which read nothing of agents) use up its limit.
+      const statuses: number[] = []
+      for (let i = 0; i < 4; i++) statuses.push((await get(`${srv.api}/agents?limit=none`)).status)
+      assert.deepEqual(statuses, [400, 400, 400, 400])
+    })
+    assert.equal(res.status, 429)
+    assert.equal(JSON.parse(res.body.toString()).error.code, 'rate_limited')
+    assert.ok(pairs(res).some(([n]) => n === 'retry-after'))
+    assert.equal(await metricValue(srv, refusedSeries), refusedBefore + 1, 'counted once, as refused')
+    assert.equal(await metricValue(srv, 'agentry_http_fast_answers_total'), fastBefore, 'not as answered ahead of the framework')
+  })
+})
+
+describe(`GET /agents kept on PostgreSQL, shutdown starting during its check (${storeLeg()})`, () => {
+  it('is answered 503 with Connection: close, as any request that meets the shutdown', { skip: onSqlite && 'SQLite: a kept list is sent at once, with no check to wait for' }, async () => {
+    const srv = await startTestServer()
+    let closed: Promise<void> | undefined
+    try {
+      assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'list-at-shutdown', name: 'Late' })).status, 200)
+      for (let i = 0; i < 3; i++) assert.equal((await get(`${srv.api}/agents`)).status, 200)
+      const res = await withAgentsLocked(srv, async () => await get(`${srv.api}/agents`), async () => {
+        closed = srv.close()
+        // close() waits for the request in flight; the lock goes once shutdown has begun.
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      })
+      assert.equal(res.status, 503)
+      assert.equal(JSON.parse(res.body.toString()).error.code, 'service_unavailable')
+      assert.equal(res.headers.connection, 'close')
+      assert.ok(pairs(res).some(([n]) => n === 'retry-after'))
+    } finally {
+      await (closed ?? srv.close())
+    }
+  })
+})
+
 describe('one keep-alive connection, several tokens', () => {
   let srv: TestServer
   before(async () => { srv = await startTestServer() })
