@@ -56,7 +56,8 @@ class Cluster {
   }
 
   start (): void {
-    // Nothing vacuums or flushes on its own: what a transaction id is given stays under the test's control.
+    // autovacuum off: transaction ids are taken only by the test and the instance; fsync off: a
+    // throwaway cluster need not survive a power cut.
     this.asPostgres('pg_ctl', ['-D', this.data, '-w', '-l', path.join(this.dir, 'log'), '-o', `-p ${this.port} -k ${this.dir} -c listen_addresses=127.0.0.1 -c autovacuum=off -c fsync=off`, 'start'])
   }
 
