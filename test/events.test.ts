@@ -4,7 +4,7 @@ import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
 import { call, startTwoInstances, until, type Instances, type ServeProcess } from './helpers/process.js'
-import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -460,6 +460,38 @@ describe('event stream (GET /api/external/v1/events)', () => {
         { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
         { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
         { type: 'agent.updated', agent: renamed, changes: { name: { from: 'Late', to: 'Later' } } }
+      ])
+      assertIncreasingIds(stream.messages)
+    } finally {
+      stream.close()
+      await own.close()
+    }
+  })
+
+  it('a heartbeat held up by the database past its own expiry still has its events, and the lapse after it has its own', async () => {
+    // A presence of 1 s, and the database held by another process for longer than that: the
+    // heartbeat, taken at one moment, is written when what it wrote has already lapsed.
+    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const stream = await openStream(own.api, own.token)
+    try {
+      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-held-beat', name: 'Held' })).body.data as Agent
+      const lock = await holdDatabaseLock(own, { table: 'agents', mode: 'EXCLUSIVE' })
+      const beating = own.call('POST', `/agents/${created.id}/heartbeat`)
+      await sleep(1500)
+      await lock.release()
+      const beat = check(await beating).body
+      assert.equal(beat.data.status, 'online', 'the heartbeat answers what it wrote')
+      assert.ok(beat.meta.onlineUntil <= nowSeconds(), 'and that it has lapsed since')
+      // The lapse is written down when next noticed: a list notices it.
+      check(await own.call('GET', '/agents'))
+      await stream.take(5)
+      await sleep(QUIET_MS)
+      assert.deepEqual(stream.messages.map((m) => [m.type, m.event.data.changes.status ?? null]), [
+        ['agent.created', null],
+        ['agent.updated', { from: 'offline', to: 'online' }],
+        ['agent.status_changed', { from: 'offline', to: 'online' }],
+        ['agent.updated', { from: 'online', to: 'offline' }],
+        ['agent.status_changed', { from: 'online', to: 'offline' }]
       ])
       assertIncreasingIds(stream.messages)
     } finally {

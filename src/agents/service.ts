@@ -358,7 +358,7 @@ export class AgentService {
       if (last !== undefined && sameRow(last.row, current)) return (last.representation ??= { json: last.json, etag: etagOf(last.json) })
     }
     const avatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
-    const representation = representationOf(this.shape(current, avatar))
+    const representation = representationOf(this.shapeAt(current, avatar, now))
     if (ticket !== undefined) this.cache?.set(stored.widget_id, stored.id.toLowerCase(), { ...representation, row: stored }, cachedUntil(stored), ticket)
     else this.rememberShown(current, avatar, representation.json, representation)
     return representation
@@ -481,8 +481,10 @@ export class AgentService {
       const agent = await this.transactIn(widgetId, async (trx) => {
         const updated = await updateAgentAtVersion(trx, row, changes)
         if (updated === undefined) return undefined
-        const after = this.shape(updated, avatar)
-        await this.record(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), ...updateEvents(this.shape(row, avatar), after)], now)
+        // Shown as of the write's `now`, as are its events: a heartbeat answered after its own expiry
+        // (it waited for the database) still wrote online, and the lapse after it is its own change.
+        const after = this.shapeAt(updated, avatar, now)
+        await this.record(trx, widgetId, [...updateEvents(this.rawShape(stored, avatar), this.shapeAt(row, avatar, now)), ...updateEvents(this.shapeAt(row, avatar, now), after)], now)
         return after
       })
       if (agent !== undefined) {
@@ -596,7 +598,7 @@ export class AgentService {
       const done = await this.transactIn(stored.widget_id, async (trx) => {
         const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
         if (row === undefined) return false
-        await this.record(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shape(row, avatar)), now)
+        await this.record(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shapeAt(row, avatar, now)), now)
         return true
       })
       if (done) {
@@ -663,7 +665,7 @@ export class AgentService {
           created_at: now,
           updated_at: now
         })])
-        const agent = this.shape(row, avatar)
+        const agent = this.shapeAt(row, avatar, now)
         await this.record(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
         return agent
       })
@@ -685,13 +687,13 @@ export class AgentService {
       const stored = await load(attempt > 0)
       const current = effective(stored, now)
       const currentAvatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
-      if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shape(current, currentAvatar)))) throw errors.preconditionFailed()
+      if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shapeAt(current, currentAvatar, now)))) throw errors.preconditionFailed()
 
       const changes = await this.changesFor(current, currentAvatar, input, removeAvatar, image)
       // A lapsed heartbeat is written down with any other change, so the row says what the API said.
       if (stored.status !== current.status) Object.assign(changes.hidden, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
       const visible = Object.keys(changes.visible).length > 0 || changes.image !== undefined || changes.removeAvatar
-      if (!visible && Object.keys(changes.hidden).length === 0) return this.shape(current, currentAvatar)
+      if (!visible && Object.keys(changes.hidden).length === 0) return this.shapeAt(current, currentAvatar, now)
 
       try {
         const result = await this.transactIn(current.widget_id, async (trx) => {
@@ -714,8 +716,10 @@ export class AgentService {
           // Rolled back, the new avatar's row with it, and tried again.
           if (row === undefined) throw new WrittenMeanwhile('the agent was written meanwhile')
           if (currentAvatar !== undefined && update.avatar_id !== undefined) await this.dropAvatar(trx, currentAvatar.id, currentAvatar)
-          const before = this.shape(current, currentAvatar)
-          const after = this.shape(row, avatar)
+          // All as of the write's `now`: a presence that lapses while the write is on its way is not
+          // written down by it, so its events must not be either (the next write or upkeep does both).
+          const before = this.shapeAt(current, currentAvatar, now)
+          const after = this.shapeAt(row, avatar, now)
           // A lapse written down here gets its events first, then the change itself.
           await this.record(trx, current.widget_id, [...updateEvents(this.rawShape(stored, currentAvatar), before), ...updateEvents(before, after)], now)
           return { row, after }
@@ -890,7 +894,12 @@ export class AgentService {
 
   /** The agent as the API shows it now (a lapsed heartbeat reads as offline). */
   private shape (stored: AgentRow, avatar: AvatarRow | undefined): Agent {
-    return this.rawShape(effective(stored, this.now()), avatar)
+    return this.shapeAt(stored, avatar, this.now())
+  }
+
+  /** The agent as the API shows it at `now`: a write shows itself, and makes its events, as of its own `now`. */
+  private shapeAt (stored: AgentRow, avatar: AvatarRow | undefined, now: number): Agent {
+    return this.rawShape(effective(stored, now), avatar)
   }
 
   /** The agent exactly as the row says. */
