@@ -500,6 +500,34 @@ describe('event stream (GET /api/external/v1/events)', () => {
     }
   })
 
+  it('a write held up by the database while its agent\'s presence lapses has its own events, and the lapse has its own once', async () => {
+    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const stream = await openStream(own.api, own.token)
+    try {
+      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-held-put', name: 'Before' })).body.data as Agent
+      check(await own.call('POST', `/agents/${created.id}/heartbeat`))
+      // The rename is taken while the agent is online, and written once its presence has lapsed.
+      const lock = await holdDatabaseLock(own, { table: 'agents', mode: 'EXCLUSIVE' })
+      const renaming = own.call('PUT', `/agents/${created.id}`, { name: 'After' })
+      await sleep(1500)
+      await lock.release()
+      check(await renaming)
+      check(await own.call('GET', '/agents'))
+      await stream.take(6)
+      await sleep(QUIET_MS)
+      const statusChanges = stream.messages.filter((m) => m.type === 'agent.status_changed').map((m) => m.event.data.changes.status)
+      assert.deepEqual(statusChanges, [{ from: 'offline', to: 'online' }, { from: 'online', to: 'offline' }], 'online once, offline once')
+      assert.equal(stream.messages.length, 6, 'created, the heartbeat\'s two, the rename, the lapse\'s two')
+      const last = stream.messages.at(-1)?.event.data.agent
+      assert.equal(last?.name, 'After')
+      assert.equal(last?.status, 'offline')
+      assertIncreasingIds(stream.messages)
+    } finally {
+      stream.close()
+      await own.close()
+    }
+  })
+
   it('shutting down with a stream open ends the stream and does not hang', async () => {
     const other = await startTestServer({ EVENTS_POLL_MS: '50' })
     let closed = false
