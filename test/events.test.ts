@@ -111,6 +111,31 @@ async function openStream (baseUrl: string, token: string | undefined, headers: 
   return stream
 }
 
+/**
+ * Runs fn with a server of its own whose heartbeats keep an agent online for 1 s and whose upkeep
+ * never runs within a test (so a lapse is written down by whatever notices it first), and a stream
+ * open on it from the start.
+ */
+async function withLapsingStream (fn: (own: TestServer, stream: Stream) => Promise<void>): Promise<void> {
+  const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
+  const stream = await openStream(own.api, own.token)
+  try {
+    await fn(own, stream)
+  } finally {
+    stream.close()
+    await own.close()
+  }
+}
+
+/** Sends a request while another process holds the database for 1.5 s (longer than withLapsingStream's presence), and returns its answer. */
+async function whileDatabaseHeld (srv: TestServer, send: () => Promise<ApiResponse>): Promise<ApiResponse> {
+  const lock = await holdDatabaseLock(srv, { table: 'agents', mode: 'EXCLUSIVE' })
+  const answer = send()
+  await sleep(1500)
+  await lock.release()
+  return await answer
+}
+
 function parseBlock (stream: Stream, block: string): void {
   const fields: Record<string, string> = {}
   const data: string[] = []
@@ -443,10 +468,8 @@ describe('event stream (GET /api/external/v1/events)', () => {
   })
 
   it('a lapse first noticed by a write gets its events, before the write\'s own', async () => {
-    // Upkeep too rare to notice the lapse: the PUT is what writes it down.
-    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
-    const stream = await openStream(own.api, own.token)
-    try {
+    // Upkeep too rare to notice the lapse (withLapsingStream): the PUT is what writes it down.
+    await withLapsingStream(async (own, stream) => {
       const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-late-lapse', name: 'Late' })).body.data as Agent
       const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
       await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
@@ -462,24 +485,15 @@ describe('event stream (GET /api/external/v1/events)', () => {
         { type: 'agent.updated', agent: renamed, changes: { name: { from: 'Late', to: 'Later' } } }
       ])
       assertIncreasingIds(stream.messages)
-    } finally {
-      stream.close()
-      await own.close()
-    }
+    })
   })
 
   it('a heartbeat held up by the database past its own expiry still has its events, and the lapse after it has its own', async () => {
     // A presence of 1 s, and the database held by another process for longer than that: the
     // heartbeat, taken at one moment, is written when what it wrote has already lapsed.
-    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
-    const stream = await openStream(own.api, own.token)
-    try {
+    await withLapsingStream(async (own, stream) => {
       const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-held-beat', name: 'Held' })).body.data as Agent
-      const lock = await holdDatabaseLock(own, { table: 'agents', mode: 'EXCLUSIVE' })
-      const beating = own.call('POST', `/agents/${created.id}/heartbeat`)
-      await sleep(1500)
-      await lock.release()
-      const beat = check(await beating).body
+      const beat = check(await whileDatabaseHeld(own, async () => await own.call('POST', `/agents/${created.id}/heartbeat`))).body
       assert.equal(beat.data.status, 'online', 'the heartbeat answers what it wrote')
       assert.ok(beat.meta.onlineUntil <= nowSeconds(), 'and that it has lapsed since')
       // The lapse is written down when next noticed: a list notices it.
@@ -494,24 +508,15 @@ describe('event stream (GET /api/external/v1/events)', () => {
         ['agent.status_changed', { from: 'online', to: 'offline' }]
       ])
       assertIncreasingIds(stream.messages)
-    } finally {
-      stream.close()
-      await own.close()
-    }
+    })
   })
 
   it('a write held up by the database while its agent\'s presence lapses has its own events, and the lapse has its own once', async () => {
-    const own = await startTestServer({ EVENTS_POLL_MS: '50', PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000' })
-    const stream = await openStream(own.api, own.token)
-    try {
+    await withLapsingStream(async (own, stream) => {
       const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-held-put', name: 'Before' })).body.data as Agent
       check(await own.call('POST', `/agents/${created.id}/heartbeat`))
       // The rename is taken while the agent is online, and written once its presence has lapsed.
-      const lock = await holdDatabaseLock(own, { table: 'agents', mode: 'EXCLUSIVE' })
-      const renaming = own.call('PUT', `/agents/${created.id}`, { name: 'After' })
-      await sleep(1500)
-      await lock.release()
-      check(await renaming)
+      check(await whileDatabaseHeld(own, async () => await own.call('PUT', `/agents/${created.id}`, { name: 'After' })))
       check(await own.call('GET', '/agents'))
       await stream.take(6)
       await sleep(QUIET_MS)
@@ -522,10 +527,7 @@ describe('event stream (GET /api/external/v1/events)', () => {
       assert.equal(last?.name, 'After')
       assert.equal(last?.status, 'offline')
       assertIncreasingIds(stream.messages)
-    } finally {
-      stream.close()
-      await own.close()
-    }
+    })
   })
 
   it('shutting down with a stream open ends the stream and does not hang', async () => {

@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import pg from 'pg'
-import { freePort, metricSeries, startTestServer, tempDir, type TestServer } from './helpers/server.js'
+import { freePort, metricValue, startTestServer, tempDir, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -127,7 +127,7 @@ describe(`GET /agents kept on PostgreSQL, the database restored from a backup un
       assert.equal(res.status, 200)
       return (res.body.data as Array<{ name: string }>).map((a) => a.name)
     }
-    const hits = async (): Promise<number> => await metricSeries(srv, 'agentry_list_cache_lookups_total{result="hit"}') ?? 0
+    const hits = async (): Promise<number> => await metricValue(srv, 'agentry_list_cache_lookups_total{result="hit"}')
     for (let i = 0; i < 2; i++) assert.deepEqual(await names(), ['Lost in the restore'])
     const hitsBefore = await hits()
     assert.deepEqual(await names(), ['Lost in the restore'])
