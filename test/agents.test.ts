@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
 import type { FixtureServer } from './helpers/fixtures.js'
-import { serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
+import { changeAgentByHand, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
@@ -207,6 +207,48 @@ describe('tokens and tenancy', () => {
       assert.ok(!JSON.stringify(row).includes(t.token))
       assert.ok(!JSON.stringify(row).includes(srv.token))
     }
+  })
+})
+
+describe('updatedAt never goes backwards', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  /**
+   * An agent as an instance whose clock runs an hour ahead of this one's left it (several instances
+   * share a PostgreSQL database, and their clocks need not agree): its updatedAt is set in the
+   * database by hand, as that instance's write would have set it.
+   */
+  async function writtenAhead (serviceUserId: string): Promise<{ id: string, ahead: number }> {
+    const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId, name: 'Ahead' })
+    const ahead = a.updatedAt + 3600
+    await changeAgentByHand(srv, a.id, { name: 'Ahead, renamed', updated_at: ahead })
+    const got = await srv.call('GET', `/agents/${a.id}`)
+    assert.equal(got.body.data.updatedAt, ahead)
+    return { id: a.id, ahead }
+  }
+
+  it('a change to an agent last written by a clock ahead of this one keeps its updatedAt, so an updatedSince sync from it sees the change', async () => {
+    const { id, ahead } = await writtenAhead('ahead-put')
+    const put = await srv.call('PUT', `/agents/${id}`, { name: 'Changed here', status: 'online' })
+    assert.equal(put.status, 200, JSON.stringify(put.body))
+    assert.equal(put.body.data.name, 'Changed here')
+    assert.equal(put.body.data.updatedAt, ahead, 'the later change is not stamped earlier than the one before it')
+    assert.deepEqual((await srv.call('GET', `/agents/${id}`)).body.data, put.body.data)
+    // A client that synced up to `ahead` asks for what changed at or after it.
+    const since = await srv.call('GET', `/agents?updatedSince=${ahead}`)
+    assert.deepEqual(since.body.data.map((a: { id: string }) => a.id), [id])
+    assert.equal(since.body.data[0].name, 'Changed here')
+  })
+
+  it('a heartbeat that brings such an agent online does not stamp it earlier either', async () => {
+    const { id, ahead } = await writtenAhead('ahead-beat')
+    const beat = await srv.call('POST', `/agents/${id}/heartbeat`)
+    assert.equal(beat.status, 200, JSON.stringify(beat.body))
+    assert.equal(beat.body.data.status, 'online')
+    assert.equal(beat.body.data.updatedAt, ahead)
+    assert.equal((await srv.call('GET', `/agents/${id}`)).body.data.updatedAt, ahead)
   })
 })
 

@@ -476,7 +476,7 @@ export class AgentService {
       const row = effective(stored, now)
       const onlineUntil = now + this.options.presenceTtlSeconds
       const changes: AgentRowUpdate = { status: 'online', presence_expires_at: onlineUntil }
-      if (row.status !== 'online') changes.updated_at = now
+      if (row.status !== 'online') changes.updated_at = laterOf(now, row)
       const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
       const agent = await this.transactIn(widgetId, async (trx) => {
         const updated = await updateAgentAtVersion(trx, row, changes)
@@ -707,7 +707,7 @@ export class AgentService {
             avatar = undefined
             update.avatar_id = null
           }
-          if (visible) update.updated_at = now
+          if (visible) update.updated_at = laterOf(now, current)
           // Issued together (one round trip on PostgreSQL), the new avatar's row first: the agent's refers to it.
           const [, row] = await Promise.all([
             newAvatar === undefined ? undefined : this.insertAvatarRow(trx, newAvatar, changes.image as StoredImage),
@@ -931,6 +931,16 @@ function sameRow (a: AgentRow, b: AgentRow): boolean {
 }
 
 /** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
+/**
+ * The `updatedAt` a change made at `now` stamps: never earlier than the one it replaces. An instance
+ * whose clock is behind another's, or a write whose moment was taken just before another write to
+ * the same agent committed, would otherwise move it backwards, and an `updatedSince` sync that
+ * keeps the newest `updatedAt` it has seen would then never see that change.
+ */
+function laterOf (now: number, row: Pick<AgentRow, 'updated_at'>): number {
+  return Math.max(now, row.updated_at)
+}
+
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }

@@ -215,20 +215,26 @@ export async function holdDatabaseLock (srv: TestServer, postgres: { table: stri
 }
 
 /**
- * Renames an agent in the database itself, as an operator's hand-made fix would: not through the
- * service, so no version bump and no updatedAt. On SQLite through a connection of its own, as an
- * sqlite3 shell's would be (the server's own connection is the server's).
+ * Changes an agent's columns in the database itself, as an operator's hand-made fix would: not
+ * through the service, so no version bump or updatedAt unless given. On SQLite through a connection
+ * of its own, as an sqlite3 shell's would be (the server's own connection is the server's).
  */
-export async function renameAgentByHand (srv: TestServer, id: string, name: string): Promise<void> {
+export async function changeAgentByHand (srv: TestServer, id: string, changes: Record<string, string | number | null>): Promise<void> {
   const target = srv.services.config.database
   if (target.kind === 'postgres') {
-    await srv.services.database.db.updateTable('agents').set({ name }).where('id', '=', id).execute()
+    await srv.services.database.db.updateTable('agents').set(changes).where('id', '=', id).execute()
     return
   }
+  const columns = Object.keys(changes)
   const other = new SQLite(target.file)
   try {
-    other.prepare('update agents set name = ? where id = ?').run(name, id)
+    other.prepare(`update agents set ${columns.map((c) => `${c} = ?`).join(', ')} where id = ?`).run(...columns.map((c) => changes[c]), id)
   } finally {
     other.close()
   }
+}
+
+/** Renames an agent in the database itself (changeAgentByHand). */
+export async function renameAgentByHand (srv: TestServer, id: string, name: string): Promise<void> {
+  await changeAgentByHand(srv, id, { name })
 }
