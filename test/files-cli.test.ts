@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import sharp from 'sharp'
-import { COLLECT_AT_ONCE, holdDatabaseLock, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
+import { COLLECT_AT_ONCE, holdDatabaseLock, metricValue, startTestServer, TEST_TOKEN, type TestServer } from './helpers/server.js'
 import { makeImages, startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { killAll, ROOT, runCli, startServe, until } from './helpers/process.js'
 import { takeInventory } from '../src/avatars/inventory.js'
@@ -215,5 +215,62 @@ describe('agentry files check / sweep', () => {
     const r = await check('tidy')
     assert.equal(r.code, 2)
     assert.match(r.stderr, /unknown files subcommand "tidy"/)
+  })
+})
+
+// The same leftovers, found by a running server on its own (AVATAR_LEFTOVERS_SWEEP_SECONDS), on the
+// embedded defaults and on PostgreSQL + S3 in that leg of the matrix.
+describe('a running server hands leftovers to the file collector by itself', () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  before(async () => {
+    fx = await startFixtureServer()
+    // This one never looks, nor collects: the servers started below on its stores do.
+    srv = await startTestServer({ MAINTENANCE_INTERVAL_MS: '3600000', AVATAR_LEFTOVERS_SWEEP_SECONDS: '0' })
+  })
+  after(async () => {
+    await srv.close()
+    await fx.close()
+  })
+
+  /** A server on srv's stores that looks through them every second, until it has looked once; then `check` runs and it closes. */
+  async function afterOneLook (env: Record<string, string>, check: (other: TestServer) => Promise<void>): Promise<void> {
+    const other = await startTestServer({ ...srv.sharedEnv, AVATAR_LEFTOVERS_SWEEP_SECONDS: '1', ...env })
+    try {
+      await until('a look through the whole store', async () => await metricValue(other, 'agentry_avatar_leftover_sweeps_total') >= 1 ? true : undefined, 15_000, 100)
+      await check(other)
+    } finally {
+      await other.close()
+    }
+  }
+
+  it('files no avatar refers to and the collector does not know are handed to it and deleted; young ones wait, an avatar\'s stay', async () => {
+    const agent = await srv.call('POST', '/agents', { serviceUserId: 'left-a', name: 'A', avatar: `${fx.url}/photo.png` })
+    assert.equal(agent.status, 200)
+    const kept = await srv.storedFiles()
+    assert.equal(kept.length, 3)
+    // An image's three files and no row naming them, as a write killed between the two leaves them.
+    const data = await sharp({ create: { width: 20, height: 20, channels: 3, background: '#aa3300' } }).png().toBuffer()
+    const keys = avatarKeys(contentPath(createHash('sha256').update(data).digest('hex'), 'png'))
+    const leftover = [keys.original, keys['120x120'], keys['520x400']]
+    await srv.services.store.putAll(leftover.map((key) => ({ key, data, contentType: 'image/png' })))
+
+    // With the production grace, files this young may belong to a write on its way: left alone.
+    await afterOneLook({ AVATAR_GC_GRACE_SECONDS: '300' }, async (other) => {
+      assert.equal(await metricValue(other, 'agentry_avatar_leftover_images_total'), 0)
+    })
+    assert.deepEqual(await srv.storedFiles(), [...kept, ...leftover].sort())
+
+    // With no grace: handed over at the first look, and deleted by the collector.
+    await afterOneLook(COLLECT_AT_ONCE, async (other) => {
+      assert.equal(await metricValue(other, 'agentry_avatar_leftover_images_total'), 1)
+      await until('the leftover files to be collected', async () => {
+        const now = await srv.storedFiles()
+        return leftover.every((k) => !now.includes(k)) ? true : undefined
+      }, 10_000, 100)
+    })
+    assert.deepEqual(await srv.storedFiles(), kept, 'the avatar\'s files stay')
+    const served = await fetch(agent.body.data.avatar.url['120x120'] as string)
+    assert.equal(served.status, 200)
   })
 })

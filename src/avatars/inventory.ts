@@ -87,21 +87,10 @@ export async function takeInventory (
 
   for await (const { key, modifiedMs } of store.list()) {
     inventory.files++
-    const parts = parseAvatarKey(key)
-    if (parts === undefined) {
+    if (!tally(found, key, modifiedMs)) {
       inventory.other.count++
       if (inventory.other.examples.length < EXAMPLES) inventory.other.examples.push(key)
-      continue
     }
-    const id = imageId(parts.sha256, parts.ext)
-    let f = found.get(id)
-    if (f === undefined) {
-      f = { bits: 0, files: 0, newestMs: 0 }
-      found.set(id, f)
-    }
-    f.bits |= BIT[parts.variant ?? 'original']
-    f.files++
-    f.newestMs = Math.max(f.newestMs, modifiedMs)
   }
   inventory.images = found.size
 
@@ -128,22 +117,99 @@ export async function takeInventory (
 
   // What is left no avatar referred to when its page was read: asked again (one may have been made
   // since), and of the collector.
+  const judged = await judgeUnreferenced(db, found, { nowMs, recentMs, pageSize })
+  inventory.recent += judged.recent
+  inventory.collecting = judged.collecting
+  inventory.leftovers = judged.leftovers
+  return inventory
+}
+
+/** Counts a listed file into its image's entry; false when the key is no avatar file's. */
+function tally (found: Map<string, Found>, key: string, modifiedMs: number): boolean {
+  const parts = parseAvatarKey(key)
+  if (parts === undefined) return false
+  const id = imageId(parts.sha256, parts.ext)
+  let f = found.get(id)
+  if (f === undefined) {
+    f = { bits: 0, files: 0, newestMs: 0 }
+    found.set(id, f)
+  }
+  f.bits |= BIT[parts.variant ?? 'original']
+  f.files++
+  f.newestMs = Math.max(f.newestMs, modifiedMs)
+  return true
+}
+
+/**
+ * Of listed images that no avatar referred to when last looked at: those an avatar refers to by
+ * now, or written too recently to judge (recent); those on the collector's schedule or being
+ * deleted (collecting); and the rest, which nothing refers to and nothing will delete (leftovers).
+ */
+async function judgeUnreferenced (
+  db: Db, found: ReadonlyMap<string, Found>, options: { nowMs: number, recentMs: number, pageSize: number }
+): Promise<Pick<FileInventory, 'recent' | 'collecting' | 'leftovers'>> {
+  const { nowMs, recentMs, pageSize } = options
+  const judged: Pick<FileInventory, 'recent' | 'collecting' | 'leftovers'> = { recent: 0, collecting: 0, leftovers: { files: 0, images: [] } }
   const rest = [...found]
   for (let i = 0; i < rest.length; i += pageSize) {
     const batch = rest.slice(i, i + pageSize).map(([id, f]) => ({ ...imageOf(id), f }))
     const hashes = batch.map((b) => b.sha256)
     const [referenced, known] = await Promise.all([referencedHashes(db, hashes), knownToCollector(db, hashes)])
     for (const { sha256, ext, f } of batch) {
-      if (referenced.has(sha256)) inventory.recent++
-      else if (known.has(sha256)) inventory.collecting++
-      else if (nowMs - f.newestMs < recentMs) inventory.recent++
+      if (referenced.has(sha256)) judged.recent++
+      else if (known.has(sha256)) judged.collecting++
+      else if (nowMs - f.newestMs < recentMs) judged.recent++
       else {
-        inventory.leftovers.images.push({ sha256, ext, path: contentPath(sha256, ext) })
-        inventory.leftovers.files += f.files
+        judged.leftovers.images.push({ sha256, ext, path: contentPath(sha256, ext) })
+        judged.leftovers.files += f.files
       }
     }
   }
-  return inventory
+  return judged
+}
+
+/** The 256 shards of the store: images by the first two hex digits of their hash. */
+export const SHARDS: readonly string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
+
+/**
+ * The leftovers among the images of one shard (hashes beginning with `shard`, two hex digits): files
+ * nothing refers to and nothing will delete, older than recentMs, as takeInventory finds them for
+ * the whole store. Lists only that shard's folders (its three, whatever the layout: see
+ * BlobStore.list), so it holds 1/256 of the store's images in memory at most. For the server's own
+ * periodic look (see startMaintenance); files of other shapes are left alone.
+ */
+export async function leftoversInShard (
+  db: Db, store: BlobStore, shard: string, options: { nowMs: number, recentMs: number }
+): Promise<FileInventory['leftovers']> {
+  const found = new Map<string, Found>()
+  for (const under of [`${shard}/`, ...VARIANTS.map((v) => `${v}/${shard}/`)]) {
+    for await (const { key, modifiedMs } of store.list(under)) {
+      if (parseAvatarKey(key)?.sha256.startsWith(shard) === true) tally(found, key, modifiedMs)
+    }
+  }
+  // Those avatars refer to are found so and left out (judgeUnreferenced asks, in pages).
+  return (await judgeUnreferenced(db, found, { ...options, pageSize: BATCH })).leftovers
+}
+
+/**
+ * Looks through the store shard by shard (leftoversInShard) and hands what writes that never
+ * finished left there to the file collector (scheduleLeftovers), to be deleted graceSeconds later
+ * unless an avatar refers to them by then: what `agentry files sweep` does with leftovers, done by
+ * a running server. Files younger than graceSeconds are left for a later look. Stops between two
+ * shards once signal aborts. Returns how many images it handed over.
+ */
+export async function handOverLeftovers (
+  db: Db, transact: Transact, store: BlobStore, options: { graceSeconds: number, signal?: AbortSignal }
+): Promise<number> {
+  const { graceSeconds, signal } = options
+  let handed = 0
+  for (const shard of SHARDS) {
+    if (signal?.aborted === true) break
+    const nowMs = Date.now()
+    const { images } = await leftoversInShard(db, store, shard, { nowMs, recentMs: graceSeconds * 1000 })
+    if (images.length > 0) handed += await scheduleLeftovers(transact, images, Math.floor(nowMs / 1000) + graceSeconds)
+  }
+  return handed
 }
 
 /**

@@ -36,6 +36,7 @@ const EnvSchema = Type.Object({
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 }),
   PRESENCE_TTL_SECONDS: Type.Integer({ default: 60, minimum: 1, maximum: 86400 }),
   AVATAR_GC_GRACE_SECONDS: Type.Integer({ default: 300, minimum: 0, maximum: 2592000 }),
+  AVATAR_LEFTOVERS_SWEEP_SECONDS: Type.Integer({ default: 21600, minimum: 0, maximum: 2592000 }),
   MAINTENANCE_INTERVAL_MS: Type.Integer({ default: 1000, minimum: 50, maximum: 3600000 }),
   IDEMPOTENCY_TTL_SECONDS: Type.Integer({ default: 86400, minimum: 60, maximum: 2592000 }),
   AGENT_CACHE_ENTRIES: Type.Integer({ default: 10000, minimum: 0, maximum: 10000000 }),
@@ -91,6 +92,8 @@ export interface Config {
   readonly shutdownTimeoutMs: number
   readonly presenceTtlSeconds: number
   readonly avatarGcGraceSeconds: number
+  /** How often each instance looks through the avatar store for images left by writes that never finished; 0: never. */
+  readonly avatarLeftoversSweepSeconds: number
   readonly maintenanceIntervalMs: number
   readonly idempotencyTtlSeconds: number
   readonly events: { readonly retentionSeconds: number, readonly pollMs: number, readonly heartbeatMs: number }
@@ -161,6 +164,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     avatarGcGraceSeconds: e.AVATAR_GC_GRACE_SECONDS,
+    avatarLeftoversSweepSeconds: e.AVATAR_LEFTOVERS_SWEEP_SECONDS,
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     idempotencyTtlSeconds: e.IDEMPOTENCY_TTL_SECONDS,
     agentCacheEntries: e.AGENT_CACHE_ENTRIES,

@@ -18,6 +18,8 @@ export interface Metrics {
   avatars: AvatarObserver
   /** Counts an exchange of rate-limit counts with the other instances (agentry_rate_limit_exchanges_total). */
   rateLimitExchanged: (ok: boolean) => void
+  /** Counts a look through the avatar store for leftovers, and the images it handed to the file collector. */
+  leftoversHandedOver: (images: number) => void
 }
 
 /** Seconds, from a millisecond to ten: API answers and avatar stages both fall in this range. */
@@ -106,6 +108,17 @@ export function createMetrics (poolStats: () => PoolStats | undefined, caches: C
     registers: [registry]
   })
 
+  const leftoverSweeps = new Counter({
+    name: 'agentry_avatar_leftover_sweeps_total',
+    help: 'Looks through the whole avatar store for images that writes which never finished left behind (AVATAR_LEFTOVERS_SWEEP_SECONDS), completed by this instance.',
+    registers: [registry]
+  })
+  const leftoverImages = new Counter({
+    name: 'agentry_avatar_leftover_images_total',
+    help: 'Images nothing referred to or would delete (left by writes that never finished) that this instance handed to the file collector.',
+    registers: [registry]
+  })
+
   let fastAnswers = 0
   new Counter({
     name: 'agentry_http_fast_answers_total',
@@ -125,6 +138,10 @@ export function createMetrics (poolStats: () => PoolStats | undefined, caches: C
       stage: (stage, seconds) => { avatarStage.observe({ stage }, seconds) },
       failed: (reason) => { avatarFailures.inc({ reason }) }
     },
-    rateLimitExchanged: (ok) => { exchanges.inc({ result: ok ? 'ok' : 'failed' }) }
+    rateLimitExchanged: (ok) => { exchanges.inc({ result: ok ? 'ok' : 'failed' }) },
+    leftoversHandedOver: (images) => {
+      leftoverSweeps.inc()
+      leftoverImages.inc(images)
+    }
   }
 }

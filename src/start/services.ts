@@ -10,6 +10,7 @@ import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
 import { purgeBlobClaims } from '../db/repositories/blob-gc.js'
+import { handOverLeftovers } from '../avatars/inventory.js'
 import { EventStreams } from '../events/stream.js'
 import { WebhookService } from '../webhooks/service.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
@@ -44,13 +45,19 @@ const BLOB_CLAIMS_KEPT_SECONDS = 3600
 const LEFTOVER_AGE_MS = 3600_000
 /** ...by a look through the avatar folder at start and this often after. */
 const LEFTOVER_SWEEP_MS = 6 * 3600_000
+/**
+ * The first look for images that unfinished writes left whole (AVATAR_LEFTOVERS_SWEEP_SECONDS) comes
+ * this long after start at most: soon after a crash and restart, but not in the way of a start.
+ */
+const FIRST_LEFTOVERS_LOOK_MS = 600_000
 
 /**
  * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
  * unreferenced avatar files are deleted, old idempotency keys, events and collector claims are
- * forgotten; less often, files that unfinished writes left in the store are deleted.
+ * forgotten; less often, what unfinished writes left in the store is deleted (temporary files) or
+ * handed to the file collector (whole images nothing refers to).
  */
-function startMaintenance (config: Config, database: DbHandle, store: BlobStore, agents: AgentService, webhooks: WebhookService): () => Promise<void> {
+function startMaintenance (config: Config, database: DbHandle, store: BlobStore, agents: AgentService, webhooks: WebhookService, metrics: Metrics): () => Promise<void> {
   const upkeep = every(config.maintenanceIntervalMs, async () => {
     const now = Math.floor(Date.now() / 1000)
     await agents.maintain()
@@ -64,30 +71,41 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
     while (await webhooks.dispatchDue() > 0) { /* drain what is due */ }
   })
   const sweep = store.sweepLeftovers?.bind(store)
-  const leftovers = sweep === undefined ? async () => {} : every(LEFTOVER_SWEEP_MS, async () => { await sweep(LEFTOVER_AGE_MS) }, { atStart: true })
-  return async () => { await Promise.all([upkeep(), dispatch(), leftovers()]) }
+  const tempFiles = sweep === undefined ? async () => {} : every(LEFTOVER_SWEEP_MS, async () => { await sweep(LEFTOVER_AGE_MS) }, { atStart: true })
+  const sweepMs = config.avatarLeftoversSweepSeconds * 1000
+  const leftoverImages = sweepMs === 0
+    ? async () => {}
+    : every(sweepMs, async (signal) => {
+      const handed = await handOverLeftovers(database.db, database.transact, store, { graceSeconds: config.avatarGcGraceSeconds, signal })
+      if (!signal.aborted) metrics.leftoversHandedOver(handed)
+    }, { firstAfterMs: Math.min(sweepMs, FIRST_LEFTOVERS_LOOK_MS) })
+  return async () => { await Promise.all([upkeep(), dispatch(), tempFiles(), leftoverImages()]) }
 }
 
 /**
- * Runs task every ms (and once at once with atStart), never two at once; returns a stop function
- * that waits for a running one.
+ * Runs task every ms (and once at once with atStart, or once firstAfterMs after start), never two at
+ * once; returns a stop function that aborts the task's signal and waits for a running one.
  */
-function every (ms: number, task: () => Promise<void>, { atStart = false } = {}): () => Promise<void> {
+function every (ms: number, task: (signal: AbortSignal) => Promise<void>, options: { atStart?: boolean, firstAfterMs?: number } = {}): () => Promise<void> {
+  const { atStart = false, firstAfterMs } = options
   let running: Promise<void> | undefined
-  let stopped = false
+  const stopping = new AbortController()
   const run = (): void => {
-    if (stopped) return
-    running ??= task().catch((err: unknown) => {
+    if (stopping.signal.aborted) return
+    running ??= task(stopping.signal).catch((err: unknown) => {
       // Nobody else would hear of it; the next tick tries again.
       process.emitWarning(`agentry background task failed: ${err instanceof Error ? err.message : String(err)}`)
     }).finally(() => { running = undefined })
   }
   const timer = setInterval(run, ms)
   timer.unref()
+  const first = firstAfterMs === undefined || firstAfterMs >= ms ? undefined : setTimeout(run, firstAfterMs)
+  first?.unref()
   if (atStart) run()
   return async () => {
-    stopped = true
+    stopping.abort()
     clearInterval(timer)
+    clearTimeout(first)
     await running
   }
 }
@@ -173,7 +191,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
           shares: (key) => isAddressKey(key) ? false : tokens.wasValid(key),
           exchanged: metrics.rateLimitExchanged
         }, overrides.rateLimitKeys)
-  const stopMaintenance = startMaintenance(config, database, store, agents, webhooks)
+  const stopMaintenance = startMaintenance(config, database, store, agents, webhooks, metrics)
   return {
     config,
     database,

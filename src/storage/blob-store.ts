@@ -19,8 +19,12 @@ export interface BlobStore {
   /**
    * Every file in the store (files in progress excluded), in no particular order, with when it was
    * last written. Read as it goes, never all at once (`agentry files check` walks a whole bucket).
+   * With `under` (a folder, `ab/` or `120x120/ab/`), only what lies beneath it: in a bucket the keys
+   * that begin with it, on local disk the files in that folder of its layout on disk. Either way
+   * `xy/`, `120x120/xy/` and `520x400/xy/` together hold every file of the images whose hash
+   * begins with `xy`.
    */
-  list: () => AsyncIterable<ListedFile>
+  list: (under?: string) => AsyncIterable<ListedFile>
   /** Throws when the store cannot take writes; used by /readyz. */
   checkReady: () => Promise<void>
   /**

@@ -173,8 +173,10 @@ export class LocalBlobStore implements BlobStore {
     await Promise.all([target, mustResolveUnder(this.root, key)].map(async (p) => { await fsp.rm(p, { force: true }) }))
   }
 
-  async * list (): AsyncIterable<ListedFile> {
-    for await (const { file, name } of this.filesUnderRoot()) {
+  async * list (under?: string): AsyncIterable<ListedFile> {
+    // An image's three files lie in the folder of its hash's first two digits (fileOfKey); files of
+    // the first layout at their keys, in that folder too or under a size's folder.
+    for await (const { file, name } of this.filesUnderRoot(under)) {
       if (name.startsWith('.')) continue
       const st = await fsp.lstat(file).catch(() => undefined)
       // Deleted since the folder was read.
@@ -185,11 +187,11 @@ export class LocalBlobStore implements BlobStore {
     }
   }
 
-  /** Every file under the root, dot-named ones too, read as it goes (none when there is no root). */
-  private async * filesUnderRoot (): AsyncIterable<{ file: string, name: string }> {
+  /** Every file under the root (or its folder `under`), dot-named ones too, read as it goes (none when there is no such folder). */
+  private async * filesUnderRoot (under?: string): AsyncIterable<{ file: string, name: string }> {
     let dir: fs.Dir
     try {
-      dir = await fsp.opendir(this.root, { recursive: true })
+      dir = await fsp.opendir(under === undefined ? this.root : mustResolveUnder(this.root, under), { recursive: true })
     } catch {
       return
     }

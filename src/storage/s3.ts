@@ -68,11 +68,11 @@ export class S3BlobStore implements BlobStore {
     await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.objectKey(key) }), { abortSignal: signal })
   }
 
-  async * list (): AsyncIterable<ListedFile> {
+  async * list (under = ''): AsyncIterable<ListedFile> {
     const prefix = this.target.prefix === '' ? '' : `${this.target.prefix}/`
     let token: string | undefined
     do {
-      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.target.bucket, Prefix: prefix, ContinuationToken: token }))
+      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.target.bucket, Prefix: prefix + under, ContinuationToken: token }))
       for (const o of page.Contents ?? []) {
         if (o.Key !== undefined) yield { key: o.Key.slice(prefix.length), modifiedMs: o.LastModified?.getTime() ?? 0 }
       }
