@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import pg from 'pg'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { freePort, holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
+import { until } from './helpers/process.js'
 
 /**
  * When the database (or the file store) cannot do a request's work now, through no fault of the
@@ -107,6 +109,50 @@ describe(`a database that cannot do the work now: 503 with Retry-After (${storeL
     assertUnavailable(fast)
     assertUnavailable(usual)
     assert.deepEqual((await srv.call('GET', `/agents/${agent.id as string}`)).body.data, agent)
+  })
+})
+
+describe('PostgreSQL ends the service\'s connections while requests are on them (a restart, a failover)', { skip: !onPostgres && 'PostgreSQL only' }, () => {
+  let srv: TestServer
+
+  before(async () => {
+    srv = await startTestServer({ MAINTENANCE_INTERVAL_MS: '3600000' })
+  })
+
+  after(async () => {
+    await srv?.close()
+  })
+
+  it('those requests get 503, the process goes on, and the next requests are answered on new connections', async () => {
+    const agent = (await srv.call('POST', '/agents', { serviceUserId: 'cut-1', name: 'Before' })).body.data
+    // Writes of agents wait behind this lock (reads do not), each in a transaction on a connection of
+    // the service's.
+    const lock = await holdDatabaseLock(srv, { table: 'agents', mode: 'EXCLUSIVE' })
+    const locker = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
+    await locker.connect()
+    let answers: ApiResponse[]
+    try {
+      const requests = Promise.all([
+        srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' }),
+        srv.call('POST', '/agents', { serviceUserId: 'cut-2', name: 'New' })
+      ])
+      const waiting = async (): Promise<number> => Number((await locker.query<{ n: string }>(
+        "select count(*)::text as n from pg_stat_activity where datname = current_database() and application_name = 'agentry' and wait_event_type = 'Lock'")).rows[0]?.n)
+      await until('both requests to wait for the lock', async () => await waiting() >= 2 ? true : undefined, 5000, 20)
+      // As a restart or a failover would: every connection of the service's ends, busy or idle.
+      await locker.query("select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'agentry'")
+      answers = await requests
+    } finally {
+      await lock.release()
+      await locker.end()
+    }
+    for (const res of answers) assertUnavailable(res)
+    // The same process answers the next ones, on new connections.
+    const read = await srv.call('GET', `/agents/${agent.id as string}`)
+    assert.equal(read.status, 200)
+    assert.equal(read.body.data.name, 'Before', 'the writes cut off were not made')
+    assert.deepEqual((await srv.call('GET', '/agents')).body.data.map((a: { serviceUserId: string }) => a.serviceUserId), ['cut-1'])
+    assert.equal((await srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' })).body.data.name, 'After')
   })
 })
 

@@ -930,7 +930,6 @@ function sameRow (a: AgentRow, b: AgentRow): boolean {
   return true
 }
 
-/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 /**
  * The `updatedAt` a change made at `now` stamps: never earlier than the one it replaces. An instance
  * whose clock is behind another's, or a write whose moment was taken just before another write to
@@ -941,6 +940,7 @@ function laterOf (now: number, row: Pick<AgentRow, 'updated_at'>): number {
   return Math.max(now, row.updated_at)
 }
 
+/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }

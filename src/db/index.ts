@@ -90,9 +90,16 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     pipeline: true,
     types: { getTypeParser: pgTypeParser(pg.types) }
   })
-  // An idle connection the server drops (a restart, a failover) is an 'error' on the pool; unheard,
-  // it would crash the process. The pool replaces the connection on next use.
-  pool.on('error', (err) => { process.emitWarning(`PostgreSQL connection lost: ${err.message}`) })
+  // A connection PostgreSQL ends (a restart, a failover, pg_terminate_backend) emits 'error'; unheard,
+  // that would crash the process. The pool hears its idle connections (and says so on the pool) but
+  // not those it has handed out, a transaction's among them, whose statements then fail on their own
+  // (the request is answered 503) and which the pool drops when they come back. So every connection
+  // is heard from the start, and says so once.
+  pool.on('connect', (client) => {
+    client.on('error', (err) => { process.emitWarning(`PostgreSQL connection lost: ${err.message}`) })
+  })
+  // Already said by the connection itself (above).
+  pool.on('error', () => {})
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) })
   return {
     db,
