@@ -7,6 +7,8 @@ import { dataDir, killAll, removeDirs, startServe, until } from './helpers/proce
 import { COLLECT_AT_ONCE, listFiles, rawGet, startTestServer, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 import { leftoversInShard } from '../src/avatars/inventory.js'
+import { avatarKeys, contentPath } from '../src/storage/blob-store.js'
+import { fileOfKey } from '../src/storage/local.js'
 
 /**
  * Avatar files on local disk: an image's three files share one folder, named by the hash's first
@@ -84,12 +86,12 @@ describe('avatar files on local disk', { skip: !storeLeg().endsWith('local') && 
     // Two images' files left as a killed write leaves them (their avatars taken out by hand), one
     // kept as the current layout has it and one as the first; and a third image an avatar refers to.
     const images = [await create('layout-left-1', 'rotated.jpg'), await create('layout-left-2', 'anim.gif'), await create('layout-kept', 'photo.webp')]
-    const [current, first] = images as [Awaited<ReturnType<typeof create>>, Awaited<ReturnType<typeof create>>]
+    const [current, first, kept] = images as [Awaited<ReturnType<typeof create>>, Awaited<ReturnType<typeof create>>, Awaited<ReturnType<typeof create>>]
     // The second as the first layout had it: each file at its key.
-    for (const [i, v] of ['', '-120x120', '-520x400'].entries()) {
-      const key = [first.avatar.info.path.slice(1), `120x120${first.avatar.info.path as string}`, `520x400${first.avatar.info.path as string}`][i] as string
+    const keys = avatarKeys(first.avatar.info.path as string)
+    for (const key of [keys.original, keys['120x120'], keys['520x400']]) {
       fs.mkdirSync(path.dirname(path.join(avatars, key)), { recursive: true })
-      fs.renameSync(path.join(avatars, first.sha256.slice(0, 2), `${first.sha256}${v}.${first.ext}`), path.join(avatars, key))
+      fs.renameSync(path.join(avatars, fileOfKey(key) as string), path.join(avatars, key))
     }
     const { db } = srv.services.database
     for (const { id, sha256 } of [current, first]) {
@@ -99,8 +101,8 @@ describe('avatar files on local disk', { skip: !storeLeg().endsWith('local') && 
     for (const { sha256, ext } of images) {
       const found = await leftoversInShard(db, srv.services.store, sha256.slice(0, 2), { nowMs: Date.now() + 1000, recentMs: 0 })
       const mine = found.images.filter((image) => image.sha256 === sha256)
-      if (sha256 === images[2]?.sha256) assert.deepEqual(mine, [], 'an avatar refers to it')
-      else assert.deepEqual(mine, [{ sha256, ext, path: `/${sha256.slice(0, 2)}/${sha256.slice(2, 4)}/${sha256.slice(4, 6)}/${sha256}.${ext}` }])
+      if (sha256 === kept.sha256) assert.deepEqual(mine, [], 'an avatar refers to it')
+      else assert.deepEqual(mine, [{ sha256, ext, path: contentPath(sha256, ext) }])
     }
   })
 
