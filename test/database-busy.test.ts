@@ -2,9 +2,8 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import pg from 'pg'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { freePort, holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { freePort, holdDatabaseLock, startTestServer, untilWaitingForLock, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
-import { until } from './helpers/process.js'
 
 /**
  * When the database (or the file store) cannot do a request's work now, through no fault of the
@@ -136,9 +135,7 @@ describe('PostgreSQL ends the service\'s connections while requests are on them 
         srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' }),
         srv.call('POST', '/agents', { serviceUserId: 'cut-2', name: 'New' })
       ])
-      const waiting = async (): Promise<number> => Number((await locker.query<{ n: string }>(
-        "select count(*)::text as n from pg_stat_activity where datname = current_database() and application_name = 'agentry' and wait_event_type = 'Lock'")).rows[0]?.n)
-      await until('both requests to wait for the lock', async () => await waiting() >= 2 ? true : undefined, 5000, 20)
+      await untilWaitingForLock(srv, { count: 2 })
       // As a restart or a failover would: every connection of the service's ends, busy or idle.
       await locker.query("select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name = 'agentry'")
       answers = await requests

@@ -106,6 +106,19 @@ describe('sync by the integrator\'s own id', () => {
     }
   })
 
+  it('ids of the longest length allowed (255 characters) work in the path, whatever their characters', async () => {
+    for (const id of ['x'.repeat(255), '/'.repeat(255), '%'.repeat(255), '\u{1F600}'.repeat(255)]) {
+      const res = await srv.call('PUT', path(id), { name: 'Long' })
+      assert.equal(res.status, 200, JSON.stringify(res.body))
+      assert.equal(res.body.data.serviceUserId, id)
+      assert.equal((await srv.call('GET', path(id))).body.data.id, res.body.data.id)
+    }
+    const tooLong = await srv.call('PUT', path('/'.repeat(256)), { name: 'Longer' })
+    assert.equal(tooLong.status, 400)
+    assert.equal(tooLong.body.error.code, 'validation_failed')
+    assert.match(tooLong.body.error.message, /serviceUserId must be at most 255 characters/)
+  })
+
   it('re-running the same sync changes nothing: not updatedAt, not the avatar, no download', async () => {
     const input = { name: 'Grace', status: 'offline', active: true, avatar: `${fx.url}/photo.jpg` }
     const first = await srv.call('PUT', path('crm-7'), input)

@@ -131,6 +131,14 @@ describe('bad input: a 4xx envelope a person can act on, and nothing left behind
     }
   })
 
+  it('a path that is not valid percent-encoding, or with a segment longer than any id → 400 envelope with the request id', async () => {
+    for (const path of ['/agents/%zz', '/agents/by-service-user-id/50%off', `/agents/${'a'.repeat(800)}`, `/agents/by-service-user-id/${'a'.repeat(800)}`]) {
+      const res = await srv.call('GET', path, undefined, { 'x-request-id': 'bad-path-1' })
+      assertEnvelope(res, 400, 'validation_failed')
+      assert.equal(res.headers.get('x-request-id'), 'bad-path-1', path)
+    }
+  })
+
   it('request ids: generated when absent, echoed when given', async () => {
     const a = await srv.call('GET', '/agents')
     assert.match(a.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import http from 'node:http'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
-import { headerPairs, metricValue, rawGet, startTestServer, TEST_TOKEN, type RawResponse, type TestServer } from './helpers/server.js'
+import { headerPairs, holdDatabaseLock, metricValue, rawGet, startTestServer, TEST_TOKEN, untilWaitingForLock, type RawResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -264,20 +264,16 @@ describe(`GET /agents/:id ahead of the framework, under a rate limit (${storeLeg
  * in the database, then until `whileHeld` is done.
  */
 async function withAgentsLocked (srv: TestServer, started: () => Promise<RawResponse>, whileHeld: () => Promise<void>): Promise<RawResponse> {
-  const { db } = srv.services.database
-  let request: Promise<RawResponse> | undefined
-  await db.transaction().execute(async (trx) => {
-    await sql`lock table agents in access exclusive mode`.execute(trx)
+  const lock = await holdDatabaseLock(srv, { table: 'agents', mode: 'ACCESS EXCLUSIVE' })
+  let request: Promise<RawResponse>
+  try {
     request = started()
-    for (let i = 0; ; i++) {
-      const waiting = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%xmin%' and pid <> pg_backend_pid()`.execute(db)
-      if ((waiting.rows[0]?.n ?? 0) > 0) break
-      assert.ok(i < 500, 'the list\'s check never reached the database')
-      await new Promise((resolve) => setTimeout(resolve, 10))
-    }
+    await untilWaitingForLock(srv, { statement: 'xmin' })
     await whileHeld()
-  })
-  return await (request as Promise<RawResponse>)
+  } finally {
+    await lock.release()
+  }
+  return await request
 }
 
 describe(`GET /agents kept on PostgreSQL, its limit reached by other requests during its check (${storeLeg()})`, () => {

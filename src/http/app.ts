@@ -1,5 +1,5 @@
 import { createServer, type ServerOptions } from 'node:http'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import { Ajv, type Options as AjvOptions } from 'ajv'
 import type { Config } from '../config/index.js'
 import { AppError } from '../errors/index.js'
@@ -10,7 +10,7 @@ import type { WebhookService } from '../webhooks/service.js'
 import type { TokenService } from '../tokens/service.js'
 import type { BlobStore } from '../storage/blob-store.js'
 import type { Metrics } from '../metrics/index.js'
-import { registerErrorHandling } from './error-handler.js'
+import { envelope, registerErrorHandling, serverError } from './error-handler.js'
 import { agentFastPath, type FastPath } from './fast-path.js'
 import { staticFastPath } from './static-cache.js'
 import { LocalBlobStore } from '../storage/local.js'
@@ -90,7 +90,21 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     // Our own hook below answers 503 during shutdown, in the envelope rather than Fastify's body.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 }
+    // A path parameter's length is counted as the router sees it: percent-decoded except for the
+    // reserved characters (`/`, `?`, `%`, ...), which stay encoded. A serviceUserId (255 characters
+    // at most) of reserved characters only is 765 long there; longer ones are refused by the schemas.
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 768 },
+    // What the router refuses before any route (a path that is not valid percent-encoding, a path
+    // segment longer than the above), in the envelope like every other answer.
+    frameworkErrors: (err, request, reply) => {
+      const appErr = err.code === 'FST_ERR_BAD_URL'
+        ? new AppError('validation_failed', 'The request path is not valid percent-encoding (each % must be followed by two hex digits); encode path segments with encodeURIComponent.')
+        : err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new AppError('validation_failed', 'A segment of the request path is longer than any id this API accepts.')
+          : serverError(err)
+      if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
+      void (reply as FastifyReply).header('x-request-id', request.id).status(appErr.statusCode).send(envelope(appErr))
+    }
   })
 
   app.setValidatorCompiler(({ schema, httpPart }) =>

@@ -11,6 +11,7 @@ import SQLite from 'better-sqlite3'
 import pg from 'pg'
 import { provisionStores } from './stores.js'
 import { startFixtureServer, type FixtureServer } from './fixtures.js'
+import { until } from './process.js'
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef'
 
@@ -212,6 +213,27 @@ export async function holdDatabaseLock (srv: TestServer, postgres: { table: stri
   await client.query('BEGIN')
   await client.query(`LOCK TABLE ${postgres.table} IN ${postgres.mode} MODE`)
   return { release: async () => { await client.query('ROLLBACK'); await client.end() } }
+}
+
+/**
+ * PostgreSQL: waits until at least `count` of the service's statements (those whose text contains
+ * `statement`, if given) wait in the database for a lock, as behind holdDatabaseLock's.
+ */
+export async function untilWaitingForLock (srv: TestServer, { count = 1, statement = '' }: { count?: number, statement?: string } = {}): Promise<void> {
+  const url = srv.sharedEnv.DATABASE_URL
+  if (url === undefined) throw new Error('untilWaitingForLock: PostgreSQL only')
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    await until(`${count} of the service's statements to wait for a lock`, async () => {
+      const { rows } = await client.query<{ n: number }>(
+        "select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name = 'agentry' and wait_event_type = 'Lock' and strpos(query, $1) > 0",
+        [statement])
+      return (rows[0]?.n ?? 0) >= count ? true : undefined
+    }, 5000, 10)
+  } finally {
+    await client.end()
+  }
 }
 
 /**
