@@ -449,6 +449,47 @@ describe('event stream (GET /api/external/v1/events)', () => {
     }
   })
 
+  it('the stream\'s answer carries the request id and the rate limit headers, as every answer does', async () => {
+    const stream = await openStream(srv.api, srv.token, { 'x-request-id': 'stream-headers-1' })
+    try {
+      assert.equal(stream.status, 200)
+      assert.equal(stream.headers.get('x-request-id'), 'stream-headers-1')
+      for (const name of ['ratelimit-limit', 'ratelimit-remaining', 'ratelimit-reset']) {
+        assert.match(stream.headers.get(name) ?? '', /^\d+$/, name)
+      }
+    } finally {
+      stream.close()
+    }
+  })
+
+  it('a stream whose starting point cannot be read gets the error envelope at once, and opens no stream', async () => {
+    // A server of its own: its events table goes away for a moment.
+    const own = await startTestServer({ EVENTS_POLL_MS: '50', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const { db } = own.services.database
+    try {
+      await sql`alter table events rename to events_away`.execute(db)
+      let refused: Stream
+      try {
+        refused = await Promise.race([
+          openStream(own.api, own.token, { 'x-request-id': 'stream-refused-1' }),
+          sleep(WAIT_MS).then(() => { throw new Error(`no answer within ${WAIT_MS} ms`) })
+        ])
+      } finally {
+        await sql`alter table events_away rename to events`.execute(db)
+      }
+      assert.equal(refused.status, 500)
+      assert.deepEqual(Object.keys(refused.body as object), ['status', 'error'])
+      assert.equal((refused.body as { error: { code: string } }).error.code, 'internal_error')
+      assert.equal(refused.headers.get('x-request-id'), 'stream-refused-1')
+      assert.equal(own.services.streams.size, 0)
+      const opened = await openStream(own.api, own.token)
+      assert.equal(opened.status, 200)
+      opened.close()
+    } finally {
+      await own.close()
+    }
+  })
+
   it('refuses a missing token (401) and a Last-Event-ID that is not an event id (400)', async () => {
     const anonymous = await openStream(srv.api, undefined)
     assert.equal(anonymous.status, 401)

@@ -18,8 +18,13 @@ export class EventStreams {
 
   constructor (private readonly db: Db, private readonly settings: StreamSettings) {}
 
-  /** Streams to res from after lastEventId (from now when undefined) until the client or the server closes. */
-  async stream (widgetId: string, lastEventId: number | undefined, res: ServerResponse, headers: Record<string, string>): Promise<void> {
+  /** Where a stream starts: after lastEventId, or when undefined after the widget's newest event (now). */
+  async startingPoint (widgetId: string, lastEventId: number | undefined): Promise<number> {
+    return lastEventId ?? await latestEventSeq(this.db, widgetId)
+  }
+
+  /** Streams to res the events after `from` (startingPoint) until the client or the server closes. */
+  async stream (widgetId: string, from: number, res: ServerResponse, headers: Record<string, string | number | string[] | undefined>): Promise<void> {
     // Listen for the client going away before anything is awaited, so an early hang-up is never missed.
     let closed = false
     const timers: NodeJS.Timeout[] = []
@@ -33,8 +38,9 @@ export class EventStreams {
     this.open.add(close)
     res.on('close', close)
 
-    let last = lastEventId ?? await latestEventSeq(this.db, widgetId)
-    if (closed || res.destroyed) { close(); return }
+    // Gone already (while its starting point was read)?
+    if (res.destroyed) { close(); return }
+    let last = from
     res.writeHead(200, {
       ...headers,
       'content-type': 'text/event-stream; charset=utf-8',

@@ -28,9 +28,10 @@ export const eventStreamRoute: FastifyPluginAsyncTypebox<EventRoutesOptions> = a
     if (given !== undefined && !/^\d{1,15}$/.test(given)) {
       throw errors.validation([{ field: 'Last-Event-ID', message: 'must be the id of an event this stream sent' }])
     }
+    // Read before the reply is taken over: a database that cannot answer gets the error envelope.
+    const from = await streams.startingPoint(request.widgetId, given === undefined ? undefined : Number(given))
     reply.hijack()
-    await streams.stream(request.widgetId, given === undefined ? undefined : Number(given), reply.raw, {
-      'x-request-id': request.id
-    })
+    // With the headers the reply has by now (X-Request-Id, the rate limit's).
+    await streams.stream(request.widgetId, from, reply.raw, reply.getHeaders())
   })
 }
