@@ -230,6 +230,37 @@ describe('heartbeat presence (PRESENCE_TTL_SECONDS=2)', { concurrency: true }, (
   })
 })
 
+describe('more heartbeats lapse together than one batch of the upkeep (500)', () => {
+  let srv: TestServer
+  let call: Call
+  before(async () => {
+    // No upkeep during the test: the lists must write the lapses down themselves, all of them.
+    srv = await startTestServer({ PRESENCE_TTL_SECONDS: '1', MAINTENANCE_INTERVAL_MS: '3600000', RATE_LIMIT_MAX: '100000' })
+    call = asToken(srv, (await srv.services.tokens.create('many-lapses')).token)
+  })
+  after(async () => { await srv.close() })
+
+  it('the status filters agree with the statuses shown: every lapsed agent is offline, whatever the page', async () => {
+    const count = 600
+    let lastUntil = 0
+    for (let i = 0; i < count; i += 25) {
+      await Promise.all(Array.from({ length: Math.min(25, count - i) }, async (_, j) => {
+        const agent = await createAgent(call, `lapse-${i + j}`)
+        const beat = await call('POST', `/agents/${agent.id}/heartbeat`)
+        assert.equal(beat.status, 200)
+        lastUntil = Math.max(lastUntil, beat.body.meta.onlineUntil as number)
+      }))
+    }
+    await pastSecond(lastUntil)
+    const online = await call('GET', '/agents?status=online&limit=100')
+    assert.deepEqual(online.body.data.map((a: { status: string }) => a.status), [])
+    const offline = await call('GET', '/agents?status=offline')
+    assert.equal(offline.body.data.length, count)
+    assert.ok(offline.body.data.every((a: { status: string }) => a.status === 'offline'))
+    assert.deepEqual(await call('GET', '/agents/availability').then((r) => r.body.data), { online: 0, available: false })
+  })
+})
+
 describe('GET /agents/availability', () => {
   let srv: TestServer
   let call: Call

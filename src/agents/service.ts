@@ -27,6 +27,9 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 export const DEFAULT_PAGE_SIZE = 50
 /** Agents read at a time for the unpaginated list (see listAll): ~0.5 MB of JSON with avatars. */
 export const LIST_BATCH = 1000
+/** Lapsed heartbeats read at a time, and written down at a time (see lapsePresence). */
+const LAPSE_BATCH = 500
+const LAPSES_TOGETHER = 50
 /** Avatar records kept in memory (see avatarRow): a few hundred bytes each. */
 const AVATAR_ROWS_KEPT = 10_000
 /**
@@ -588,25 +591,56 @@ export class AgentService {
   /**
    * Agents online by heartbeat whose presence lapsed go offline, stamped with the moment they
    * lapsed, each with its events. Conditional on the row's version, so every instance may run it.
+   * Every one of them, read LAPSE_BATCH at a time: a list filters on the status written down.
    */
   private async lapsePresence (widgetId?: string): Promise<number> {
     const now = this.now()
     let lapsed = 0
-    for (const stored of await findLapsedPresence(this.db, now, widgetId, 500)) {
-      const current = effective(stored, now)
-      const avatar = stored.avatar_id === null ? undefined : await this.avatarRow(stored.avatar_id)
-      const done = await this.transactIn(stored.widget_id, async (trx) => {
-        const row = await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
-        if (row === undefined) return false
-        await this.record(trx, stored.widget_id, updateEvents(this.rawShape(stored, avatar), this.shapeAt(row, avatar, now)), now)
-        return true
-      })
-      if (done) {
-        this.cache?.invalidate(stored.widget_id, stored.id)
-        lapsed++
-      }
+    for (;;) {
+      const found = await findLapsedPresence(this.db, now, widgetId, LAPSE_BATCH)
+      lapsed += await this.lapseEach(found, now)
+      // Each one found is written down now (by this write or another's), so the next batch is new.
+      if (found.length < LAPSE_BATCH) return lapsed
+    }
+  }
+
+  /** Writes the lapses down, LAPSES_TOGETHER of one widget's agents to a transaction; how many were written. */
+  private async lapseEach (found: readonly AgentRow[], now: number): Promise<number> {
+    const byWidget = new Map<string, AgentRow[]>()
+    for (const row of found) {
+      const rows = byWidget.get(row.widget_id)
+      if (rows === undefined) byWidget.set(row.widget_id, [row])
+      else rows.push(row)
+    }
+    let lapsed = 0
+    for (const [widgetId, rows] of byWidget) {
+      for (let i = 0; i < rows.length; i += LAPSES_TOGETHER) lapsed += await this.lapseTogether(widgetId, rows.slice(i, i + LAPSES_TOGETHER), now)
     }
     return lapsed
+  }
+
+  /**
+   * Writes down the lapses of some of a widget's agents in one transaction (one commit, and on
+   * PostgreSQL one turn of the widget's event writers), each with its events unless its agent was
+   * written meanwhile; how many were written.
+   */
+  private async lapseTogether (widgetId: string, rows: readonly AgentRow[], now: number): Promise<number> {
+    const avatars = await Promise.all(rows.map(async (stored) => stored.avatar_id === null ? undefined : await this.avatarRow(stored.avatar_id)))
+    const written = await this.transactIn(widgetId, async (trx) => {
+      // Issued together: one round trip on PostgreSQL (pipelinedTransact).
+      const updated = await Promise.all(rows.map(async (stored) => {
+        const current = effective(stored, now)
+        return await updateAgentAtVersion(trx, stored, { status: current.status, updated_at: current.updated_at, presence_expires_at: null })
+      }))
+      const events = rows.flatMap((stored, i) => {
+        const row = updated[i]
+        return row === undefined ? [] : updateEvents(this.rawShape(stored, avatars[i]), this.shapeAt(row, avatars[i], now))
+      })
+      await this.record(trx, widgetId, events, now)
+      return rows.filter((_, i) => updated[i] !== undefined)
+    })
+    for (const stored of written) this.cache?.invalidate(widgetId, stored.id)
+    return written.length
   }
 
   private async record (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
