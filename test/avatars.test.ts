@@ -5,6 +5,7 @@ import { describe, it } from 'node:test'
 import sharp from 'sharp'
 import { listFiles, rawGet, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
 import type { FixtureServer } from './helpers/fixtures.js'
+import { until } from './helpers/process.js'
 import type { LocalBlobStore } from '../src/storage/local.js'
 
 const PATH = /^\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{2})\/([0-9a-f]{64})\.(jpeg|png|webp|gif)$/
@@ -229,6 +230,19 @@ describe('avatar pipeline', () => {
         assert.deepEqual(await files(), filesBefore, 'no file, not even a temporary one')
       })
     }
+
+    it('an error page or a redirect whose body never ends: answered, and its connection cut soon after', async () => {
+      const failed = await create(`${fx.url}/endless-404`)
+      assert.equal(failed.status, 422, JSON.stringify(failed.body))
+      assert.equal(failed.body.error.code, 'avatar_http_error')
+      // Redirected to /photo.jpg: the image is had; the redirect's own body is not read to its end.
+      const redirected = await create(`${fx.url}/endless-redirect`)
+      assert.equal(redirected.status, 200, JSON.stringify(redirected.body))
+      assert.equal(redirected.body.data.avatar.info.ext, 'jpeg')
+      for (const path of ['/endless-404', '/endless-redirect']) {
+        await until(`the service to hang up on ${path}`, () => fx.unfinished(path) === 0 ? true : undefined, 3000)
+      }
+    })
 
     it('a bad avatar on PUT leaves the agent exactly as it was', async () => {
       const { body: { data: a } } = await create(`${fx.url}/tiny.png`)

@@ -54,7 +54,7 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
       })
       const status = res.statusCode ?? 0
       if (status >= 300 && status < 400 && res.headers.location !== undefined) {
-        res.resume()
+        discard(res)
         if (redirects >= options.maxRedirects) {
           throw errors.avatar('avatar_too_many_redirects', `The avatar URL redirected more than ${options.maxRedirects} times; give the image's final URL.`)
         }
@@ -62,7 +62,7 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
         continue
       }
       if (status < 200 || status >= 300) {
-        res.resume()
+        discard(res)
         throw errors.avatar('avatar_http_error', `Fetching the avatar answered HTTP ${status} from ${url.host}; check that the URL points at a public image.`)
       }
       return { bytes: await readLimited(res, options.maxBytes), url: url.href }
@@ -72,6 +72,27 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
   } finally {
     clearTimeout(timer)
   }
+}
+
+/** How much of a redirect's or an error's body is read (and dropped), and for how long, before its connection is cut. */
+const DISCARD_BYTES = 64 * 1024
+const DISCARD_MS = 1000
+
+/**
+ * Drops the body of an answer that is not the image (a redirect, an error page): read to its end
+ * when it is short, so its connection can serve the next download, but cut off past DISCARD_BYTES
+ * or DISCARD_MS, so an endless or trickling body holds no socket once the caller has its answer.
+ */
+function discard (res: http.IncomingMessage): void {
+  let read = 0
+  const cut = (): void => { res.destroy() }
+  const timer = setTimeout(cut, DISCARD_MS)
+  res.on('data', (chunk: Buffer) => {
+    read += chunk.length
+    if (read > DISCARD_BYTES) cut()
+  })
+  res.once('close', () => { clearTimeout(timer) })
+  res.resume()
 }
 
 async function readLimited (res: http.IncomingMessage, maxBytes: number): Promise<Buffer> {

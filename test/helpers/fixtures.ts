@@ -66,6 +66,8 @@ export interface FixtureServer {
   images: FixtureImages
   /** How many requests each path received. */
   hits: Map<string, number>
+  /** How many answers on this path are still being sent (the client has not hung up). */
+  unfinished: (path: string) => number
   /** TCP connections accepted so far, and how many of them /reset-if-reused.jpg cut. */
   connections: () => number
   resets: () => number
@@ -75,11 +77,13 @@ export interface FixtureServer {
 /**
  * Serves the fixtures, good and bad: each image format, an EXIF-rotated photo, a truncated JPEG,
  * text, text that claims to be a JPEG, an SVG, a TIFF, a decompression bomb, a slow and an endless
- * download, a redirect loop, a redirect to an image, a 404, and a host that cuts reused connections.
+ * download, a redirect loop, a redirect to an image, a 404, a 404 and a redirect whose bodies never end,
+ * and a host that cuts reused connections.
  */
 export async function startFixtureServer (): Promise<FixtureServer> {
   const images = await makeImages()
   const hits = new Map<string, number>()
+  const unfinished = new Map<string, number>()
   const open = new Set<http.ServerResponse>()
   const timers = new Set<NodeJS.Timeout>()
   const send = (res: http.ServerResponse, type: string, body: Buffer) => {
@@ -146,6 +150,22 @@ export async function startFixtureServer (): Promise<FixtureServer> {
         pump()
         return
       }
+      // Answers that are not the image, whose bodies never end: 1 KiB every 20 ms until the client
+      // hangs up (or 30 s pass). `unfinished` says how many are still being sent.
+      case '/endless-404':
+      case '/endless-redirect': {
+        res.writeHead(path === '/endless-404' ? 404 : 302, path === '/endless-404' ? { 'content-type': 'text/html' } : { location: '/photo.jpg' })
+        open.add(res)
+        unfinished.set(path, (unfinished.get(path) ?? 0) + 1)
+        res.once('close', () => { unfinished.set(path, (unfinished.get(path) ?? 1) - 1) })
+        const started = Date.now()
+        const timer = setInterval(() => {
+          if (res.destroyed || Date.now() - started > 30_000) { clearInterval(timer); timers.delete(timer); res.end(); return }
+          res.write(Buffer.alloc(1024, 0x20))
+        }, 20)
+        timers.add(timer)
+        return
+      }
       default: res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
     }
   })
@@ -156,6 +176,7 @@ export async function startFixtureServer (): Promise<FixtureServer> {
     url: `http://127.0.0.1:${port}`,
     images,
     hits,
+    unfinished: (path) => unfinished.get(path) ?? 0,
     connections: () => connections,
     resets: () => resets,
     close: async () => {
