@@ -49,7 +49,8 @@ interface Arrival {
   receivedAt: number
 }
 
-type Answer = number | 'hang'
+/** A status, 'hang' (never answered), or a status answered once `before` is done. */
+type Answer = number | 'hang' | { status: number, before: (arrival: Arrival) => Promise<unknown> }
 
 interface Receiver {
   url: string
@@ -74,18 +75,22 @@ async function startReceiver (answer: (n: number) => Answer = () => 200, replyBo
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8')
       const reply = answer(arrivals.length)
-      arrivals.push({
+      const arrival: Arrival = {
         webhookId: String(req.headers['webhook-id']),
         timestamp: String(req.headers['webhook-timestamp']),
         signature: String(req.headers['webhook-signature']),
         contentType: req.headers['content-type'],
         body,
         event: JSON.parse(body) as AgentEvent,
-        answer: reply,
+        answer: typeof reply === 'object' ? reply.status : reply,
         receivedAt: Date.now()
-      })
+      }
+      arrivals.push(arrival)
       if (reply === 'hang') return
-      res.writeHead(reply, { 'content-type': 'text/plain' }).end(reply >= 200 && reply < 300 ? replyBody : 'not now')
+      const status = typeof reply === 'object' ? reply.status : reply
+      const send = () => { res.writeHead(status, { 'content-type': 'text/plain' }).end(status >= 200 && status < 300 ? replyBody : 'not now') }
+      if (typeof reply === 'object') void reply.before(arrival).then(send)
+      else send()
     })
   })
   server.on('connection', () => { connections++ })
@@ -452,6 +457,137 @@ describe('webhooks', () => {
     const other = await widget(srv, 'wh-resend-other')
     assert.equal(check(await other('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${delivery.id}/resend`), 404).body.error.code, 'not_found')
     check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+
+  it('a re-send asked for while the delivery is on its way is not lost: it goes again once that attempt ends', async () => {
+    const w = await widget(srv, 'wh-resend-in-flight')
+    let release = (): void => {}
+    const held = new Promise<void>((resolve) => { release = resolve })
+    const sink = await receiver((n) => n === 0 ? { status: 200, before: async () => await held } : 200)
+    const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-in-flight', name: 'In flight' }))
+    const [first] = await until('the first attempt to arrive', () => sink.arrivals.length >= 1 ? sink.arrivals : undefined, WAIT_MS)
+    assert.deepEqual(check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${first!.webhookId}/resend`)).body.data, { id: first!.webhookId, status: 'pending' })
+    release()
+    await until('the re-send', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
+    const log = await until('both attempts to be logged', async () => {
+      const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+      return deliveries[0]?.status === 'succeeded' && deliveries[0].attempts.length === 2 ? deliveries : undefined
+    }, WAIT_MS)
+    assert.deepEqual(log[0].attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200], [2, 200]])
+    await sleep(QUIET_MS)
+    assert.equal(sink.arrivals.length, 2, 'sent once more, not more')
+    assert.equal(sink.arrivals[1]!.webhookId, first!.webhookId)
+    check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+
+  it('a delivery whose event is no longer kept cannot be sent again: 404 saying why', async () => {
+    const w = await widget(srv, 'wh-resend-purged')
+    const sink = await receiver()
+    const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-purged', name: 'Purged' }))
+    const [delivery] = await until('the success to be logged', async () => {
+      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+      return log[0]?.status === 'succeeded' ? log : undefined
+    }, WAIT_MS)
+    // As EVENTS_RETENTION_SECONDS would, once the event is older than that and delivered.
+    await srv.services.database.db.deleteFrom('events').where('seq', '=', Number(delivery.eventId)).execute()
+    const refused = check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${delivery.id as string}/resend`), 404).body.error
+    assert.equal(refused.code, 'not_found')
+    assert.match(refused.message, /no longer kept/)
+    await sleep(QUIET_MS)
+    assert.equal(sink.arrivals.length, 1)
+    check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+
+  it('finished deliveries are forgotten with their attempts after EVENTS_RETENTION_SECONDS; pending ones stay', async () => {
+    const w = await widget(srv, 'wh-log-retention')
+    const sink = await receiver((n) => n === 0 ? 200 : 500)
+    const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-old-1', name: 'Old' }))
+    const [done] = await until('the first delivery to succeed', async () => {
+      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+      return log[0]?.status === 'succeeded' ? log : undefined
+    }, WAIT_MS)
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-old-2', name: 'Retried' }))
+    await until('the second delivery to be tried', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
+    // Both finished or last tried longer ago than the retention (7 days here), as if the server had run that long.
+    const longAgo = Date.now() - 8 * 86_400_000
+    await srv.services.database.db.updateTable('webhook_deliveries').set({ updated_at: longAgo }).where('endpoint_id', '=', endpoint.id).execute()
+    const log = await until('the finished delivery to be forgotten', async () => {
+      const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+      return deliveries.length === 1 ? deliveries : undefined
+    }, WAIT_MS)
+    assert.notEqual(log[0].id, done.id)
+    assert.equal(log[0].status, 'pending', 'a delivery still being retried stays, with its attempts')
+    assert.ok(log[0].attempts.length >= 1)
+    const attempts = await srv.services.database.db.selectFrom('webhook_attempts').select('attempt').where('delivery_id', '=', done.id as string).execute()
+    assert.deepEqual(attempts, [])
+    check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+})
+
+describe('webhook deliveries and shutdown', () => {
+  it('shutting down with a backlog does not send all of it first: the rest waits for the next start', async () => {
+    const own = await startTestServer({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', EVENTS_POLL_MS: '50' })
+    let closed = false
+    const sink = await startReceiver(() => ({ status: 200, before: async () => { await sleep(50) } }))
+    try {
+      const w = await widget(own, 'wh-backlog')
+      // Registered after the writes are made: their deliveries queue up, then go out one at a time
+      // (an endpoint's deliveries are sent in order), ~50 ms each.
+      check(await w('POST', WEBHOOKS, { url: sink.url }))
+      for (let i = 0; i < 60; i++) check(await w('POST', '/api/external/v1/agents', { serviceUserId: `backlog-${i}`, name: 'Backlog' }))
+      await until('the backlog to start going out', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
+      await own.close()
+      closed = true
+      const sent = sink.arrivals.length
+      assert.ok(sent < 30, `shutdown waited for ${sent} of 60 deliveries`)
+    } finally {
+      if (!closed) await own.close()
+      await sink.close()
+    }
+  })
+})
+
+describe('a delivery whose outcome could not be written down (PostgreSQL)', { skip: process.env.TEST_DATABASE_URL === undefined && 'PostgreSQL only: a row lock held from outside' }, () => {
+  it('is sent again and written down then; the endpoint\'s later deliveries are not held up for good', async () => {
+    const own = await startTestServer({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', EVENTS_POLL_MS: '50', WEBHOOK_TIMEOUT_MS: '300', DATABASE_STATEMENT_TIMEOUT_MS: '300' })
+    const target = own.services.config.database
+    const locker = new pg.Client({ connectionString: target.kind === 'postgres' ? target.url : '' })
+    await locker.connect()
+    // The first arrival is answered 200 while its delivery's row is locked from outside for 1 s:
+    // the service's write of the outcome waits past its statement timeout and fails.
+    const sink = await startReceiver((n) => n === 0
+      ? {
+          status: 200,
+          before: async (arrival) => {
+            await locker.query('begin')
+            await locker.query('select 1 from webhook_deliveries where id = $1 for no key update', [arrival.webhookId])
+            setTimeout(() => { void locker.query('rollback') }, 1000)
+          }
+        }
+      : 200)
+    try {
+      const w = await widget(own, 'wh-unwritten')
+      const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'unwritten-1', name: 'First' }))
+      await until('the first arrival', () => sink.arrivals.length >= 1 ? true : undefined, WAIT_MS)
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'unwritten-2', name: 'Second' }))
+      // Sent again once its claim runs out (WEBHOOK_TIMEOUT_MS + 5 s), then the next one.
+      await until('the later event to arrive', () => new Set(sink.arrivals.map((a) => a.webhookId)).size >= 2 ? true : undefined, 15_000)
+      const log = await until('both deliveries to be logged as sent', async () => {
+        const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+        return deliveries.length === 2 && deliveries.every((d: { status: string }) => d.status === 'succeeded') ? deliveries : undefined
+      }, WAIT_MS)
+      const first = log[1]
+      assert.equal(first.id, sink.arrivals[0]!.webhookId)
+      assert.deepEqual(first.attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200]], 'the attempt whose outcome was lost is not in the log; the one after it is')
+    } finally {
+      await locker.end()
+      await own.close()
+      await sink.close()
+    }
   })
 })
 

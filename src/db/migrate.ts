@@ -6,6 +6,7 @@ import { eventsWebhooks } from './migrations/003_events_webhooks.js'
 import { blobClaims } from './migrations/004_blob_claims.js'
 import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
 import { rateLimitWindows } from './migrations/006_rate_limit_windows.js'
+import { webhookDeliveryLog } from './migrations/007_webhook_delivery_log.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 export function migrations (dialect: DialectName): Record<string, Migration> {
@@ -15,7 +16,8 @@ export function migrations (dialect: DialectName): Record<string, Migration> {
     '003_events_webhooks': eventsWebhooks(dialect),
     '004_blob_claims': blobClaims(),
     '005_blob_claims_deleting': blobClaimsDeleting(),
-    '006_rate_limit_windows': rateLimitWindows(dialect)
+    '006_rate_limit_windows': rateLimitWindows(dialect),
+    '007_webhook_delivery_log': webhookDeliveryLog()
   }
 }
 

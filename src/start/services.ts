@@ -9,6 +9,7 @@ import { openDatabase, pingDatabase, whileBusy, type DbHandle } from '../db/inde
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
+import { purgeDeliveries } from '../db/repositories/webhooks.js'
 import { purgeBlobClaims } from '../db/repositories/blob-gc.js'
 import { handOverLeftovers } from '../avatars/inventory.js'
 import { EventStreams } from '../events/stream.js'
@@ -62,13 +63,15 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
     const now = Math.floor(Date.now() / 1000)
     await agents.maintain()
     await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds)
+    await purgeDeliveries(database.db, (now - config.events.retentionSeconds) * 1000)
     await purgeEvents(database.db, now - config.events.retentionSeconds)
     await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS)
     if (database.dialect === 'postgres') await purgeRateWindows(database.db, Date.now() - config.rateLimit.windowMs)
   })
   // Webhook deliveries are polled often: a due delivery goes out within one poll on some instance.
-  const dispatch = every(config.events.pollMs, async () => {
-    while (await webhooks.dispatchDue() > 0) { /* drain what is due */ }
+  // Shutdown stops it between two rounds (what is left goes from another instance, or after a restart).
+  const dispatch = every(config.events.pollMs, async (signal) => {
+    while (!signal.aborted && await webhooks.dispatchDue() > 0) { /* drain what is due */ }
   })
   const sweep = store.sweepLeftovers?.bind(store)
   const tempFiles = sweep === undefined ? async () => {} : every(LEFTOVER_SWEEP_MS, async () => { await sweep(LEFTOVER_AGE_MS) }, { atStart: true })
@@ -171,7 +174,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     listBatchSize: overrides.listBatchSize,
     beforeCollect: overrides.beforeCollect
   })
-  const webhooks = new WebhookService(database.db, {
+  const webhooks = new WebhookService(database.db, database.transact, {
     ...config.webhooks,
     isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
   })

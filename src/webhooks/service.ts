@@ -2,9 +2,10 @@ import { randomUUID } from 'node:crypto'
 import net from 'node:net'
 import type { Db } from '../db/index.js'
 import { findEvent } from '../db/repositories/events.js'
+import type { Transact } from '../db/group-commit.js'
 import {
-  attemptsOf, claimDelivery, deleteEndpoint, dueDeliveries, findDelivery, findEndpoint, findEndpointById, finishDelivery, insertEndpoint,
-  listDeliveries, listEndpoints, recordAttempt, requeueDelivery
+  attemptsOf, claimDelivery, deleteEndpoint, dueDeliveries, findDelivery, findEndpoint, findEndpointById, finishAttempt, insertEndpoint,
+  listDeliveries, listEndpoints, requeueDelivery
 } from '../db/repositories/webhooks.js'
 import type { WebhookDeliveryRow, WebhookEndpointRow } from '../db/types.js'
 import { AppError } from '../errors/index.js'
@@ -59,7 +60,7 @@ export class WebhookService {
   /** Deliveries to the same endpoint reuse their connections (all made under this service's policy). */
   private readonly connections = new KeptConnections()
 
-  constructor (private readonly db: Db, private readonly settings: WebhookSettings) {}
+  constructor (private readonly db: Db, private readonly transact: Transact, private readonly settings: WebhookSettings) {}
 
   /** Closes the kept connections. */
   close (): void {
@@ -112,7 +113,11 @@ export class WebhookService {
   /** Sends a delivery again as soon as possible, whatever became of it. */
   async resend (widgetId: string, endpointId: string, deliveryId: string): Promise<void> {
     await this.mustFindEndpoint(widgetId, endpointId)
-    if (await findDelivery(this.db, endpointId, deliveryId) === undefined) throw new AppError('not_found', 'No such delivery for this webhook endpoint.')
+    const delivery = await findDelivery(this.db, endpointId, deliveryId)
+    if (delivery === undefined) throw new AppError('not_found', 'No such delivery for this webhook endpoint.')
+    if (await findEvent(this.db, delivery.event_seq) === undefined) {
+      throw new AppError('not_found', 'The event of this delivery is no longer kept (EVENTS_RETENTION_SECONDS), so it cannot be sent again.')
+    }
     await requeueDelivery(this.db, deliveryId, Date.now())
   }
 
@@ -133,8 +138,13 @@ export class WebhookService {
     const event = await findEvent(this.db, delivery.event_seq)
     const started = Date.now()
     const attemptNo = delivery.attempts + 1
-    if (endpoint === undefined || event === undefined) {
-      await finishDelivery(this.db, delivery.id, { status: 'failed', attempts: attemptNo, next_attempt_at: started, updated_at: started })
+    // Its endpoint deleted meanwhile: so is the delivery, with nothing left to record.
+    if (endpoint === undefined) return
+    if (event === undefined) {
+      await this.transact(async (trx) => {
+        await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: null, error: 'not sent: its event is no longer kept (EVENTS_RETENTION_SECONDS)', duration_ms: 0, response_body: null },
+          delivery, { status: 'failed', attempts: attemptNo, next_attempt_at: started, updated_at: started })
+      })
       return
     }
     const body = JSON.stringify(toApiEvent(event))
@@ -169,14 +179,17 @@ export class WebhookService {
       clearTimeout(timer)
     }
     const finished = Date.now()
-    await recordAttempt(this.db, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error, duration_ms: finished - started, response_body: responseBody })
     const ok = statusCode !== null && statusCode >= 200 && statusCode < 300
     const expired = finished - delivery.created_at > this.settings.retryWindowSeconds * 1000
-    await finishDelivery(this.db, delivery.id, {
-      status: ok ? 'succeeded' : expired ? 'failed' : 'pending',
-      attempts: attemptNo,
-      next_attempt_at: ok || expired ? finished : finished + this.backoff(attemptNo),
-      updated_at: finished
+    // The attempt's record and the delivery's next state together: a delivery whose attempt was
+    // recorded is never left claimed with its old count (it would be sent again under the same number).
+    await this.transact(async (trx) => {
+      await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error, duration_ms: finished - started, response_body: responseBody }, delivery, {
+        status: ok ? 'succeeded' : expired ? 'failed' : 'pending',
+        attempts: attemptNo,
+        next_attempt_at: ok || expired ? finished : finished + this.backoff(attemptNo),
+        updated_at: finished
+      })
     })
   }
 

@@ -60,12 +60,36 @@ export async function claimDelivery (db: DbOrTrx, id: string, nowMs: number, loc
   return Number(result.numUpdatedRows) > 0
 }
 
-export async function recordAttempt (db: DbOrTrx, attempt: Insertable<WebhookAttemptTable>): Promise<void> {
-  await db.insertInto('webhook_attempts').values(attempt).execute()
+/**
+ * Ends an attempt, in the caller's transaction: the delivery's next state, and the attempt's record
+ * in the log (once: an attempt recorded already, by a claim that outlived its lock, is not recorded
+ * again; nor one of a delivery deleted meanwhile with its endpoint). A delivery sent again by hand
+ * while the attempt was on its way (requeueDelivery moved its next_attempt_at from
+ * `claimed.next_attempt_at`) keeps its place in the queue: only its attempt count and lock change.
+ */
+export async function finishAttempt (
+  trx: DbOrTrx,
+  attempt: Insertable<WebhookAttemptTable>,
+  claimed: Pick<WebhookDeliveryRow, 'id' | 'next_attempt_at'>,
+  changes: { status: WebhookDeliveryRow['status'], attempts: number, next_attempt_at: number, updated_at: number }
+): Promise<void> {
+  const finished = await trx.updateTable('webhook_deliveries').set({ ...changes, locked_until: 0 })
+    .where('id', '=', claimed.id).where('next_attempt_at', '=', claimed.next_attempt_at)
+    .executeTakeFirst()
+  if (Number(finished.numUpdatedRows) === 0) {
+    const counted = await trx.updateTable('webhook_deliveries').set({ attempts: changes.attempts, updated_at: changes.updated_at, locked_until: 0 })
+      .where('id', '=', claimed.id)
+      .executeTakeFirst()
+    if (Number(counted.numUpdatedRows) === 0) return
+  }
+  await trx.insertInto('webhook_attempts').values(attempt).onConflict((oc) => oc.columns(['delivery_id', 'attempt']).doNothing()).execute()
 }
 
-export async function finishDelivery (db: DbOrTrx, id: string, changes: { status: WebhookDeliveryRow['status'], attempts: number, next_attempt_at: number, updated_at: number }): Promise<void> {
-  await db.updateTable('webhook_deliveries').set({ ...changes, locked_until: 0 }).where('id', '=', id).execute()
+/** Forgets deliveries finished (succeeded or failed) before `olderThanMs`, with their attempts. */
+export async function purgeDeliveries (db: DbOrTrx, olderThanMs: number): Promise<void> {
+  const finished = db.selectFrom('webhook_deliveries').select('id').where('updated_at', '<', olderThanMs).where('status', '<>', 'pending')
+  await db.deleteFrom('webhook_attempts').where('delivery_id', 'in', finished).execute()
+  await db.deleteFrom('webhook_deliveries').where('updated_at', '<', olderThanMs).where('status', '<>', 'pending').execute()
 }
 
 export async function listDeliveries (db: DbOrTrx, endpointId: string, limit: number): Promise<WebhookDeliveryRow[]> {
