@@ -356,6 +356,13 @@ describe('webhooks', () => {
     const endpoint = check(await w('POST', WEBHOOKS, { url: down.url })).body.data
     check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-stop', name: 'Stop' }))
     await until('a couple of failed tries', () => down.arrivals.length >= 2 ? true : undefined, WAIT_MS)
+    // Another widget's token cannot delete it, nor any of its deliveries.
+    const other = await widget(srv, 'wh-stop-other')
+    assert.equal(check(await other('DELETE', `${WEBHOOKS}/${endpoint.id}`), 404).body.error.code, 'not_found')
+    const kept = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
+    assert.equal(kept.length, 1)
+    assert.equal(kept[0].status, 'pending')
+    assert.ok(kept[0].attempts.length >= 2, 'its attempts too')
     check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
     await sleep(200) // a try already on the wire may still land
     const settled = down.arrivals.length

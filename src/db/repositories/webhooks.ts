@@ -22,7 +22,10 @@ export async function findEndpointById (db: DbOrTrx, id: string): Promise<Webhoo
   return await db.selectFrom('webhook_endpoints').selectAll().where('id', '=', id).executeTakeFirst()
 }
 
+/** Deletes the widget's endpoint with its deliveries and their attempts; false (nothing deleted) if the widget has no such endpoint. */
 export async function deleteEndpoint (db: DbOrTrx, widgetId: string, id: string): Promise<boolean> {
+  // Another widget's endpoint, deliveries included, is not touched.
+  if (await findEndpoint(db, widgetId, id) === undefined) return false
   await db.deleteFrom('webhook_attempts').where('delivery_id', 'in', db.selectFrom('webhook_deliveries').select('id').where('endpoint_id', '=', id)).execute()
   await db.deleteFrom('webhook_deliveries').where('endpoint_id', '=', id).execute()
   const result = await db.deleteFrom('webhook_endpoints').where('widget_id', '=', widgetId).where('id', '=', id).executeTakeFirst()
