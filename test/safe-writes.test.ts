@@ -47,6 +47,42 @@ describe('ETags and conditional requests', () => {
     assert.equal((await srv.call('DELETE', `/agents/${id}`, undefined, { 'if-match': v2 })).status, 200)
   })
 
+  it('If-Match compares strongly: a weak tag never matches; If-None-Match (weak) gives 304 on GET and HEAD', async () => {
+    const created = await srv.call('POST', '/agents', { serviceUserId: 'etag-weak', name: 'Weak' })
+    const id = created.body.data.id as string
+    const etag = created.headers.get('etag')!
+    for (const [method, body] of [['PUT', { name: 'Changed' }], ['DELETE', undefined]] as const) {
+      const weak = await srv.call(method, `/agents/${id}`, body, { 'if-match': `W/${etag}` })
+      assert.equal(weak.status, 412, `${method} with If-Match: W/<etag>`)
+      assert.equal(weak.body.error.code, 'precondition_failed')
+    }
+    assert.equal((await srv.call('GET', `/agents/${id}`)).body.data.name, 'Weak')
+    const auth = { authorization: `Bearer ${srv.token}` }
+    for (const path of [`/agents/${id}`, '/agents/by-service-user-id/etag-weak']) {
+      for (const tag of [etag, `W/${etag}`, `"other", ${etag}`]) {
+        for (const method of ['GET', 'HEAD']) {
+          const res = await fetch(`${srv.api}${path}`, { method, headers: { ...auth, 'if-none-match': tag } })
+          assert.equal(res.status, 304, `${method} ${path} If-None-Match: ${tag}`)
+        }
+      }
+      const head = await fetch(`${srv.api}${path}`, { method: 'HEAD', headers: { ...auth, 'if-none-match': '"other"' } })
+      assert.equal(head.status, 200)
+      assert.equal(head.headers.get('etag'), etag)
+    }
+    assert.equal((await srv.call('PUT', `/agents/${id}`, { name: 'Changed' }, { 'if-match': `"other", ${etag}` })).status, 200)
+  })
+
+  it('sync PUT with If-Match (even *) never creates: 412, and nothing is created; on an existing agent * is met', async () => {
+    const refused = await srv.call('PUT', '/agents/by-service-user-id/etag-star', { name: 'Star' }, { 'if-match': '*' })
+    assert.equal(refused.status, 412)
+    assert.equal(refused.body.error.code, 'precondition_failed')
+    assert.equal((await srv.call('GET', '/agents/by-service-user-id/etag-star')).status, 404)
+    assert.equal((await srv.call('PUT', '/agents/by-service-user-id/etag-star', { name: 'Star' })).body.meta.created, true)
+    const updated = await srv.call('PUT', '/agents/by-service-user-id/etag-star', { name: 'Starred' }, { 'if-match': '*' })
+    assert.equal(updated.status, 200)
+    assert.equal(updated.body.data.name, 'Starred')
+  })
+
   it('concurrent PUTs without If-Match lose nothing: each field written by someone sticks', async () => {
     const created = await srv.call('POST', '/agents', { serviceUserId: 'etag-3', name: 'N' })
     const id = created.body.data.id as string

@@ -147,9 +147,14 @@ export function agentEtag (agent: Agent): string {
   return representationOf(agent).etag
 }
 
-/** True when an If-Match / If-None-Match header value names this ETag (or is `*`). */
+/** True when an If-None-Match header value names this ETag (or is `*`): weak comparison, `W/` ignored (RFC 9110 13.1.2). */
 export function etagMatches (header: string, etag: string): boolean {
   return header.split(',').map((t) => t.trim().replace(/^W\//, '')).some((t) => t === '*' || t === etag)
+}
+
+/** True when an If-Match header value names this ETag (or is `*`): strong comparison, a `W/` tag never matches (RFC 9110 13.1.1). */
+export function ifMatchAccepts (header: string, etag: string): boolean {
+  return header.split(',').map((t) => t.trim()).some((t) => t === '*' || t === etag)
 }
 
 interface Changes {
@@ -426,7 +431,8 @@ export class AgentService {
     }
     const existing = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
     if (existing === undefined) {
-      if (options.ifMatch !== undefined && options.ifMatch.trim() !== '*') throw errors.preconditionFailed()
+      // If-Match (`*` included) asks for an agent that exists: it never creates one (RFC 9110 13.1.1).
+      if (options.ifMatch !== undefined) throw errors.preconditionFailed()
       if (input.name === undefined) throw errors.validation([{ field: 'name', message: 'is required to create an agent' }])
       try {
         return { agent: await this.create(widgetId, { ...input, serviceUserId, name: input.name }, options), created: true }
@@ -456,7 +462,7 @@ export class AgentService {
     for (;;) {
       const row = await this.mustFind(widgetId, id)
       const agent = await this.represent(row)
-      if (options.ifMatch !== undefined && !etagMatches(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
+      if (options.ifMatch !== undefined && !ifMatchAccepts(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
       const deleted = await this.transactIn(widgetId, async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
         if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
@@ -721,7 +727,7 @@ export class AgentService {
       const stored = await load(attempt > 0)
       const current = effective(stored, now)
       const currentAvatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
-      if (ifMatch !== undefined && !etagMatches(ifMatch, agentEtag(this.shapeAt(current, currentAvatar, now)))) throw errors.preconditionFailed()
+      if (ifMatch !== undefined && !ifMatchAccepts(ifMatch, agentEtag(this.shapeAt(current, currentAvatar, now)))) throw errors.preconditionFailed()
 
       const changes = await this.changesFor(current, currentAvatar, input, removeAvatar, image)
       // A lapsed heartbeat is written down with any other change, so the row says what the API said.

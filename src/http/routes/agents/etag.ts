@@ -12,7 +12,7 @@ export function withEtag (request: FastifyRequest, reply: FastifyReply, agent: A
 export function setEtag (request: FastifyRequest, reply: FastifyReply, etag: string): boolean {
   void reply.header('etag', etag)
   const ifNoneMatch = request.headers['if-none-match']
-  return request.method === 'GET' && ifNoneMatch !== undefined && etagMatches(ifNoneMatch, etag)
+  return (request.method === 'GET' || request.method === 'HEAD') && ifNoneMatch !== undefined && etagMatches(ifNoneMatch, etag)
 }
 
 /** The If-Match header, for conditional writes. */
