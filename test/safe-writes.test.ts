@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import { sql } from 'kysely'
+import { requestFingerprint } from '../src/http/plugins/idempotency.js'
 import { rawGet, startTestServer, type TestServer } from './helpers/server.js'
 
 describe('ETags and conditional requests', () => {
@@ -144,6 +146,60 @@ describe('Idempotency-Key on POST', () => {
     const theirs = await srv.call('POST', '/agents', { serviceUserId: 'idem-1', name: 'Once' }, { 'idempotency-key': 'key-1', authorization: other.token })
     assert.equal(theirs.status, 200)
     assert.equal(theirs.headers.get('idempotent-replayed'), null)
+  })
+
+  it('a key whose request stopped on the way (its claim never answered) can be used again once the claim is stale', async () => {
+    const mine = await srv.call('POST', '/agents', { serviceUserId: 'idem-widget', name: 'W' })
+    const { db } = srv.services.database
+    const widgetId = (await db.selectFrom('agents').select('widget_id').where('id', '=', mine.body.data.id as string).executeTakeFirstOrThrow()).widget_id
+    const body = { serviceUserId: 'idem-stale', name: 'Stale' }
+    const claim = async (key: string, age: number) => await db.insertInto('idempotency_keys')
+      .values({ widget_id: widgetId, key, request_hash: requestFingerprint(body, undefined), status_code: null, response: null, created_at: Math.floor(Date.now() / 1000) - age })
+      .execute()
+    // As a process killed after claiming the key would leave it: a minute ago, then an hour ago.
+    await claim('key-running', 60)
+    const running = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-running' })
+    assert.equal(running.status, 409)
+    assert.equal(running.body.error.code, 'idempotency_key_in_progress')
+    await claim('key-stale', 3600)
+    const taken = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-stale' })
+    assert.equal(taken.status, 200, JSON.stringify(taken.body))
+    const replayed = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-stale' })
+    assert.equal(replayed.headers.get('idempotent-replayed'), 'true')
+    assert.deepEqual(replayed.body, taken.body)
+  })
+
+  it('a create is kept with its answer or not at all: when the answer cannot be kept, nothing is created, and a retry creates it once', async () => {
+    const { db } = srv.services.database
+    const onPostgres = srv.services.config.database.kind === 'postgres'
+    // The database refuses to keep any answer (as a failing disk or a statement timeout at that moment would).
+    if (onPostgres) {
+      await sql`create function agentry_test_refuse() returns trigger language plpgsql as $$ begin raise exception 'refused by the test'; end $$`.execute(db)
+      await sql`create trigger agentry_test_refuse before insert or update on idempotency_keys for each row when (new.status_code is not null) execute function agentry_test_refuse()`.execute(db)
+    } else {
+      await sql`create trigger agentry_test_refuse before update on idempotency_keys when new.status_code is not null begin select raise(fail, 'refused by the test'); end`.execute(db)
+      await sql`create trigger agentry_test_refuse_insert before insert on idempotency_keys when new.status_code is not null begin select raise(fail, 'refused by the test'); end`.execute(db)
+    }
+    const body = { serviceUserId: 'idem-kept', name: 'Kept' }
+    let failed
+    try {
+      failed = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-kept' })
+    } finally {
+      if (onPostgres) {
+        await sql`drop trigger agentry_test_refuse on idempotency_keys`.execute(db)
+        await sql`drop function agentry_test_refuse()`.execute(db)
+      } else {
+        await sql`drop trigger agentry_test_refuse`.execute(db)
+        await sql`drop trigger agentry_test_refuse_insert`.execute(db)
+      }
+    }
+    assert.equal(failed.status, 500)
+    assert.equal((await srv.call('GET', '/agents/by-service-user-id/idem-kept')).status, 404, 'no agent without its kept answer')
+    const retried = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-kept' })
+    assert.equal(retried.status, 200, JSON.stringify(retried.body))
+    const again = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-kept' })
+    assert.equal(again.headers.get('idempotent-replayed'), 'true')
+    assert.equal(again.body.data.id, retried.body.data.id)
   })
 
   it('an unusable key is a 400', async () => {

@@ -82,6 +82,11 @@ export interface WriteOptions {
   upload?: Buffer
 }
 
+export interface CreateOptions extends WriteOptions {
+  /** Run in the create's own transaction, with the agent as answered: committed with it, or not at all. */
+  alsoInTransaction?: (trx: DbOrTrx, agent: Agent) => Promise<void>
+}
+
 export interface Page {
   /** The page's agents, each as JSON text: what GET /agents/:id has as `data`. */
   items: string[]
@@ -403,12 +408,12 @@ export class AgentService {
     return cached?.row ?? await this.mustFind(widgetId, id)
   }
 
-  async create (widgetId: string, input: CreateAgentInput, options: WriteOptions = {}): Promise<Agent> {
+  async create (widgetId: string, input: CreateAgentInput, options: CreateOptions = {}): Promise<Agent> {
     const avatar = avatarInput(input.avatar, options.upload)
     // Checked before the avatar download so a duplicate costs nothing; the unique index decides races.
     await this.mustBeFreeServiceUserId(widgetId, input.serviceUserId)
     const image = avatar === null ? undefined : await this.ingest(avatar)
-    return await this.writeWithImage(image, async () => await this.insert(widgetId, input, image))
+    return await this.writeWithImage(image, async () => await this.insert(widgetId, input, image, options.alsoInTransaction))
   }
 
   /** Changes only the fields given; a request that changes nothing leaves updatedAt as it was. */
@@ -685,7 +690,7 @@ export class AgentService {
     return result
   }
 
-  private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined): Promise<Agent> {
+  private async insert (widgetId: string, input: CreateAgentInput, image: StoredImage | undefined, alsoInTransaction?: CreateOptions['alsoInTransaction']): Promise<Agent> {
     const now = this.now()
     try {
       return await this.transactIn(widgetId, async (trx) => {
@@ -706,6 +711,7 @@ export class AgentService {
           updated_at: now
         })])
         const agent = this.shapeAt(row, avatar, now)
+        await alsoInTransaction?.(trx, agent)
         await this.record(trx, widgetId, [{ type: 'agent.created', agent, changes: {} }], now)
         return agent
       })

@@ -24,6 +24,7 @@ import { registerAdminConsole } from './plugins/admin.js'
 import { apiRoutes } from './routes/api.js'
 import { healthRoutes } from './routes/health.js'
 import { requestIdOf } from './request-id.js'
+import { idempotencyClaimSeconds } from './plugins/idempotency.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
 export interface AppDeps {
@@ -154,7 +155,8 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     streams: deps.streams,
     db: deps.database.db,
     rateLimiter,
-    maxUploadBytes: config.avatar.maxBytes
+    maxUploadBytes: config.avatar.maxBytes,
+    idempotencyClaimSeconds: idempotencyClaimSeconds(config.avatar.timeoutMs)
   })
   await registerStaticFiles(app, deps.store)
   await registerAdminConsole(app, config)

@@ -1,3 +1,4 @@
+import type { CompiledQuery } from 'kysely'
 import type { DbOrTrx } from '../index.js'
 import type { IdempotencyKeyRow } from '../types.js'
 
@@ -5,18 +6,28 @@ export async function findIdempotencyKey (db: DbOrTrx, widgetId: string, key: st
   return await db.selectFrom('idempotency_keys').selectAll().where('widget_id', '=', widgetId).where('key', '=', key).executeTakeFirst()
 }
 
-/** Claims the key for a first request; false when it was already claimed (the primary key decides races). */
-export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number): Promise<boolean> {
+/**
+ * Claims the key for a first request; false when it is claimed already (the primary key decides
+ * races). A claim made before `staleBefore` and never completed is taken over: the request that
+ * made it can no longer be running (its process stopped on the way).
+ */
+export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, staleBefore: number): Promise<boolean> {
   const result = await db.insertInto('idempotency_keys')
     .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: null, response: null, created_at: now })
-    .onConflict((oc) => oc.columns(['widget_id', 'key']).doNothing())
+    .onConflict((oc) => oc.columns(['widget_id', 'key'])
+      .doUpdateSet({ request_hash: requestHash, created_at: now })
+      .where('idempotency_keys.status_code', 'is', null)
+      .where('idempotency_keys.created_at', '<', staleBefore))
     .executeTakeFirst()
   return Number(result.numInsertedOrUpdatedRows ?? 0n) > 0
 }
 
-export async function completeIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, statusCode: number, response: string): Promise<void> {
-  await db.updateTable('idempotency_keys').set({ status_code: statusCode, response })
-    .where('widget_id', '=', widgetId).where('key', '=', key).execute()
+/** The answer kept for the key, as a statement to run in the transaction of the write it answers (answeredByCommit). */
+export function completeIdempotencyKeyQuery (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, statusCode: number, response: string): CompiledQuery {
+  return db.insertInto('idempotency_keys')
+    .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: statusCode, response, created_at: now })
+    .onConflict((oc) => oc.columns(['widget_id', 'key']).doUpdateSet({ request_hash: requestHash, status_code: statusCode, response }))
+    .compile()
 }
 
 export async function releaseIdempotencyKey (db: DbOrTrx, widgetId: string, key: string): Promise<void> {

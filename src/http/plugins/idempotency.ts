@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
 import type { Db } from '../../db/index.js'
-import { claimIdempotencyKey, completeIdempotencyKey, findIdempotencyKey, releaseIdempotencyKey } from '../../db/repositories/idempotency.js'
+import type { DbOrTrx } from '../../db/index.js'
+import { answeredByCommit } from '../../db/pipelined.js'
+import { claimIdempotencyKey, completeIdempotencyKeyQuery, findIdempotencyKey, releaseIdempotencyKey } from '../../db/repositories/idempotency.js'
 import { AppError, errors } from '../../errors/index.js'
 
 const KEY = /^[\x21-\x7e]{1,255}$/
@@ -31,15 +33,32 @@ export interface IdempotentResult<T> {
 }
 
 /**
- * Runs a create at most once per (widget, key). A retry with the same key and body gets the first
- * answer back; with another body, 422. Only successes are kept: a failed attempt created nothing,
- * so its key is released and a retry runs again (a host that was down may be up now).
+ * How long a claimed key without an answer is taken to be still running: longer than any create
+ * can take (its avatar download, AVATAR_TIMEOUT_MS, and then its database work). After that, a
+ * retry with the key takes it over: the request that claimed it stopped on the way (its process
+ * was killed, or the database failed it and could not take the claim back).
  */
-export async function idempotent<T> (db: Db, widgetId: string, key: string, fingerprint: string, run: () => Promise<T>): Promise<IdempotentResult<T>> {
+export function idempotencyClaimSeconds (avatarTimeoutMs: number): number {
+  return Math.ceil(avatarTimeoutMs / 1000) + 120
+}
+
+/** Keeps the answer to a request with an Idempotency-Key, in the transaction of the write it answers. */
+export type KeepAnswer<T> = (trx: DbOrTrx, answer: T) => Promise<void>
+
+/**
+ * Runs a create at most once per (widget, key). A retry with the same key and body gets the first
+ * answer back; with another body, 422. Only successes are kept, and each is kept by its own write's
+ * transaction (run calls `keep` in it): a create that committed is answered the same way ever after,
+ * whatever becomes of the request. A failed attempt created nothing, so its key is released and a
+ * retry runs again (a host that was down may be up now).
+ */
+export async function idempotent<T> (
+  db: Db, widgetId: string, key: string, fingerprint: string, claimSeconds: number, run: (keep: KeepAnswer<T>) => Promise<T>
+): Promise<IdempotentResult<T>> {
   const now = Math.floor(Date.now() / 1000)
-  if (!await claimIdempotencyKey(db, widgetId, key, fingerprint, now)) {
+  if (!await claimIdempotencyKey(db, widgetId, key, fingerprint, now, now - claimSeconds)) {
     const row = await findIdempotencyKey(db, widgetId, key)
-    if (row === undefined) return await idempotent(db, widgetId, key, fingerprint, run) // released meanwhile
+    if (row === undefined) return await idempotent(db, widgetId, key, fingerprint, claimSeconds, run) // released meanwhile
     if (row.request_hash !== fingerprint) {
       throw new AppError('idempotency_key_reused', 'This Idempotency-Key was already used with a different request body; use a new key for a new request.')
     }
@@ -49,11 +68,13 @@ export async function idempotent<T> (db: Db, widgetId: string, key: string, fing
     return { payload: JSON.parse(row.response) as T, replayed: true }
   }
   try {
-    const payload = await run()
-    await completeIdempotencyKey(db, widgetId, key, 200, JSON.stringify(payload))
+    const payload = await run(async (trx, answer) => {
+      await answeredByCommit(trx, completeIdempotencyKeyQuery(trx, widgetId, key, fingerprint, now, 200, JSON.stringify(answer)))
+    })
     return { payload, replayed: false }
   } catch (err) {
-    await releaseIdempotencyKey(db, widgetId, key)
+    // The caller hears of the request's failure; a claim that could not be released is taken over once stale.
+    await releaseIdempotencyKey(db, widgetId, key).catch(() => {})
     throw err
   }
 }

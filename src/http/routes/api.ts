@@ -21,6 +21,8 @@ export interface ApiOptions {
   /** Undefined: no rate limits. */
   rateLimiter: RateLimiter | undefined
   maxUploadBytes: number
+  /** See idempotencyClaimSeconds. */
+  idempotencyClaimSeconds: number
 }
 
 /**
@@ -35,7 +37,7 @@ export const apiRoutes: FastifyPluginAsync<ApiOptions> = async (app, options) =>
   app.addHook('onRoute', (route) => {
     route.schema = { ...route.schema, security: [{ token: [] }] }
   })
-  await app.register(agentRoutes, { agents: options.agents, db: options.db })
+  await app.register(agentRoutes, { agents: options.agents, db: options.db, idempotencyClaimSeconds: options.idempotencyClaimSeconds })
   await app.register(eventRoutes, { streams: options.streams })
   await app.register(webhookRoutes, { webhooks: options.webhooks })
 }

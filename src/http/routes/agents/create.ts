@@ -1,11 +1,11 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { AgentRoutesOptions } from './index.js'
 import { withEtag } from './etag.js'
-import { AgentSchema, CreateAgentBody } from '../../schemas/agent.js'
+import { AgentSchema, CreateAgentBody, type Agent } from '../../schemas/agent.js'
 import { Ok, errorResponses } from '../../schemas/envelope.js'
-import { idempotencyKeyOf, idempotent, requestFingerprint } from '../../plugins/idempotency.js'
+import { idempotencyKeyOf, idempotent, requestFingerprint, type KeepAnswer } from '../../plugins/idempotency.js'
 
-export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents, db }) => {
+export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents, db, idempotencyClaimSeconds }) => {
   app.post('/agents', {
     schema: {
       summary: 'Create agent',
@@ -19,11 +19,18 @@ export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = a
       response: { 200: Ok(AgentSchema), ...errorResponses(400, 401, 403, 409, 413, 415, 422, 429) }
     }
   }, async (request, reply) => {
-    const create = async () => ({ status: 200 as const, data: await agents.create(request.widgetId, request.body, { upload: request.avatarUpload }) })
+    type Answer = { status: 200, data: Agent }
+    const create = async (keep?: KeepAnswer<Answer>): Promise<Answer> => ({
+      status: 200 as const,
+      data: await agents.create(request.widgetId, request.body, {
+        upload: request.avatarUpload,
+        alsoInTransaction: keep === undefined ? undefined : async (trx, agent) => { await keep(trx, { status: 200, data: agent }) }
+      })
+    })
     const key = idempotencyKeyOf(request)
     let result = key === undefined ? await create() : undefined
     if (key !== undefined) {
-      const outcome = await idempotent(db, request.widgetId, key, requestFingerprint(request.body, request.avatarUpload), create)
+      const outcome = await idempotent(db, request.widgetId, key, requestFingerprint(request.body, request.avatarUpload), idempotencyClaimSeconds, create)
       if (outcome.replayed) void reply.header('idempotent-replayed', 'true')
       result = outcome.payload
     }

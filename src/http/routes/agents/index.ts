@@ -14,14 +14,16 @@ import { upsertAgentRoute } from './upsert.js'
 export interface AgentRoutesOptions {
   agents: AgentService
   db: Db
+  /** See idempotencyClaimSeconds. */
+  idempotencyClaimSeconds: number
 }
 
 /** The Agent resource: the seed's endpoints and the ones beyond it. */
-export const agentRoutes: FastifyPluginAsync<AgentRoutesOptions> = async (app, { agents, db }) => {
+export const agentRoutes: FastifyPluginAsync<AgentRoutesOptions> = async (app, options) => {
   for (const route of [
     listAgentsRoute, availabilityRoute, getAgentRoute, getByServiceUserIdRoute, createAgentRoute, updateAgentRoute,
     upsertAgentRoute, deleteAgentRoute, heartbeatRoute
   ]) {
-    await app.register(route, { agents, db })
+    await app.register(route, options)
   }
 }
