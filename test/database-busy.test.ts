@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import http from 'node:http'
+import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import pg from 'pg'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
@@ -175,4 +178,56 @@ describe(`a file store that refuses connections: 503 with Retry-After (${storeLe
     assert.deepEqual((await srv.call('GET', '/agents')).body.data, [])
     assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'store-down', name: 'A' })).status, 200)
   })
+})
+
+/**
+ * Buckets that cannot do the work now, played by loopback servers (no real S3 endpoint misbehaves
+ * on demand): one that takes connections and never answers, one that answers every request
+ * 503 SlowDown as S3 does when throttling.
+ */
+describe(`a file store that does not answer, or answers 503 SlowDown: 503 with Retry-After, within STORAGE_TIMEOUT_MS (${storeLeg().split('+')[0] as string} database, S3 store)`, () => {
+  let fx: FixtureServer
+  let silent: net.Server
+  let throttling: http.Server
+  const sockets = new Set<net.Socket>()
+
+  before(async () => {
+    fx = await startFixtureServer()
+    process.env.AWS_ACCESS_KEY_ID ??= 'test'
+    process.env.AWS_SECRET_ACCESS_KEY ??= 'test'
+    silent = net.createServer((socket) => { sockets.add(socket) })
+    throttling = http.createServer((req, res) => {
+      req.resume()
+      res.writeHead(503, { 'content-type': 'application/xml' })
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>')
+    })
+    await Promise.all([once(silent.listen(0, '127.0.0.1'), 'listening'), once(throttling.listen(0, '127.0.0.1'), 'listening')])
+  })
+
+  after(async () => {
+    for (const socket of sockets) socket.destroy()
+    silent?.close()
+    throttling?.closeAllConnections()
+    throttling?.close()
+    await fx?.close()
+  })
+
+  for (const [what, server] of [['never answers', () => silent], ['answers 503 SlowDown', () => throttling]] as const) {
+    it(`a bucket that ${what}: /readyz and a POST with an avatar answer 503, and no agent is made`, async () => {
+      const { port } = server().address() as net.AddressInfo
+      const srv = await startTestServer({ STORAGE_URL: 's3://agentry-silent/avatars', AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${port}`, AWS_REGION: 'us-east-1', STORAGE_TIMEOUT_MS: '300' })
+      try {
+        const bounded = async <T>(request: Promise<T>): Promise<T> => await Promise.race([
+          request, new Promise<never>((_resolve, reject) => setTimeout(() => { reject(new Error('no answer within 10 s')) }, 10_000))
+        ])
+        const ready = await bounded(srv.call('GET', '/readyz'))
+        assert.equal(ready.status, 503)
+        assert.equal(ready.body.error.code, 'service_unavailable')
+        assertUnavailable(await bounded(srv.call('POST', '/agents', { serviceUserId: 'bucket-down', name: 'A', avatar: `${fx.url}/photo.jpg` })))
+        assert.deepEqual((await srv.call('GET', '/agents')).body.data, [])
+      } finally {
+        await srv.close()
+      }
+    })
+  }
 })

@@ -16,6 +16,7 @@ const EnvSchema = Type.Object({
   STORAGE_URL: Type.Optional(Type.String({ pattern: '^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:.+)$' })),
   S3_FORCE_PATH_STYLE: Type.Optional(Type.Boolean()),
   AWS_ENDPOINT_URL_S3: Type.Optional(Type.String({ pattern: '^https?://' })),
+  STORAGE_TIMEOUT_MS: Type.Integer({ default: 5000, minimum: 100, maximum: 600000 }),
   AWS_ENDPOINT_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   AWS_REGION: Type.Optional(Type.String({ minLength: 1 })),
   AWS_DEFAULT_REGION: Type.Optional(Type.String({ minLength: 1 })),
@@ -69,6 +70,8 @@ export type StorageTarget =
     endpoint: string | undefined
     region: string
     forcePathStyle: boolean
+    /** How long a request to the bucket may take to connect, to be answered, or go idle (STORAGE_TIMEOUT_MS). */
+    timeoutMs: number
   }
 
 export interface Config {
@@ -213,7 +216,8 @@ function parseStorageUrl (e: Env, dataDir: string): StorageTarget {
     endpoint,
     region: e.AWS_REGION ?? e.AWS_DEFAULT_REGION ?? 'us-east-1',
     // S3-compatible servers (MinIO, Ceph, s3rver...) generally want path-style addressing.
-    forcePathStyle: e.S3_FORCE_PATH_STYLE ?? endpoint !== undefined
+    forcePathStyle: e.S3_FORCE_PATH_STYLE ?? endpoint !== undefined,
+    timeoutMs: e.STORAGE_TIMEOUT_MS
   }
 }
 

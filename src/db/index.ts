@@ -290,17 +290,30 @@ export async function pingDatabase (db: Db): Promise<void> {
  */
 const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08000', '08001', '08003', '08004', '08006'])
 
+/** Node's codes for a network peer that cannot be reached or answered no more (both clients report them). */
+const NETWORK_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH'])
+
 /**
  * True when err says the database, or the file store, could not do the work now, through no fault
  * of the request: a retry a moment later may well succeed. SQLite: its write lock stayed with
  * another process for longer than a statement waits for it (LOCK_WAIT_MS, 5 s). PostgreSQL: see
- * PG_UNAVAILABLE. Either PostgreSQL or S3: a connection refused or cut (both clients report Node's
- * codes).
+ * PG_UNAVAILABLE. S3: the bucket answered 5xx or 429 (SlowDown, ServiceUnavailable, InternalError)
+ * or did not answer within STORAGE_TIMEOUT_MS. Either: a host that cannot be reached, a connection
+ * refused or cut (NETWORK_UNAVAILABLE).
  */
 export function isStoreUnavailable (err: unknown): boolean {
+  if (isBucketUnavailable(err)) return true
   const code = codeOf(err)
   if (code === undefined) return false
-  return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) || code === 'ECONNREFUSED' || code === 'ECONNRESET'
+  return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) || NETWORK_UNAVAILABLE.has(code)
+}
+
+/** The AWS SDK's errors: a status from the bucket ($metadata), or its own timeout (TimeoutError). */
+function isBucketUnavailable (err: unknown): boolean {
+  const e = err as { name?: unknown, $metadata?: { httpStatusCode?: unknown } } | null | undefined
+  if (e?.name === 'TimeoutError') return true
+  const status = e?.$metadata?.httpStatusCode
+  return typeof status === 'number' && (status >= 500 || status === 429)
 }
 
 /** True when err is a unique-constraint violation on either dialect. */

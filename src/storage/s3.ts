@@ -27,7 +27,11 @@ export class S3BlobStore implements BlobStore {
       forcePathStyle: target.forcePathStyle,
       // Some S3-compatible servers store streamed uploads with checksum trailers corrupted.
       requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED'
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      // The SDK waits for ever by default: a bucket that takes the connection and never answers
+      // would hold every request that needs it (and /readyz). Each attempt (the SDK makes three)
+      // fails after timeoutMs instead, and the request with a 503 (isStoreUnavailable).
+      requestHandler: { connectionTimeout: target.timeoutMs, requestTimeout: target.timeoutMs, throwOnRequestTimeout: true, socketTimeout: target.timeoutMs }
     })
   }
 
@@ -80,8 +84,9 @@ export class S3BlobStore implements BlobStore {
     } while (token !== undefined)
   }
 
+  /** The bucket answers, within STORAGE_TIMEOUT_MS (once: no retries for a readiness probe). */
   async checkReady (): Promise<void> {
-    await this.client.send(new HeadBucketCommand({ Bucket: this.target.bucket }))
+    await this.client.send(new HeadBucketCommand({ Bucket: this.target.bucket }), { abortSignal: AbortSignal.timeout(this.target.timeoutMs) })
   }
 
   async get (key: string): Promise<Buffer | undefined> {
