@@ -152,6 +152,17 @@ async function widget (srv: TestServer, name: string, scope: 'read' | 'write' = 
   return async (method, path, body) => await srv.call(method, path, body, { authorization: `Bearer ${token}` })
 }
 
+/** The endpoint's delivery log as GET /webhooks/:id/deliveries shows it (`data`). */
+type DeliveryLog = ApiResponse['body']
+
+/** Waits (bounded) until the endpoint's delivery log, read through the API, is as `done` wants it; returns it. */
+async function untilLog (w: Call, endpointId: string, what: string, done: (log: DeliveryLog) => boolean): Promise<DeliveryLog> {
+  return await until(what, async () => {
+    const log: DeliveryLog = check(await w('GET', `${WEBHOOKS}/${endpointId}/deliveries`)).body.data
+    return done(log) === true ? log : undefined
+  }, WAIT_MS)
+}
+
 describe('webhooks', () => {
   let srv: TestServer
   const receivers: Receiver[] = []
@@ -337,10 +348,7 @@ describe('webhooks', () => {
     for (const a of slow.arrivals) assertSigned(endpoint.secret, a)
     assert.deepEqual(slow.arrivals[2]!.event.data.agent, created)
 
-    await until('the success to be logged', async () => {
-      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return log[0]?.status === 'succeeded' ? log : undefined
-    }, WAIT_MS)
+    await untilLog(w, endpoint.id, 'the success to be logged', (log) => log[0]?.status === 'succeeded')
     const [delivery] = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
     assert.equal(delivery.id, slow.arrivals[0]!.webhookId)
     assert.deepEqual(delivery.attempts.map((a: { statusCode: number | null, error: string | null }) => [a.statusCode, a.error]), [
@@ -421,10 +429,7 @@ describe('webhooks', () => {
       check(await w('POST', '/api/external/v1/agents', { serviceUserId: `wh-chatty-${i}`, name: `Chatty ${i}` }))
       await until(`delivery ${i + 1}`, () => chatty.delivered().length >= i + 1 ? true : undefined, WAIT_MS)
     }
-    const log = await until('both to be logged as sent', async () => {
-      const l = check(await w('GET', `${WEBHOOKS}/${loud.id}/deliveries`)).body.data
-      return l.length === 2 && l.every((d: { status: string }) => d.status === 'succeeded') ? l : undefined
-    }, WAIT_MS)
+    const log = await untilLog(w, loud.id, 'both to be logged as sent', (l) => l.length === 2 && l.every((d: { status: string }) => d.status === 'succeeded'))
     for (const d of log) assert.equal(d.attempts[0].responseBody, 'x'.repeat(1024))
     assert.equal(chatty.connections(), 2)
     check(await w('DELETE', `${WEBHOOKS}/${loud.id}`))
@@ -436,10 +441,7 @@ describe('webhooks', () => {
     const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
     check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-again', name: 'Again' }))
     await until('the delivery', () => sink.delivered().length >= 1 ? true : undefined, WAIT_MS)
-    const [delivery] = await until('the success to be logged', async () => {
-      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return log[0]?.status === 'succeeded' ? log : undefined
-    }, WAIT_MS)
+    const [delivery] = await untilLog(w, endpoint.id, 'the success to be logged', (log) => log[0]?.status === 'succeeded')
     assert.equal(delivery.id, sink.arrivals[0]!.webhookId)
 
     const resent = check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${delivery.id}/resend`)).body
@@ -452,10 +454,7 @@ describe('webhooks', () => {
     assert.equal(again.body, original.body)
     assertSigned(endpoint.secret, again)
 
-    const after = await until('the re-send to be logged', async () => {
-      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return log[0]?.status === 'succeeded' && log[0].attempts.length === 2 ? log : undefined
-    }, WAIT_MS)
+    const after = await untilLog(w, endpoint.id, 'the re-send to be logged', (log) => log[0]?.status === 'succeeded' && log[0].attempts.length === 2)
     assert.equal(after.length, 1)
     assert.deepEqual(after[0].attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200], [2, 200]])
 
@@ -477,10 +476,7 @@ describe('webhooks', () => {
     assert.deepEqual(check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${first!.webhookId}/resend`)).body.data, { id: first!.webhookId, status: 'pending' })
     release()
     await until('the re-send', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
-    const log = await until('both attempts to be logged', async () => {
-      const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return deliveries[0]?.status === 'succeeded' && deliveries[0].attempts.length === 2 ? deliveries : undefined
-    }, WAIT_MS)
+    const log = await untilLog(w, endpoint.id, 'both attempts to be logged', (deliveries) => deliveries[0]?.status === 'succeeded' && deliveries[0].attempts.length === 2)
     assert.deepEqual(log[0].attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200], [2, 200]])
     await sleep(QUIET_MS)
     assert.equal(sink.arrivals.length, 2, 'sent once more, not more')
@@ -493,10 +489,7 @@ describe('webhooks', () => {
     const sink = await receiver()
     const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
     check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-purged', name: 'Purged' }))
-    const [delivery] = await until('the success to be logged', async () => {
-      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return log[0]?.status === 'succeeded' ? log : undefined
-    }, WAIT_MS)
+    const [delivery] = await untilLog(w, endpoint.id, 'the success to be logged', (log) => log[0]?.status === 'succeeded')
     // As EVENTS_RETENTION_SECONDS would, once the event is older than that and delivered.
     await srv.services.database.db.deleteFrom('events').where('seq', '=', Number(delivery.eventId)).execute()
     const refused = check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${delivery.id as string}/resend`), 404).body.error
@@ -512,19 +505,13 @@ describe('webhooks', () => {
     const sink = await receiver((n) => n === 0 ? 200 : 500)
     const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
     check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-old-1', name: 'Old' }))
-    const [done] = await until('the first delivery to succeed', async () => {
-      const log = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return log[0]?.status === 'succeeded' ? log : undefined
-    }, WAIT_MS)
+    const [done] = await untilLog(w, endpoint.id, 'the first delivery to succeed', (log) => log[0]?.status === 'succeeded')
     check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-old-2', name: 'Retried' }))
     await until('the second delivery to be tried', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
     // Both finished or last tried longer ago than the retention (7 days here), as if the server had run that long.
     const longAgo = Date.now() - 8 * 86_400_000
     await srv.services.database.db.updateTable('webhook_deliveries').set({ updated_at: longAgo }).where('endpoint_id', '=', endpoint.id).execute()
-    const log = await until('the finished delivery to be forgotten', async () => {
-      const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-      return deliveries.length === 1 ? deliveries : undefined
-    }, WAIT_MS)
+    const log = await untilLog(w, endpoint.id, 'the finished delivery to be forgotten', (deliveries) => deliveries.length === 1)
     assert.notEqual(log[0].id, done.id)
     assert.equal(log[0].status, 'pending', 'a delivery still being retried stays, with its attempts')
     assert.ok(log[0].attempts.length >= 1)
@@ -583,10 +570,7 @@ describe('a delivery whose outcome could not be written down (PostgreSQL)', { sk
       check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'unwritten-2', name: 'Second' }))
       // Sent again once its claim runs out (WEBHOOK_TIMEOUT_MS + 5 s), then the next one.
       await until('the later event to arrive', () => new Set(sink.arrivals.map((a) => a.webhookId)).size >= 2 ? true : undefined, 15_000)
-      const log = await until('both deliveries to be logged as sent', async () => {
-        const deliveries = check(await w('GET', `${WEBHOOKS}/${endpoint.id}/deliveries`)).body.data
-        return deliveries.length === 2 && deliveries.every((d: { status: string }) => d.status === 'succeeded') ? deliveries : undefined
-      }, WAIT_MS)
+      const log = await untilLog(w, endpoint.id, 'both deliveries to be logged as sent', (deliveries) => deliveries.length === 2 && deliveries.every((d: { status: string }) => d.status === 'succeeded'))
       const first = log[1]
       assert.equal(first.id, sink.arrivals[0]!.webhookId)
       assert.deepEqual(first.attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200]], 'the attempt whose outcome was lost is not in the log; the one after it is')
