@@ -490,6 +490,23 @@ describe('event stream (GET /api/external/v1/events)', () => {
     }
   })
 
+  it('a token revoked while its stream is open: the stream ends within a couple of seconds, and shows nothing after', async () => {
+    const revoked = await srv.services.tokens.create('stream-revoked')
+    const other = await srv.services.tokens.create('stream-revoked')
+    const stream = await openStream(srv.api, revoked.token)
+    try {
+      assert.equal(stream.status, 200)
+      await srv.services.tokens.revoke(revoked.id)
+      await until('the stream to end', () => stream.ended ? true : undefined, 3000)
+      check(await srv.call('POST', '/agents', { serviceUserId: 'after-revoke', name: 'After' }, { authorization: `Bearer ${other.token}` }))
+      await sleep(QUIET_MS)
+      assert.deepEqual(stream.messages, [])
+      assert.equal((await openStream(srv.api, revoked.token)).status, 401)
+    } finally {
+      stream.close()
+    }
+  })
+
   it('refuses a missing token (401) and a Last-Event-ID that is not an event id (400)', async () => {
     const anonymous = await openStream(srv.api, undefined)
     assert.equal(anonymous.status, 401)

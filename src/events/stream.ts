@@ -23,8 +23,13 @@ export class EventStreams {
     return lastEventId ?? await latestEventSeq(this.db, widgetId)
   }
 
-  /** Streams to res the events after `from` (startingPoint) until the client or the server closes. */
-  async stream (widgetId: string, from: number, res: ServerResponse, headers: Record<string, string | number | string[] | undefined>): Promise<void> {
+  /**
+   * Streams to res the events after `from` (startingPoint) until the client or the server closes,
+   * or until `stillAllowed` (asked before each poll) says the caller's token no longer is.
+   */
+  async stream (
+    widgetId: string, from: number, res: ServerResponse, headers: Record<string, string | number | string[] | undefined>, stillAllowed: () => Promise<boolean>
+  ): Promise<void> {
     // Listen for the client going away before anything is awaited, so an early hang-up is never missed.
     let closed = false
     const timers: NodeJS.Timeout[] = []
@@ -56,6 +61,11 @@ export class EventStreams {
       if (busy || closed || res.writableNeedDrain) return
       busy = true
       try {
+        // A token revoked while its stream is open ends the stream (its next request is refused).
+        if (!await stillAllowed()) {
+          close()
+          return
+        }
         for (;;) {
           const rows = await listEventsAfter(this.db, widgetId, last, 200)
           if (closed) break

@@ -38,6 +38,6 @@ export const apiRoutes: FastifyPluginAsync<ApiOptions> = async (app, options) =>
     route.schema = { ...route.schema, security: [{ token: [] }] }
   })
   await app.register(agentRoutes, { agents: options.agents, db: options.db, idempotencyClaimSeconds: options.idempotencyClaimSeconds })
-  await app.register(eventRoutes, { streams: options.streams })
+  await app.register(eventRoutes, { streams: options.streams, tokens: options.tokens })
   await app.register(webhookRoutes, { webhooks: options.webhooks })
 }

@@ -2,13 +2,16 @@ import { Type } from 'typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { EventStreams } from '../../../events/stream.js'
 import { errors } from '../../../errors/index.js'
+import type { TokenService } from '../../../tokens/service.js'
+import { tokenHashOf } from '../../plugins/auth.js'
 import { errorResponses } from '../../schemas/envelope.js'
 
 export interface EventRoutesOptions {
   streams: EventStreams
+  tokens: TokenService
 }
 
-export const eventStreamRoute: FastifyPluginAsyncTypebox<EventRoutesOptions> = async (app, { streams }) => {
+export const eventStreamRoute: FastifyPluginAsyncTypebox<EventRoutesOptions> = async (app, { streams, tokens }) => {
   app.get('/events', {
     schema: {
       summary: 'Live stream of agent events (Server-Sent Events)',
@@ -32,6 +35,9 @@ export const eventStreamRoute: FastifyPluginAsyncTypebox<EventRoutesOptions> = a
     const from = await streams.startingPoint(request.widgetId, given === undefined ? undefined : Number(given))
     reply.hijack()
     // With the headers the reply has by now (X-Request-Id, the rate limit's).
-    await streams.stream(request.widgetId, from, reply.raw, reply.getHeaders())
+    const hash = tokenHashOf(request)
+    await streams.stream(request.widgetId, from, reply.raw, reply.getHeaders(), async () =>
+      // Cached for a second (TokenService), whatever the number of streams on the token.
+      hash !== undefined && (await tokens.authenticateHash(hash))?.widgetId === request.widgetId)
   })
 }
