@@ -74,6 +74,14 @@ describe('GET /static/... from memory', { skip: !onLocalDisk && 'files are kept 
       http.request(url, { method: 'HEAD' }, (res) => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject).end()
     })
     assert.equal(head, 200)
+    // Past the end: 416 with the file's size, as HTTP has it; a failed If-Match: 412. Both in the envelope.
+    const past = await rawGet(url, { range: `bytes=${full.body.length + 10}-` })
+    assert.equal(past.status, 416)
+    assert.equal(header(past, 'content-range'), `bytes */${full.body.length}`)
+    assert.equal(JSON.parse(past.body.toString()).error.code, 'range_not_satisfiable')
+    const unmatched = await rawGet(url, { 'if-match': '"not-this-file"' })
+    assert.equal(unmatched.status, 412)
+    assert.equal(JSON.parse(unmatched.body.toString()).error.code, 'precondition_failed')
   })
 
   it('never answers from memory for a file that is gone or changed on disk', async () => {

@@ -17,6 +17,7 @@ export const ErrorCodes = {
   idempotency_key_reused: 422,
   webhook_url_forbidden: 422,
   precondition_failed: 412,
+  range_not_satisfiable: 416,
   rate_limited: 429,
   avatar_url_invalid: 422,
   avatar_host_forbidden: 422,

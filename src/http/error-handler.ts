@@ -65,6 +65,9 @@ function toAppError (err: FastifyError, knownFields: readonly string[], multipar
     return new AppError('invalid_multipart', `The multipart/form-data body could not be read (${err.message}); check the boundary and the parts.`)
   }
   if (err.statusCode === 415) return FASTIFY_CODES.FST_ERR_CTP_INVALID_MEDIA_TYPE!(err)
+  // Static files (@fastify/send): a Range past the file's end, or If-Match / If-Unmodified-Since not met.
+  if (err.statusCode === 416) return new AppError('range_not_satisfiable', 'The requested range is not within the file (its size is in Content-Range); ask for a range inside it, or for the whole file.')
+  if (err.statusCode === 412) return new AppError('precondition_failed', 'The file does not match If-Match or If-Unmodified-Since.')
   if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
     return new AppError('validation_failed', err.message)
   }
@@ -96,6 +99,9 @@ export function registerErrorHandling (app: FastifyInstance): void {
     else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
     if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')
     if (appErr.statusCode === 503) void reply.header('retry-after', RETRY_AFTER_SECONDS)
+    // `bytes */<size>`, as @fastify/send gives it with a 416.
+    const contentRange = (err as { headers?: Record<string, unknown> }).headers?.['Content-Range']
+    if (appErr.code === 'range_not_satisfiable' && typeof contentRange === 'string') void reply.header('content-range', contentRange)
     return reply.status(appErr.statusCode).send(envelope(appErr))
   })
 

@@ -109,8 +109,9 @@ export function staticFastPath (deps: StaticFastPathDeps): FastPath {
     const key = url.slice(prefix.length)
     if (!AVATAR_KEY_PATTERN.test(key)) return false
     const headers = req.headers
+    // Conditional and range requests go the usual way, which answers them (304, 206, 412, 416).
     if (headers['if-none-match'] !== undefined || headers['if-modified-since'] !== undefined || headers.range !== undefined ||
-      headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
+      headers['if-match'] !== undefined || headers['if-unmodified-since'] !== undefined || headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined || deps.closing()) return false
     const start = performance.now()
     const entry = entries.get(key)
     if (entry === undefined) {
