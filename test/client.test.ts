@@ -69,6 +69,33 @@ describe('typed client (agentry/client) against a live server', () => {
     assert.ok(page.nextCursor)
   })
 
+  it('a read whose answer is cut off half way is retried', async () => {
+    const a = await client.createAgent({ serviceUserId: 'c-cut', name: 'Cut off' })
+    // A proxy that sends the first answer's headers and half its body, then hangs up.
+    let cut = 0
+    const proxy = http.createServer((req, res) => {
+      http.get(`${srv.url}${req.url ?? '/'}`, { headers: req.headers }, (up) => {
+        const body: Buffer[] = []
+        up.on('data', (c: Buffer) => body.push(c))
+        up.on('end', () => {
+          const whole = Buffer.concat(body)
+          res.writeHead(up.statusCode ?? 502, up.headers)
+          if (cut++ === 0) { res.write(whole.subarray(0, whole.length >> 1)); setTimeout(() => { res.destroy() }, 20); return }
+          res.end(whole)
+        })
+      })
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    try {
+      const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20 })
+      assert.deepEqual(await viaProxy.getAgent(a.id), a)
+      assert.equal(cut, 2, 'asked twice')
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise<void>((resolve) => proxy.close(() => { resolve() }))
+    }
+  })
+
   it('createAgent is retry-safe: a lost answer is retried with the same Idempotency-Key and creates one agent', async () => {
     // A proxy that drops the first answer on the floor (the request did reach the server).
     let dropped = false

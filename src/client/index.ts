@@ -202,7 +202,15 @@ export class AgentryClient {
         if (safe && attempt < this.retries) { await sleep(this.backoff(attempt)); continue }
         throw err
       }
-      if (res.ok) return await res.json() as Envelope<T>
+      if (res.ok) {
+        try {
+          return await res.json() as Envelope<T>
+        } catch (err) {
+          // The connection dropped in the middle of the answer: a network error like any other.
+          if (safe && attempt < this.retries) { await sleep(this.backoff(attempt)); continue }
+          throw err
+        }
+      }
       const error = await toError(res)
       const transient = res.status >= 500 || res.status === 429 || (res.status === 409 && error.code === 'idempotency_key_in_progress')
       if (safe && transient && attempt < this.retries) {
