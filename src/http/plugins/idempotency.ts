@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { FastifyRequest } from 'fastify'
-import type { Db } from '../../db/index.js'
-import type { DbOrTrx } from '../../db/index.js'
+import type { Db, DbOrTrx } from '../../db/index.js'
 import { answeredByCommit } from '../../db/pipelined.js'
 import { claimIdempotencyKey, completeIdempotencyKeyQuery, findIdempotencyKey, releaseIdempotencyKey } from '../../db/repositories/idempotency.js'
 import { AppError, errors } from '../../errors/index.js'
