@@ -230,7 +230,10 @@ describe('agentry command and server process', () => {
         [{ PORT: 'notanumber' }, 'PORT'],
         [{ AVATAR_MAX_BYTES: '-5' }, 'AVATAR_MAX_BYTES'],
         [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
-        [{ AVATAR_ALLOW_PRIVATE_NETWORKS: 'maybe' }, 'AVATAR_ALLOW_PRIVATE_NETWORKS']
+        [{ AVATAR_ALLOW_PRIVATE_NETWORKS: 'maybe' }, 'AVATAR_ALLOW_PRIVATE_NETWORKS'],
+        // Trusting every sender (or a hop count) would let a client pick its own address.
+        [{ TRUST_PROXY: 'true' }, 'TRUST_PROXY'],
+        [{ TRUST_PROXY: '10.0.0.0/33' }, 'TRUST_PROXY']
       ]
       const dir = dataDir()
       const results = await Promise.all(cases.map(([env]) => runCli(['serve'], { DATA_DIR: dir, ...env }, 10_000)))

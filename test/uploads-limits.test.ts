@@ -109,19 +109,78 @@ describe('rate limits: memory per instance is bounded', () => {
   before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '3', RATE_LIMIT_WINDOW_MS: '60000' }, { rateLimitKeys: 4 }) })
   after(async () => { await srv.close() })
 
-  it('past the keys it remembers, the oldest window is forgotten: a flood of made-up tokens cannot fill the memory', async () => {
+  it('past the keys it remembers, the oldest window is forgotten', async () => {
     const remaining = async (token: string): Promise<string | null> =>
       (await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${token}` })).headers.get('ratelimit-remaining')
     assert.equal(await remaining(srv.token), '2')
+    // Three more valid tokens: four keys, all remembered.
+    for (let i = 0; i < 3; i++) assert.equal(await remaining((await srv.services.tokens.create(`memory-${i}`)).token), '2')
     assert.equal(await remaining(srv.token), '1')
-    // Three made-up tokens more: four keys, all remembered.
-    for (let i = 0; i < 3; i++) assert.equal(await remaining(`made-up-${i}-0123456789`), '2')
-    assert.equal(await remaining(srv.token), '0')
-    // A fifth key: the oldest window (the real token's, begun first) is forgotten, and starts afresh.
-    assert.equal(await remaining('made-up-3-0123456789'), '2')
+    // A fifth key (a request without a token: its address's window): the oldest window (the real
+    // token's, begun first) is forgotten, and starts afresh.
+    assert.equal((await fetch(`${srv.url}/api/external/v1/agents`)).headers.get('ratelimit-remaining'), '2')
     assert.equal(await remaining(srv.token), '2')
-    // A made-up token still remembered is still counted.
-    assert.equal(await remaining('made-up-2-0123456789'), '1')
+  })
+})
+
+describe('rate limits: tokens not known to be valid are counted by client address', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '60000' }) })
+  after(async () => { await srv.close() })
+
+  it('a new made-up token each time is refused past the limit (429, not 401 for ever); a known valid token keeps its own window', async () => {
+    const get = async (token: string) => await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${token}` })
+    const known = await get(srv.token)
+    assert.equal(known.status, 200)
+    assert.equal(known.headers.get('ratelimit-remaining'), '4')
+
+    const statuses: number[] = []
+    let last: Awaited<ReturnType<typeof get>> | undefined
+    for (let i = 0; i < 50; i++) {
+      last = await get(`made-up-${i}-0123456789`)
+      statuses.push(last.status)
+    }
+    // Five in the address's window (looked up, 401), then refused before the token is looked up.
+    assert.deepEqual(statuses, [...Array(5).fill(401), ...Array(45).fill(429)])
+    assert.equal(last!.body.error.code, 'rate_limited')
+    assert.match(last!.body.error.message, /from this address without a valid token/)
+    assert.ok(Number(last!.headers.get('retry-after')) > 0)
+    assert.equal(last!.headers.get('ratelimit-remaining'), '0')
+    assert.equal((await fetch(`${srv.url}/api/external/v1/agents`)).status, 429, 'so is a request without a token, from the same address')
+
+    // The token this instance knows is valid is counted by itself, and still served.
+    const again = await get(srv.token)
+    assert.equal(again.status, 200)
+    assert.equal(again.headers.get('ratelimit-remaining'), '3')
+    // A valid token this instance has not seen yet, from the same address, waits for the address's
+    // window to end like the made-up ones (it is not looked up while the window is spent).
+    const unseen = await srv.services.tokens.create('unseen-widget')
+    assert.equal((await get(unseen.token)).status, 429)
+  })
+})
+
+describe('rate limits behind a proxy (TRUST_PROXY)', () => {
+  // Requests come from this test over loopback, as they would from a proxy on the same machine.
+  const madeUp = async (srv: TestServer, from: string): Promise<number> =>
+    (await fetch(`${srv.url}/api/external/v1/agents`, { headers: { authorization: 'Bearer made-up-0123456789', 'x-forwarded-for': from } })).status
+
+  it('with the proxy trusted, each client address forwarded has its own window', async () => {
+    const srv = await startTestServer({ RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_MS: '60000', TRUST_PROXY: 'loopback' })
+    try {
+      assert.deepEqual([await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.7')], [401, 401, 429])
+      assert.equal(await madeUp(srv, '203.0.113.8'), 401, 'another client behind the proxy is not held back')
+    } finally {
+      await srv.close()
+    }
+  })
+
+  it('without it, X-Forwarded-For is not believed: a client cannot pick its own window', async () => {
+    const srv = await startTestServer({ RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_MS: '60000' })
+    try {
+      assert.deepEqual([await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.8'), await madeUp(srv, '203.0.113.9')], [401, 401, 429])
+    } finally {
+      await srv.close()
+    }
   })
 })
 

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import path from 'node:path'
 import { Type, type Static } from 'typebox'
 import { Ajv } from 'ajv'
@@ -9,6 +10,7 @@ import { Ajv } from 'ajv'
 const EnvSchema = Type.Object({
   HOST: Type.String({ default: '127.0.0.1', minLength: 1 }),
   PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
+  TRUST_PROXY: Type.Optional(Type.String({ minLength: 1 })),
   DATA_DIR: Type.String({ default: './data', minLength: 1 }),
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATABASE_POOL_SIZE: Type.Integer({ default: 10, minimum: 1, maximum: 1000 }),
@@ -115,6 +117,11 @@ export interface Config {
   readonly rateLimit: { readonly max: number, readonly windowMs: number }
   /** When set, GET /metrics requires `Authorization: Bearer <this>`. */
   readonly metricsToken: string | undefined
+  /**
+   * The proxies whose X-Forwarded-For is believed for the client's address (Fastify's trustProxy):
+   * false (none), or their addresses and CIDR ranges (and `loopback`, `linklocal`, `uniquelocal`).
+   */
+  readonly trustProxy: false | readonly string[]
 }
 
 export class ConfigError extends Error {
@@ -181,8 +188,40 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       retryMaxMs: e.WEBHOOK_RETRY_MAX_MS,
       retryWindowSeconds: e.WEBHOOK_RETRY_WINDOW_SECONDS
     },
-    metricsToken: e.METRICS_TOKEN
+    metricsToken: e.METRICS_TOKEN,
+    trustProxy: parseTrustProxy(e.TRUST_PROXY)
   })
+}
+
+const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal'])
+
+/**
+ * TRUST_PROXY: unset or `false` (no proxy: the connection's address is the client's), or a
+ * comma-separated list of the proxies' addresses or CIDR ranges (and `loopback`, `linklocal`,
+ * `uniquelocal`). Neither `true` (any sender may claim any address) nor a number of hops (which
+ * cannot tell a proxy from a client) is taken: a client reaching the port directly could pick its
+ * own address, and so its own rate-limit window.
+ */
+function parseTrustProxy (value: string | undefined): false | string[] {
+  if (value === undefined) return false
+  const v = value.trim().toLowerCase()
+  if (['false', 'no', 'off'].includes(v)) return false
+  const items = v.split(',').map((item) => item.trim())
+  const bad = items.find((item) => !PROXY_NAMES.has(item) && !isAddressOrRange(item))
+  if (bad !== undefined) {
+    throw new ConfigError(`Invalid configuration: TRUST_PROXY must be a comma-separated list of the proxies' addresses or CIDR ranges (or loopback, linklocal, uniquelocal); ${JSON.stringify(bad)} is not one`)
+  }
+  return items
+}
+
+function isAddressOrRange (item: string): boolean {
+  const slash = item.indexOf('/')
+  const address = slash === -1 ? item : item.slice(0, slash)
+  const family = isIP(address)
+  if (family === 0) return false
+  if (slash === -1) return true
+  const bits = item.slice(slash + 1)
+  return /^[0-9]{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128)
 }
 
 function parseBoolean (value: string): boolean | string {

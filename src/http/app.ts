@@ -73,6 +73,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     },
     childLoggerFactory: lazyChildLoggerFactory,
     bodyLimit: config.bodyLimitBytes,
+    trustProxy: config.trustProxy === false ? false : [...config.trustProxy],
     requestIdHeader: false,
     genReqId: (req) => requestIdOf(req.headers),
     // The server Fastify would make (same timeouts), with the answers from memory ahead of it.

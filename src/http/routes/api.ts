@@ -31,7 +31,7 @@ export interface ApiOptions {
  */
 export const apiRoutes: FastifyPluginAsync<ApiOptions> = async (app, options) => {
   decorateTokenHash(app)
-  if (options.rateLimiter !== undefined) registerRateLimit(app, options.rateLimiter)
+  if (options.rateLimiter !== undefined) registerRateLimit(app, options.rateLimiter, options.tokens)
   requireToken(app, options.tokens)
   await registerMultipart(app, options.maxUploadBytes)
   app.addHook('onRoute', (route) => {
