@@ -96,6 +96,29 @@ describe('typed client (agentry/client) against a live server', () => {
     }
   })
 
+  it('an answer that does not come within timeoutMs fails with a TimeoutError; a read is retried first', async () => {
+    const a = await client.createAgent({ serviceUserId: 'c-slow', name: 'Slow' })
+    // A proxy that never answers the first request it gets (nor any write), and forwards the rest.
+    const seen: string[] = []
+    const proxy = http.createServer((req, res) => {
+      seen.push(req.method ?? '')
+      if (seen.length === 1 || req.method !== 'GET') return
+      http.get(`${srv.url}${req.url ?? '/'}`, { headers: req.headers }, (up) => { res.writeHead(up.statusCode ?? 502, up.headers); up.pipe(res) })
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    try {
+      const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20, timeoutMs: 300 })
+      assert.deepEqual(await viaProxy.getAgent(a.id), a)
+      assert.deepEqual(seen, ['GET', 'GET'])
+      seen.length = 0
+      await assert.rejects(viaProxy.updateAgent(a.id, { name: 'x' }), { name: 'TimeoutError' })
+      assert.deepEqual(seen, ['PUT'], 'a write is not sent again')
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise((resolve) => proxy.close(resolve))
+    }
+  })
+
   it('createAgent is retry-safe: a lost answer is retried with the same Idempotency-Key and creates one agent', async () => {
     // A proxy that drops the first answer on the floor (the request did reach the server).
     let dropped = false
@@ -148,5 +171,27 @@ describe('typed client (agentry/client) against a live server', () => {
     await done
     assert.deepEqual(events.map((e) => e.type), ['agent.created', 'agent.updated', 'agent.status_changed'])
     assert.equal(events[2]!.data.agent.status, 'online')
+  })
+})
+
+describe('typed client: waiting out a 429', () => {
+  it('waits for a short Retry-After and retries; a longer one than maxRetryAfterMs is thrown at once', async () => {
+    const short = await startTestServer({ RATE_LIMIT_MAX: '1', RATE_LIMIT_WINDOW_MS: '1000' })
+    const long = await startTestServer({ RATE_LIMIT_MAX: '1', RATE_LIMIT_WINDOW_MS: '60000' })
+    try {
+      const c = new AgentryClient({ baseUrl: short.url, token: short.token })
+      await c.listAgents()
+      // The second read gets 429 with Retry-After: 1, waits, and goes through in the next window.
+      assert.deepEqual((await c.listAgents()).data, [])
+
+      const d = new AgentryClient({ baseUrl: long.url, token: long.token })
+      await d.listAgents()
+      const started = Date.now()
+      await assert.rejects(d.listAgents(), (err: unknown) => err instanceof AgentryError && err.status === 429 && err.code === 'rate_limited')
+      assert.ok(Date.now() - started < 5000, 'Retry-After: 60 is not slept through')
+    } finally {
+      await short.close()
+      await long.close()
+    }
   })
 })

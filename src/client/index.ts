@@ -30,6 +30,17 @@ export interface ClientOptions {
   retries?: number
   /** Base of the exponential backoff between retries, in ms. Default 200. */
   retryDelayMs?: number
+  /**
+   * How long one attempt may take, answer read to its end included, in ms; then it fails with a
+   * `TimeoutError` (and is retried if it is safe to repeat). Default 30000; 0 waits for ever.
+   * The event stream of `subscribe` is not bounded by it.
+   */
+  timeoutMs?: number
+  /**
+   * The longest `Retry-After` (of a 429 or 503) waited for before a retry, in ms; an answer asking
+   * for longer is thrown at once, for the caller to decide. Default 10000.
+   */
+  maxRetryAfterMs?: number
   fetch?: typeof fetch
 }
 
@@ -64,12 +75,16 @@ export class AgentryClient {
   private readonly fetch: typeof fetch
   private readonly retries: number
   private readonly retryDelayMs: number
+  private readonly timeoutMs: number
+  private readonly maxRetryAfterMs: number
 
   constructor (private readonly options: ClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '')
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis)
     this.retries = options.retries ?? 2
     this.retryDelayMs = options.retryDelayMs ?? 200
+    this.timeoutMs = options.timeoutMs ?? 30_000
+    this.maxRetryAfterMs = options.maxRetryAfterMs ?? 10_000
   }
 
   // --- agents ---------------------------------------------------------------
@@ -192,31 +207,30 @@ export class AgentryClient {
     const safe = method === 'GET' || (method === 'POST' && headers['idempotency-key'] !== undefined)
     for (let attempt = 0; ; attempt++) {
       let res: Response
+      let error: AgentryError
       try {
         res = await this.fetch(`${this.baseUrl}${API}${path}`, {
           method,
           headers: { authorization: `Bearer ${this.options.token}`, accept: 'application/json', ...payload?.headers, ...headers },
-          body: payload?.body
+          body: payload?.body,
+          signal: this.timeoutMs > 0 ? AbortSignal.timeout(this.timeoutMs) : undefined
         })
+        if (res.ok) return await res.json() as Envelope<T>
+        error = await toError(res)
       } catch (err) {
+        // No answer, an answer cut off half way (the connection dropped) or too slow (TimeoutError):
+        // a network error, retried where that is safe.
         if (safe && attempt < this.retries) { await sleep(this.backoff(attempt)); continue }
         throw err
       }
-      if (res.ok) {
-        try {
-          return await res.json() as Envelope<T>
-        } catch (err) {
-          // The connection dropped in the middle of the answer: a network error like any other.
-          if (safe && attempt < this.retries) { await sleep(this.backoff(attempt)); continue }
-          throw err
-        }
-      }
-      const error = await toError(res)
       const transient = res.status >= 500 || res.status === 429 || (res.status === 409 && error.code === 'idempotency_key_in_progress')
       if (safe && transient && attempt < this.retries) {
         const retryAfter = Number(res.headers.get('retry-after'))
-        await sleep(Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : this.backoff(attempt))
-        continue
+        const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : this.backoff(attempt)
+        if (wait <= this.maxRetryAfterMs) {
+          await sleep(wait)
+          continue
+        }
       }
       throw error
     }
