@@ -1,6 +1,7 @@
 import type http from 'node:http'
 import { errors, isAppError, type AppError } from '../errors/index.js'
 import type { AddressPolicy } from '../net/guard.js'
+import type { HostResolver } from '../net/resolve.js'
 import { ForbiddenAddressError, guardedRequest, type KeptConnections } from '../net/request.js'
 
 export interface FetchLimits {
@@ -11,6 +12,8 @@ export interface FetchLimits {
 
 export interface FetchOptions extends FetchLimits {
   isAllowedAddress: AddressPolicy
+  /** How host names are resolved (default: the system's name servers). */
+  resolver?: HostResolver
   /** Connections to reuse between downloads (each download has its own without). */
   connections?: KeptConnections
 }
@@ -49,6 +52,7 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
       const res = await guardedRequest(url, {
         signal: controller.signal,
         isAllowedAddress: options.isAllowedAddress,
+        resolver: options.resolver,
         connections: options.connections,
         headers: { accept: 'image/jpeg, image/png, image/webp, image/gif;q=0.9, */*;q=0.1', 'user-agent': 'Agentry-avatar-fetcher/1' }
       })

@@ -5,6 +5,7 @@ import type { Avatar } from '../http/schemas/agent.js'
 import { avatarKeys, contentPath, type BlobFile, type BlobStore } from '../storage/blob-store.js'
 import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
+import type { HostResolver } from '../net/resolve.js'
 import { KeptConnections } from '../net/request.js'
 import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
 import { errors, isAppError } from '../errors/index.js'
@@ -30,6 +31,8 @@ export interface AvatarServiceOptions {
   limits: Config['avatar']
   /** Overrides the address policy derived from limits.allowPrivateNetworks (tests of the guard itself). */
   isAllowedAddress?: AddressPolicy
+  /** How avatar hosts' names are resolved (default: the system's name servers). */
+  resolver?: HostResolver
   observer?: AvatarObserver
 }
 
@@ -59,7 +62,7 @@ export class AvatarService {
   /** Downloads and stores the image at url. Every file is complete in the store when this resolves. */
   async ingestUrl (url: string): Promise<StoredImage> {
     return await this.ingest(url, async () => {
-      const download = await timed(this.observer, 'download', () => fetchAvatar(url, { ...this.options.limits, isAllowedAddress: this.isAllowedAddress, connections: this.connections }))
+      const download = await timed(this.observer, 'download', () => fetchAvatar(url, { ...this.options.limits, isAllowedAddress: this.isAllowedAddress, resolver: this.options.resolver, connections: this.connections }))
       return download.bytes
     })
   }

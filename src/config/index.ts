@@ -1,3 +1,4 @@
+import { Resolver } from 'node:dns'
 import { isIP } from 'node:net'
 import path from 'node:path'
 import { Type, type Static } from 'typebox'
@@ -11,6 +12,7 @@ const EnvSchema = Type.Object({
   HOST: Type.String({ default: '127.0.0.1', minLength: 1 }),
   PORT: Type.Integer({ default: 3000, minimum: 0, maximum: 65535 }),
   TRUST_PROXY: Type.Optional(Type.String({ minLength: 1 })),
+  DNS_SERVERS: Type.Optional(Type.String({ minLength: 1 })),
   DATA_DIR: Type.String({ default: './data', minLength: 1 }),
   DATABASE_URL: Type.Optional(Type.String({ minLength: 1 })),
   DATABASE_POOL_SIZE: Type.Integer({ default: 10, minimum: 1, maximum: 1000 }),
@@ -122,6 +124,8 @@ export interface Config {
    * false (none), or their addresses and CIDR ranges (and `loopback`, `linklocal`, `uniquelocal`).
    */
   readonly trustProxy: false | readonly string[]
+  /** Name servers asked for avatar hosts and webhook endpoints (`ip` or `ip:port`); undefined: the system's. */
+  readonly dnsServers: readonly string[] | undefined
 }
 
 export class ConfigError extends Error {
@@ -189,8 +193,23 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       retryWindowSeconds: e.WEBHOOK_RETRY_WINDOW_SECONDS
     },
     metricsToken: e.METRICS_TOKEN,
-    trustProxy: parseTrustProxy(e.TRUST_PROXY)
+    trustProxy: parseTrustProxy(e.TRUST_PROXY),
+    dnsServers: parseDnsServers(e.DNS_SERVERS)
   })
+}
+
+/** DNS_SERVERS: a comma-separated list of name servers, each `ip`, `ip:port` or `[ipv6]:port`. */
+function parseDnsServers (value: string | undefined): string[] | undefined {
+  if (value === undefined) return undefined
+  const servers = value.split(',').map((s) => s.trim())
+  try {
+    // The resolver's own parser: what it takes is exactly what will be used.
+    new Resolver().setServers(servers)
+    if (servers.some((s) => Number(/\]?:(\d+)$/.exec(s)?.[1] ?? 53) > 65535)) throw new Error('port')
+  } catch {
+    throw new ConfigError(`Invalid configuration: DNS_SERVERS must be a comma-separated list of name servers' addresses, each \`ip\`, \`ip:port\` or \`[ipv6]:port\` (got ${JSON.stringify(value)})`)
+  }
+  return servers
 }
 
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal'])

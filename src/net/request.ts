@@ -1,9 +1,10 @@
-import dns from 'node:dns'
+import type dns from 'node:dns'
 import http from 'node:http'
 import https from 'node:https'
 import net from 'node:net'
 import type { LookupFunction } from 'node:net'
 import type { AddressPolicy } from './guard.js'
+import { systemNameServers, type HostResolver } from './resolve.js'
 
 /** The URL (or a name it resolves to) is an address the policy refuses. */
 export class ForbiddenAddressError extends Error {
@@ -16,6 +17,8 @@ export interface GuardedRequest {
   body?: Buffer | string
   signal: AbortSignal
   isAllowedAddress: AddressPolicy
+  /** How host names are resolved (default: the system's name servers; see OutboundResolver). */
+  resolver?: HostResolver
   /**
    * Reuse connections; without it each request has a connection of its own. A request sent on a
    * kept connection that the server closed just as it was reused (reset before any answer) is sent
@@ -65,7 +68,7 @@ export function guardedRequest (url: URL, options: GuardedRequest): Promise<http
     let answered = false
     const req = client.request(url, {
       method,
-      lookup: guardedLookup(options.isAllowedAddress),
+      lookup: guardedLookup(options.resolver ?? systemNameServers, options.isAllowedAddress, options.signal),
       signal: options.signal,
       agent: kept === undefined || fresh ? false : url.protocol === 'https:' ? kept.https : kept.http,
       headers: options.headers
@@ -84,10 +87,11 @@ export function guardedRequest (url: URL, options: GuardedRequest): Promise<http
   return send(false)
 }
 
-function guardedLookup (isAllowed: AddressPolicy): LookupFunction {
+function guardedLookup (resolver: HostResolver, isAllowed: AddressPolicy, signal: AbortSignal): LookupFunction {
   return (hostname, options, callback) => {
-    dns.lookup(hostname, { ...options, all: true }, (err, addresses) => {
-      if (err !== null) { callback(err, '', 4); return }
+    const family = options.family === 'IPv4' ? 4 : options.family === 'IPv6' ? 6 : options.family ?? 0
+    resolver.resolve(hostname, signal).then((found) => {
+      const addresses = family === 0 ? found : found.filter((a) => a.family === family)
       const allowed = addresses.filter((a) => isAllowed(a.address))
       const first = allowed[0]
       if (first === undefined) {
@@ -96,6 +100,6 @@ function guardedLookup (isAllowed: AddressPolicy): LookupFunction {
       }
       if (options.all === true) (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, allowed)
       else callback(null, first.address, first.family)
-    })
+    }, (err: NodeJS.ErrnoException) => { callback(err, '', 4) })
   }
 }

@@ -17,6 +17,7 @@ import { WebhookService } from '../webhooks/service.js'
 import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
+import { OutboundResolver } from '../net/resolve.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
 import { RateLimiter, isAddressKey, type SharedCounts } from '../ratelimit/limiter.js'
 import { openSqliteRateWindows, type SqliteRateWindows } from '../db/rate-windows-sqlite.js'
@@ -154,11 +155,14 @@ export async function createServices (config: Config, overrides: ServiceOverride
     lists: () => readCache?.stats().lists ?? checkedLists?.stats()
   })
   const tokens = new TokenService(database.db)
+  // Avatar hosts and webhook endpoints: names asked of the DNS without holding the thread pool.
+  const resolver = new OutboundResolver(config.dnsServers)
   const avatars = new AvatarService({
     store,
     staticBaseUrl: config.staticBaseUrl,
     limits: config.avatar,
     isAllowedAddress: overrides.isAllowedAddress,
+    resolver,
     observer: metrics.avatars
   })
   const agents = new AgentService(database.db, avatars, {
@@ -176,7 +180,8 @@ export async function createServices (config: Config, overrides: ServiceOverride
   })
   const webhooks = new WebhookService(database.db, database.transact, {
     ...config.webhooks,
-    isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks)
+    isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks),
+    resolver
   })
   const streams = new EventStreams(database.db, config.events)
   // Instances add up their counts (see RateLimiter): through the database on PostgreSQL, through a

@@ -12,6 +12,7 @@ import { AppError } from '../errors/index.js'
 import { toApiEvent } from '../events/record.js'
 import type { AddressPolicy } from '../net/guard.js'
 import { ForbiddenAddressError, guardedRequest, KeptConnections } from '../net/request.js'
+import type { HostResolver } from '../net/resolve.js'
 import { generateSecret, sign } from './signing.js'
 
 export interface WebhookSettings {
@@ -20,6 +21,8 @@ export interface WebhookSettings {
   retryMaxMs: number
   retryWindowSeconds: number
   isAllowedAddress: AddressPolicy
+  /** How endpoints' host names are resolved (default: the system's name servers). */
+  resolver?: HostResolver
 }
 
 export interface Endpoint {
@@ -159,6 +162,7 @@ export class WebhookService {
         method: 'POST',
         signal: controller.signal,
         isAllowedAddress: this.settings.isAllowedAddress,
+        resolver: this.settings.resolver,
         connections: this.connections,
         body,
         headers: {
