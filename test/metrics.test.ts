@@ -54,3 +54,22 @@ describe('/metrics with METRICS_TOKEN', () => {
     assert.equal((await fetch(`${srv.url}/metrics`, { headers: { authorization: 'Bearer metrics-secret-123' } })).status, 200)
   })
 })
+
+describe('AVATAR_LEFTOVERS_SWEEP_SECONDS longer than Node\'s timers take (~24.8 days)', () => {
+  it('looks once per period, not over and over (a timer past 2^31-1 ms runs after 1 ms)', async () => {
+    const warnings: string[] = []
+    const onWarning = (w: Error): void => { warnings.push(w.name) }
+    process.on('warning', onWarning)
+    const srv = await startTestServer({ AVATAR_LEFTOVERS_SWEEP_SECONDS: '2592000' })
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const text = await (await fetch(`${srv.url}/metrics`)).text()
+      const sweeps = /^agentry_avatar_leftover_sweeps_total (\d+)/m.exec(text)
+      assert.equal(sweeps?.[1], '0', 'no look in the first half second (the first comes after 10 minutes)')
+      assert.ok(!warnings.includes('TimeoutOverflowWarning'), warnings.join(', '))
+    } finally {
+      process.off('warning', onWarning)
+      await srv.close()
+    }
+  })
+})

@@ -52,6 +52,8 @@ const LEFTOVER_SWEEP_MS = 6 * 3600_000
  * this long after start at most: soon after a crash and restart, but not in the way of a start.
  */
 const FIRST_LEFTOVERS_LOOK_MS = 600_000
+/** The longest delay Node's timers take. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * Periodic upkeep on every instance (all of it idempotent): heartbeats that lapsed go offline,
@@ -101,7 +103,16 @@ function every (ms: number, task: (signal: AbortSignal) => Promise<void>, option
       process.emitWarning(`agentry background task failed: ${err instanceof Error ? err.message : String(err)}`)
     }).finally(() => { running = undefined })
   }
-  const timer = setInterval(run, ms)
+  // Node's timers take at most 2^31-1 ms (~24.8 days) and run a longer one after 1 ms, over and
+  // over: a longer period is counted out by a check every hour.
+  let due = Date.now() + ms
+  const timer = ms <= MAX_TIMER_MS
+    ? setInterval(run, ms)
+    : setInterval(() => {
+      if (Date.now() < due) return
+      due = Date.now() + ms
+      run()
+    }, 3_600_000)
   timer.unref()
   const first = firstAfterMs === undefined || firstAfterMs >= ms ? undefined : setTimeout(run, firstAfterMs)
   first?.unref()
