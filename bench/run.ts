@@ -849,7 +849,7 @@ async function measureWholeList (svc: Service, size: number): Promise<WholeList>
  */
 async function runSharpAlone (images: Buffer[], key: Leg | 'standalone'): Promise<SharpAlone> {
   sharp.cache(false)
-  const limits = { maxPixels: 40_000_000 }
+  const limits = { maxPixels: 40_000_000, maxFrames: 1000 }
   const image = (i: number) => Buffer.from(images[i % Math.min(images.length, 50)] as Buffer)
   for (let i = 0; i < 10; i++) await processAvatar(image(i), limits)
   const times: number[] = []

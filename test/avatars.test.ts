@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import { describe, it } from 'node:test'
 import sharp from 'sharp'
 import { listFiles, rawGet, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
-import type { FixtureServer } from './helpers/fixtures.js'
+import { makeImages, manyFramesGif, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
 import type { LocalBlobStore } from '../src/storage/local.js'
 
@@ -82,6 +82,18 @@ describe('avatar pipeline', () => {
       if (ext === 'gif') assert.equal(sm.pages, 2, 'an animated GIF stays animated')
     })
   }
+
+  it('an animated WebP marked with an EXIF orientation stays animated, its frames as stored (libvips cannot turn them)', async () => {
+    const res = await create(`${fx.url}/oriented-anim.webp`)
+    assert.equal(res.status, 200, JSON.stringify(res.body))
+    const av = res.body.data.avatar
+    assert.deepEqual(av.meta, { width: 64, height: 48 })
+    const meta = await sharp((await download(av.url.default)).bytes, { animated: true }).metadata()
+    assert.equal(meta.pages, 2)
+    assert.equal(meta.orientation, undefined, 'the orientation is dropped with the rest of the metadata')
+    const first = await sharp((await download(av.url.default)).bytes, { page: 0 }).raw().toBuffer()
+    assert.ok(first[0]! > 200 && first[2]! < 50, `the first frame is still the first (red): ${[...first.subarray(0, 3)].join(',')}`)
+  })
 
   it('applies EXIF orientation and strips EXIF, GPS and comments from the stored original', async () => {
     const res = await create(`${fx.url}/rotated.jpg`)
@@ -212,7 +224,9 @@ describe('avatar pipeline', () => {
       ['an SVG', () => `${fx.url}/image.svg`, 'avatar_unsupported_format'],
       ['an SVG served as PNG', () => `${fx.url}/svg-as.png`, 'avatar_unsupported_format'],
       ['a TIFF', () => `${fx.url}/photo.tiff`, 'avatar_unsupported_format'],
-      ['a decompression bomb', () => `${fx.url}/bomb.png`, 'avatar_too_many_pixels']
+      ['a decompression bomb', () => `${fx.url}/bomb.png`, 'avatar_too_many_pixels'],
+      ['1,500 frames of 1x1 pixel (over AVATAR_MAX_FRAMES)', () => `${fx.url}/frames.gif`, 'avatar_too_many_pixels'],
+      ['a slow download whose body ends with its connection', () => `${fx.url}/slow-unsized.jpg`, 'avatar_timeout']
     ]
     for (const [what, url, code] of cases) {
       it(`${what} → ${code}`, async () => {
@@ -275,6 +289,29 @@ describe('avatar pipeline', () => {
       assert.equal((await fresh.call('GET', '/agents')).body.data.length, 1)
     } finally {
       await fresh.close()
+    }
+  })
+})
+
+describe('AVATAR_MAX_PIXELS counts every frame\'s 120x120 variant too', () => {
+  it('ten frames of 1x1 pixel are 144,010 pixels to make: over a limit of 100,000; two 64x48 frames are not', async () => {
+    const srv = await startTestServer({ AVATAR_MAX_PIXELS: '100000' })
+    try {
+      const upload = async (bytes: Buffer, id: string) => {
+        const data = new FormData()
+        data.append('serviceUserId', id)
+        data.append('name', 'Frames')
+        data.append('avatar', new Blob([bytes]), 'a.gif')
+        const res = await fetch(`${srv.api}/agents`, { method: 'POST', headers: { authorization: `Bearer ${srv.token}` }, body: data })
+        return { status: res.status, body: await res.json() as { error?: { code: string, message: string } } }
+      }
+      const tiny = await upload(manyFramesGif(10), 'frames-10')
+      assert.equal(tiny.status, 422)
+      assert.equal(tiny.body.error?.code, 'avatar_too_many_pixels')
+      assert.match(tiny.body.error?.message ?? '', /1x1 with 10 frames: 144010 pixels/)
+      assert.equal((await upload((await makeImages()).gif, 'frames-2')).status, 200)
+    } finally {
+      await srv.close()
     }
   })
 })

@@ -69,7 +69,11 @@ export async function fetchAvatar (rawUrl: string, options: FetchOptions): Promi
         discard(res)
         throw errors.avatar('avatar_http_error', `Fetching the avatar answered HTTP ${status} from ${url.host}; check that the URL points at a public image.`)
       }
-      return { bytes: await readLimited(res, options.maxBytes), url: url.href }
+      const bytes = await readLimited(res, options.maxBytes)
+      // A body that ends with its connection (no length, not chunked) ends "complete" when the
+      // deadline cuts it too: what came by then is not the image.
+      if (controller.signal.aborted) throw new Error('the deadline cut the download')
+      return { bytes, url: url.href }
     }
   } catch (err) {
     throw toAvatarError(err, url, options, controller.signal.aborted)

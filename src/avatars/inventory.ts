@@ -250,7 +250,7 @@ export interface Mending {
  * An image whose original is missing cannot be mended: its avatars must be set again. One image
  * at a time, each read whole (a few MB at most).
  */
-export async function mendVariants (store: BlobStore, images: readonly IncompleteImage[], limits: { maxPixels: number }): Promise<Mending> {
+export async function mendVariants (store: BlobStore, images: readonly IncompleteImage[], limits: { maxPixels: number, maxFrames: number }): Promise<Mending> {
   const mending: Mending = { mended: [], files: 0, unmended: [] }
   for (const image of images) {
     if (image.missing.includes('original')) {

@@ -13,6 +13,8 @@ export interface FixtureImages {
   rotatedJpeg: Buffer
   tiny: Buffer
   tiff: Buffer
+  /** The two frames of gif as an animated WebP marked with EXIF orientation 6 ("rotate 90"). */
+  orientedAnimatedWebp: Buffer
 }
 
 export async function makeImages (): Promise<FixtureImages> {
@@ -40,8 +42,20 @@ export async function makeImages (): Promise<FixtureImages> {
       .withMetadata({ orientation: 6 })
       .toBuffer(),
     tiny: await gradient(40, 30).png().toBuffer(),
-    tiff: await gradient(50, 50).tiff().toBuffer()
+    tiff: await gradient(50, 50).tiff().toBuffer(),
+    orientedAnimatedWebp: await sharp(frames, { join: { animated: true } }).webp({ loop: 0, delay: [100, 100] }).withMetadata({ orientation: 6 }).toBuffer()
   }
+}
+
+/**
+ * A GIF of `frames` frames of 1x1 pixel (23 bytes each): next to nothing to decode, but each frame
+ * is enlarged to 120x120 for the small variant.
+ */
+export function manyFramesGif (frames: number): Buffer {
+  const screen = Buffer.from([0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 1, 0, 1, 0, 0x80, 0, 0, 0, 0, 0, 255, 255, 255])
+  const loop = Buffer.concat([Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('NETSCAPE2.0', 'latin1'), Buffer.from([3, 1, 0, 0, 0])])
+  const frame = Buffer.from([0x21, 0xf9, 4, 0, 0, 0, 0, 0, 0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0, 2, 2, 0x44, 1, 0])
+  return Buffer.concat([screen, loop, ...Array.from({ length: frames }, () => frame), Buffer.from([0x3b])])
 }
 
 /** A PNG whose header claims 30000x30000 pixels: decoding it would need gigabytes. */
@@ -117,6 +131,21 @@ export async function startFixtureServer (): Promise<FixtureServer> {
       case '/svg-as.png': return send(res, 'image/png', SVG)
       case '/photo.tiff': return send(res, 'image/tiff', images.tiff)
       case '/bomb.png': return send(res, 'image/png', decompressionBomb())
+      case '/frames.gif': return send(res, 'image/gif', manyFramesGif(1500))
+      case '/oriented-anim.webp': return send(res, 'image/webp', images.orientedAnimatedWebp)
+      case '/slow-unsized.jpg': {
+        // As /slow.jpg, but with neither a length nor chunks: the body ends when the connection does.
+        res.useChunkedEncodingByDefault = false
+        res.writeHead(200, { 'content-type': 'image/jpeg', connection: 'close' })
+        open.add(res)
+        let offset = 0
+        const timer = setInterval(() => {
+          if (res.destroyed || offset >= images.jpeg.length) { clearInterval(timer); timers.delete(timer); res.end(); return }
+          res.write(images.jpeg.subarray(offset, offset + 64)); offset += 64
+        }, 100)
+        timers.add(timer)
+        return
+      }
       case '/empty': return send(res, 'image/png', Buffer.alloc(0))
       case '/redirect': res.writeHead(302, { location: '/photo.jpg' }).end(); return
       case '/loop-a': res.writeHead(302, { location: '/loop-b' }).end(); return
