@@ -7,6 +7,7 @@ import pg from 'pg'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
 import { freePort, holdDatabaseLock, startTestServer, untilWaitingForLock, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
+import { until } from './helpers/process.js'
 
 /**
  * When the database (or the file store) cannot do a request's work now, through no fault of the
@@ -156,6 +157,50 @@ describe('PostgreSQL ends the service\'s connections while requests are on them 
   })
 })
 
+describe('PostgreSQL goes silent (a network partition, a frozen host): 503 within the statement timeout, not a hang', { skip: !onPostgres && 'PostgreSQL only' }, () => {
+  it('requests and /readyz get 503 while nothing comes back; once it answers again, so does the service', async () => {
+    // The service reaches PostgreSQL through a loopback relay that can be told to drop everything
+    // both ways while keeping the connections open, as a partition does (nothing here can make the
+    // real server go silent). The database is a first server's (dropped when that one closes).
+    const first = await startTestServer({ MAINTENANCE_INTERVAL_MS: '3600000' })
+    const target = new URL(first.sharedEnv.DATABASE_URL ?? '')
+    let silent = false
+    const sockets = new Set<net.Socket>()
+    const relay = net.createServer((client) => {
+      const upstream = net.connect(Number(target.port || 5432), target.hostname)
+      sockets.add(client).add(upstream)
+      client.on('data', (chunk) => { if (!silent) upstream.write(chunk) })
+      upstream.on('data', (chunk) => { if (!silent) client.write(chunk) })
+      const end = (): void => { client.destroy(); upstream.destroy() }
+      client.on('close', end).on('error', end)
+      upstream.on('close', end).on('error', end)
+    })
+    await once(relay.listen(0, '127.0.0.1'), 'listening')
+    const relayed = new URL(target.href)
+    relayed.hostname = '127.0.0.1'
+    relayed.port = String((relay.address() as net.AddressInfo).port)
+    const srv = await startTestServer({ DATABASE_URL: relayed.href, DATABASE_STATEMENT_TIMEOUT_MS: '500', MAINTENANCE_INTERVAL_MS: '3600000' })
+    try {
+      assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'silent-1', name: 'Before' })).status, 200)
+      silent = true
+      // Bounded from here too: without the service's own bounds these would wait for minutes.
+      assertUnavailable(await within(15_000, srv.call('GET', '/agents')))
+      assertUnavailable(await within(15_000, srv.call('POST', '/agents', { serviceUserId: 'silent-2', name: 'During' })))
+      const ready = await fetch(`${srv.url}/readyz`, { signal: AbortSignal.timeout(10_000) })
+      assert.equal(ready.status, 503)
+      silent = false
+      // New connections, once the old ones are given up.
+      await until('the service to answer again', async () => (await srv.call('GET', '/agents')).status === 200 ? true : undefined, 10_000, 100)
+      assert.deepEqual((await srv.call('GET', '/agents')).body.data.map((a: { serviceUserId: string }) => a.serviceUserId), ['silent-1'])
+    } finally {
+      await srv.close()
+      for (const socket of sockets) socket.destroy()
+      relay.close()
+      await first.close()
+    }
+  })
+})
+
 describe(`a file store that refuses connections: 503 with Retry-After (${storeLeg().split('+')[0] as string} database, S3 store)`, () => {
   let srv: TestServer
   let fx: FixtureServer
@@ -231,3 +276,13 @@ describe(`a file store that does not answer, or answers 503 SlowDown: 503 with R
     })
   }
 })
+
+/** The promise's value, or a failure when it takes longer than ms. */
+async function within<T> (ms: number, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([promise, new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new Error(`no answer within ${ms} ms`)) }, ms) })])
+  } finally {
+    clearTimeout(timer)
+  }
+}

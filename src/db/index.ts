@@ -81,10 +81,18 @@ export async function openDatabase (target: DatabaseTarget): Promise<DbHandle> {
     }
   }
   const { default: pg } = await import('pg')
+  const bounded = target.statementTimeoutMs > 0
   const pool = new pg.Pool({
     connectionString: target.url,
     max: target.poolSize,
-    statement_timeout: target.statementTimeoutMs === 0 ? undefined : target.statementTimeoutMs,
+    statement_timeout: bounded ? target.statementTimeoutMs : undefined,
+    // PostgreSQL ends a statement that runs too long, but cannot when it never gets it: a server or
+    // network that goes silent (a partition, a host that froze) would hold every request, and
+    // /readyz, until the kernel gives up on the connection, many minutes later. So the client gives
+    // up too, a second after the server would have: on an answer (the connection is then destroyed,
+    // and the pool makes a new one), and on a connection, or a free one from the pool.
+    query_timeout: bounded ? target.statementTimeoutMs + 1000 : undefined,
+    connectionTimeoutMillis: bounded ? Math.max(target.statementTimeoutMs, 1000) : undefined,
     application_name: 'agentry',
     // Statements are sent without waiting for the answer to the one before (pipelinedTransact).
     pipeline: true,
@@ -290,6 +298,18 @@ export async function pingDatabase (db: Db): Promise<void> {
  */
 const PG_UNAVAILABLE = new Set(['57P01', '57P02', '57P03', '53300', '57014', '08000', '08001', '08003', '08004', '08006'])
 
+/**
+ * The PostgreSQL client's own words (its errors have no code) for a connection that ended under a
+ * request, and for the waits bounded above (query_timeout, connectionTimeoutMillis).
+ */
+const PG_CLIENT_UNAVAILABLE = new Set([
+  'Connection terminated unexpectedly',
+  'Connection terminated',
+  'Query read timeout',
+  'timeout exceeded when trying to connect',
+  'Connection terminated due to connection timeout'
+])
+
 /** Node's codes for a network peer that cannot be reached or answered no more (both clients report them). */
 const NETWORK_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH'])
 
@@ -297,12 +317,13 @@ const NETWORK_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED
  * True when err says the database, or the file store, could not do the work now, through no fault
  * of the request: a retry a moment later may well succeed. SQLite: its write lock stayed with
  * another process for longer than a statement waits for it (LOCK_WAIT_MS, 5 s). PostgreSQL: see
- * PG_UNAVAILABLE. S3: the bucket answered 5xx or 429 (SlowDown, ServiceUnavailable, InternalError)
+ * PG_UNAVAILABLE, and PG_CLIENT_UNAVAILABLE for the client's own giving up. S3: the bucket answered 5xx or 429 (SlowDown, ServiceUnavailable, InternalError)
  * or did not answer within STORAGE_TIMEOUT_MS. Either: a host that cannot be reached, a connection
  * refused or cut (NETWORK_UNAVAILABLE).
  */
 export function isStoreUnavailable (err: unknown): boolean {
   if (isBucketUnavailable(err)) return true
+  if (err instanceof Error && codeOf(err) === undefined && PG_CLIENT_UNAVAILABLE.has(err.message)) return true
   const code = codeOf(err)
   if (code === undefined) return false
   return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) || NETWORK_UNAVAILABLE.has(code)
