@@ -91,6 +91,19 @@ describe('bad input: a 4xx envelope a person can act on, and nothing left behind
     }
   })
 
+  it('a NUL character in a name, an id or a filter → 400 naming the field, on both stores alike (PostgreSQL text cannot hold one)', async () => {
+    for (const [body, field] of [[{ serviceUserId: 'nul\u0000x', name: 'x' }, 'serviceUserId'], [{ serviceUserId: 'x', name: 'a\u0000b' }, 'name']] as const) {
+      const res = await assertNothingChanged(() => srv.call('POST', '/agents', body))
+      assertEnvelope(res, 400, 'validation_failed')
+      assert.deepEqual(res.body.error.details, [{ field, message: 'must contain a non-space character, and no NUL (\\u0000) character' }])
+    }
+    for (const [path, field] of [['/agents?q=a%00', 'q'], ['/agents?serviceUserId=a%00', 'serviceUserId'], ['/agents/by-service-user-id/a%00', 'serviceUserId']]) {
+      const res = await srv.call('GET', path!)
+      assertEnvelope(res, 400, 'validation_failed')
+      assert.deepEqual(res.body.error.details, [{ field, message: 'must not contain a NUL (\\u0000) character' }])
+    }
+  })
+
   it('null for a field that cannot be null → 400', async () => {
     const { body: { data: a } } = await srv.call('POST', '/agents', { serviceUserId: 'nulls', name: 'N' })
     for (const field of ['name', 'serviceUserId', 'status', 'active']) {
@@ -116,7 +129,9 @@ describe('bad input: a 4xx envelope a person can act on, and nothing left behind
 
   it('an unsupported content type → 415', async () => {
     for (const type of ['text/plain', 'application/xml', 'image/png']) {
-      assertEnvelope(await raw('serviceUserId=a', type), 415, 'unsupported_media_type')
+      const res = await raw('serviceUserId=a', type)
+      assertEnvelope(res, 415, 'unsupported_media_type')
+      assert.match(res.body.error.message, new RegExp(`^Content-Type "${type}" is not supported`))
     }
   })
 

@@ -1,6 +1,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isStoreUnavailable } from '../db/index.js'
 import { AppError, errors, isAppError, type ErrorDetail } from '../errors/index.js'
+import { NO_NUL_PATTERN, TEXT_PATTERN } from './schemas/agent.js'
 
 interface AjvError {
   keyword: string
@@ -28,7 +29,7 @@ export function validationDetails (errs: readonly AjvError[], knownFields: reado
       case 'enum': return { field: path, message: `must be one of: ${(p.allowedValues as unknown[]).map(String).join(', ')}` }
       case 'minLength': return { field: path, message: 'must not be empty' }
       case 'maxLength': return { field: path, message: `must be at most ${String(p.limit)} characters` }
-      case 'pattern': return { field: path, message: p.pattern === '\\S' ? 'must contain a non-space character' : `must match ${String(p.pattern)}` }
+      case 'pattern': return { field: path, message: PATTERN_MESSAGES[String(p.pattern)] ?? `must match ${String(p.pattern)}` }
       default: return { field: path === '' ? undefined : path, message: e.message ?? 'is invalid' }
     }
   })
@@ -36,11 +37,16 @@ export function validationDetails (errs: readonly AjvError[], knownFields: reado
   return details.filter((d, i) => d.field === undefined || details.findIndex((o) => o.field === d.field) === i)
 }
 
-const FASTIFY_CODES: Record<string, (err: FastifyError) => AppError> = {
+const PATTERN_MESSAGES: Record<string, string> = {
+  [TEXT_PATTERN]: 'must contain a non-space character, and no NUL (\\u0000) character',
+  [NO_NUL_PATTERN]: 'must not contain a NUL (\\u0000) character'
+}
+
+const FASTIFY_CODES: Record<string, (err: FastifyError, contentType: string | undefined) => AppError> = {
   FST_ERR_CTP_INVALID_JSON_BODY: () => new AppError('invalid_json', 'The request body is not valid JSON; check quotes, commas and brackets.'),
   FST_ERR_CTP_EMPTY_JSON_BODY: () => new AppError('invalid_json', 'The request says Content-Type: application/json but its body is empty; send a JSON object.'),
   FST_ERR_CTP_BODY_TOO_LARGE: () => new AppError('payload_too_large', 'The request body is larger than this service accepts; send only the agent fields.'),
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: (err) => new AppError('unsupported_media_type', `${err.message.replace(/^Unsupported Media Type:?\s*/i, 'Content-Type ')} is not supported; send application/json or application/x-www-form-urlencoded.`),
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: (_err, contentType) => new AppError('unsupported_media_type', `${contentType === undefined ? 'A body without a Content-Type' : `Content-Type ${JSON.stringify(contentType.slice(0, 100))}`} is not supported; send application/json, application/x-www-form-urlencoded or multipart/form-data.`),
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: () => new AppError('validation_failed', 'The Content-Length header does not match the body.'),
   // @fastify/multipart
   FST_REQ_FILE_TOO_LARGE: () => errors.avatar('avatar_too_large', 'The uploaded avatar file is larger than this service accepts (AVATAR_MAX_BYTES); use a smaller image.'),
@@ -50,21 +56,22 @@ const FASTIFY_CODES: Record<string, (err: FastifyError) => AppError> = {
   FST_PROTO_VIOLATION: () => new AppError('invalid_multipart', 'The multipart body uses a field name that is not allowed.')
 }
 
-function toAppError (err: FastifyError, knownFields: readonly string[], multipart: boolean): AppError {
+function toAppError (err: FastifyError, knownFields: readonly string[], contentType: string | undefined): AppError {
+  const multipart = contentType?.toLowerCase().startsWith('multipart/') === true
   if (isAppError(err)) return err
   if (err.validation !== undefined) {
     const details = validationDetails(err.validation, err.validationContext === 'body' ? knownFields : [])
     return errors.validation(details)
   }
   const mapped = err.code === undefined ? undefined : FASTIFY_CODES[err.code]
-  if (mapped !== undefined) return mapped(err)
-  if (err instanceof SyntaxError && err.statusCode === 400) return FASTIFY_CODES.FST_ERR_CTP_INVALID_JSON_BODY!(err)
-  if (err.statusCode === 413) return FASTIFY_CODES.FST_ERR_CTP_BODY_TOO_LARGE!(err)
+  if (mapped !== undefined) return mapped(err, contentType)
+  if (err instanceof SyntaxError && err.statusCode === 400) return FASTIFY_CODES.FST_ERR_CTP_INVALID_JSON_BODY!(err, contentType)
+  if (err.statusCode === 413) return FASTIFY_CODES.FST_ERR_CTP_BODY_TOO_LARGE!(err, contentType)
   // The multipart parser (busboy) throws plain errors for a body it cannot read.
   if (multipart && err.statusCode === undefined) {
     return new AppError('invalid_multipart', `The multipart/form-data body could not be read (${err.message}); check the boundary and the parts.`)
   }
-  if (err.statusCode === 415) return FASTIFY_CODES.FST_ERR_CTP_INVALID_MEDIA_TYPE!(err)
+  if (err.statusCode === 415) return FASTIFY_CODES.FST_ERR_CTP_INVALID_MEDIA_TYPE!(err, contentType)
   // Static files (@fastify/send): a Range past the file's end, or If-Match / If-Unmodified-Since not met.
   if (err.statusCode === 416) return new AppError('range_not_satisfiable', 'The requested range is not within the file (its size is in Content-Range); ask for a range inside it, or for the whole file.')
   if (err.statusCode === 412) return new AppError('precondition_failed', 'The file does not match If-Match or If-Unmodified-Since.')
@@ -93,8 +100,7 @@ export const RETRY_AFTER_SECONDS = 1
 export function registerErrorHandling (app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     const known = (request.routeOptions.schema?.body as { properties?: Record<string, unknown> } | undefined)?.properties
-    const multipart = request.headers['content-type']?.toLowerCase().startsWith('multipart/') === true
-    const appErr = toAppError(err, known === undefined ? [] : Object.keys(known), multipart)
+    const appErr = toAppError(err, known === undefined ? [] : Object.keys(known), request.headers['content-type'])
     if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
     if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')

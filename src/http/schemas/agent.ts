@@ -41,7 +41,13 @@ export const AgentSchema = Type.Object({
 }, { additionalProperties: false })
 export type Agent = Static<typeof AgentSchema>
 
-const text = (description: string) => Type.String({ minLength: 1, maxLength: 255, pattern: '\\S', description })
+/**
+ * Strings stored or looked up as they are: no NUL character (PostgreSQL's text cannot hold one, so
+ * both stores refuse it alike); a name or id also has a character other than white space.
+ */
+export const NO_NUL_PATTERN = '^[^\\u0000]*$'
+export const TEXT_PATTERN = '^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$'
+const text = (description: string) => Type.String({ minLength: 1, maxLength: 255, pattern: TEXT_PATTERN, description })
 const avatarUrl = Type.Unsafe<string | null>({
   type: ['string', 'null'],
   maxLength: 2048,
@@ -79,7 +85,7 @@ export const AgentParams = Type.Object({
 })
 
 export const ServiceUserIdParams = Type.Object({
-  serviceUserId: Type.String({ minLength: 1, maxLength: 255, description: "The integrator's own id of the agent." })
+  serviceUserId: Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN, description: "The integrator's own id of the agent." })
 })
 
 export const UpsertAgentBody = Type.Object({
@@ -100,8 +106,8 @@ export const ListQuery = Type.Object({
   cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'meta.nextCursor of the previous page.' })),
   status: Type.Optional(Status),
   active: Type.Optional(Type.Boolean()),
-  serviceUserId: Type.Optional(Type.String({ minLength: 1, maxLength: 255 })),
-  q: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Name contains this, ignoring case (Unicode-aware).' })),
+  serviceUserId: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN })),
+  q: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN, description: 'Name contains this, ignoring case (Unicode-aware).' })),
   updatedSince: Type.Optional(Type.Integer({ minimum: 0, description: 'Only agents whose updatedAt is at or after this unix time (incremental sync).' }))
 }, { additionalProperties: false })
 export type ListQueryInput = Static<typeof ListQuery>
