@@ -445,6 +445,25 @@ describe('agentry command and server process', () => {
       assert.doesNotMatch(second.stdout, /applied/i)
     })
 
+    it('a database a newer version migrated: an older one starts, warns and migrates nothing (a rolling upgrade, a roll back)', async () => {
+      const dir = dataDir()
+      assert.equal((await runCli(['migrate'], { DATA_DIR: dir })).code, 0)
+      const db = new SQLite(path.join(dir, 'agentry.db'))
+      try {
+        db.prepare('insert into kysely_migration (name, timestamp) values (?, ?)').run('999_from_a_newer_version', new Date().toISOString())
+      } finally {
+        db.close()
+      }
+      const again = await runCli(['migrate'], { DATA_DIR: dir })
+      assert.equal(again.code, 0, again.stderr)
+      assert.match(again.stderr, /schema is newer than this version of Agentry: it has 999_from_a_newer_version/)
+      const listed = await runCli(['tokens', 'list'], { DATA_DIR: dir })
+      assert.equal(listed.code, 0, listed.stderr)
+      const down = await runCli(['migrate', '--down'], { DATA_DIR: dataDir() })
+      assert.equal(down.code, 0, down.stderr)
+      assert.match(down.stdout, /Nothing to undo/)
+    })
+
     it('a process opening a new SQLite file while another still sets it up waits for it', async () => {
       const dir = dataDir()
       // The other process is this one: the new file still in SQLite's default journal mode, with a

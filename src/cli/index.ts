@@ -63,7 +63,7 @@ export async function main (argv: string[]): Promise<number> {
       const database = await openDatabase(config.database)
       try {
         const names = values.down ? await migrateDown(database.db, database.dialect) : await migrateToLatest(database.db, database.dialect)
-        console.log(names.length === 0 ? 'Schema already up to date.' : `${values.down ? 'Undid' : 'Applied'}: ${names.join(', ')}`)
+        console.log(names.length === 0 ? (values.down ? 'Nothing to undo.' : 'Schema already up to date.') : `${values.down ? 'Undid' : 'Applied'}: ${names.join(', ')}`)
       } finally {
         await database.close()
       }

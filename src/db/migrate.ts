@@ -1,4 +1,4 @@
-import { Migrator, type Migration, type MigrationProvider, type MigrationResultSet } from 'kysely'
+import { Migrator, sql, type Migration, type MigrationProvider, type MigrationResultSet } from 'kysely'
 import type { Db, DialectName } from './index.js'
 import { initial } from './migrations/001_initial.js'
 import { syncPresenceScopes } from './migrations/002_sync_presence_scopes.js'
@@ -52,6 +52,18 @@ function mustSucceed ({ error, results }: MigrationResultSet): NonNullable<Migra
  */
 export async function migrateToLatest (db: Db, dialect: DialectName): Promise<string[]> {
   const migrator = new Migrator({ db, provider: new StaticProvider(dialect) })
+  // A newer version migrated this database (a rolling upgrade under way, or a roll back of the code):
+  // the migrator would refuse it all ("corrupted migrations"), and every older instance would fail to
+  // start. Its schema has everything this version needs when every migration known here has run.
+  const newer = await runButUnknown(db, dialect)
+  if (newer.length > 0) {
+    const missing = (await migrator.getMigrations()).filter((m) => m.executedAt === undefined).map((m) => m.name)
+    if (missing.length > 0) {
+      throw new MigrationError(`The database was migrated by a newer version of Agentry (${newer.join(', ')}) but lacks ${missing.join(', ')}, which this version needs; run the newer version.`)
+    }
+    process.emitWarning(`The database's schema is newer than this version of Agentry: it has ${newer.join(', ')}, which this version does not know. Starting without migrating. Finish the upgrade, or undo those migrations with the newer version's \`agentry migrate --down\` before going back to this one for good.`)
+    return []
+  }
   for (let attempt = 1; ; attempt++) {
     try {
       return mustSucceed(await migrator.migrateToLatest()).map((r) => r.migrationName)
@@ -60,6 +72,19 @@ export async function migrateToLatest (db: Db, dialect: DialectName): Promise<st
       await new Promise((resolve) => setTimeout(resolve, 50 + Math.random() * 200))
     }
   }
+}
+
+/** Migrations the database has run that this version does not know (none when it has no migration table yet). */
+async function runButUnknown (db: Db, dialect: DialectName): Promise<string[]> {
+  const known = migrations(dialect)
+  let names: string[]
+  try {
+    names = (await sql<{ name: string }>`select name from kysely_migration`.execute(db)).rows.map((r) => r.name)
+  } catch {
+    // A new database (or one the migrator will report on itself).
+    return []
+  }
+  return names.filter((name) => !(name in known)).sort()
 }
 
 export async function migrateDown (db: Db, dialect: DialectName): Promise<string[]> {
