@@ -223,6 +223,7 @@ describe('avatar pipeline', () => {
       ['a truncated JPEG', () => `${fx.url}/truncated.jpg`, 'avatar_corrupt'],
       ['an SVG', () => `${fx.url}/image.svg`, 'avatar_unsupported_format'],
       ['an SVG served as PNG', () => `${fx.url}/svg-as.png`, 'avatar_unsupported_format'],
+      ['an SVG as Illustrator writes one (a stylesheet, a DOCTYPE with entities)', () => `${fx.url}/illustrator.svg`, 'avatar_unsupported_format'],
       ['a TIFF', () => `${fx.url}/photo.tiff`, 'avatar_unsupported_format'],
       ['a decompression bomb', () => `${fx.url}/bomb.png`, 'avatar_too_many_pixels'],
       ['1,500 frames of 1x1 pixel (over AVATAR_MAX_FRAMES)', () => `${fx.url}/frames.gif`, 'avatar_too_many_pixels'],

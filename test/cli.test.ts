@@ -233,7 +233,9 @@ describe('agentry command and server process', () => {
         [{ AVATAR_ALLOW_PRIVATE_NETWORKS: 'maybe' }, 'AVATAR_ALLOW_PRIVATE_NETWORKS'],
         // Trusting every sender (or a hop count) would let a client pick its own address.
         [{ TRUST_PROXY: 'true' }, 'TRUST_PROXY'],
-        [{ TRUST_PROXY: '10.0.0.0/33' }, 'TRUST_PROXY']
+        [{ TRUST_PROXY: '10.0.0.0/33' }, 'TRUST_PROXY'],
+        [{ STATIC_BASE_URL: 'http://' }, 'STATIC_BASE_URL'],
+        [{ STATIC_BASE_URL: 'http://a b/static' }, 'STATIC_BASE_URL']
       ]
       const dir = dataDir()
       const results = await Promise.all(cases.map(([env]) => runCli(['serve'], { DATA_DIR: dir, ...env }, 10_000)))

@@ -23,7 +23,9 @@ export interface ProcessedAvatar {
 }
 
 const OTHER_FORMATS: Array<[string, (b: Buffer) => boolean]> = [
-  ['SVG', (b) => /^\s*(?:<\?xml[^>]*>\s*)?(?:<!--[\s\S]*?-->\s*)*(?:<!DOCTYPE svg[^>]*>\s*)?<svg[\s>]/i.test(b.subarray(0, 1024).toString('utf8').replace(/^\uFEFF/, ''))],
+  // Processing instructions (<?xml?>, <?xml-stylesheet?>) and comments in any order, and a DOCTYPE
+  // with or without an internal subset (Illustrator writes its entities there), before <svg.
+  ['SVG', (b) => /^\s*(?:(?:<\?[\s\S]*?\?>|<!--[\s\S]*?-->)\s*)*(?:<!DOCTYPE\s+svg[^>[]*(?:\[[\s\S]*?\])?\s*>\s*)?(?:(?:<\?[\s\S]*?\?>|<!--[\s\S]*?-->)\s*)*<svg[\s>]/i.test(b.subarray(0, 8192).toString('utf8').replace(/^\uFEFF/, ''))],
   ['TIFF', (b) => b.subarray(0, 4).equals(Buffer.from('II*\0', 'latin1')) || b.subarray(0, 4).equals(Buffer.from('MM\0*', 'latin1'))],
   ['BMP', (b) => b.subarray(0, 2).toString('latin1') === 'BM'],
   ['HEIF/AVIF', (b) => b.subarray(4, 8).toString('latin1') === 'ftyp'],
@@ -54,7 +56,7 @@ function mustBeAcceptedFormat (bytes: Buffer): ImageFormat {
   if (other !== undefined) {
     throw errors.avatar('avatar_unsupported_format', `The avatar is ${other === 'ICO' ? 'an' : 'a'} ${other} image; accepted formats are JPEG, PNG, WebP and GIF.`)
   }
-  throw errors.avatar('avatar_not_an_image', 'The avatar URL did not return an image (its bytes are not JPEG, PNG, WebP or GIF).')
+  throw errors.avatar('avatar_not_an_image', 'The avatar is not an image: its bytes are not JPEG, PNG, WebP or GIF (check the URL, or the file uploaded).')
 }
 
 const ENCODERS: Record<ImageFormat, (s: Sharp) => Sharp> = {

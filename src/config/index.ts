@@ -166,7 +166,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     dataDir,
     database: parseDatabaseUrl(e, dataDir),
     storage: parseStorageUrl(e, dataDir),
-    staticBaseUrl: (e.STATIC_BASE_URL ?? `http://localhost:${e.PORT}/static`).replace(/\/+$/, ''),
+    staticBaseUrl: parseStaticBaseUrl(e.STATIC_BASE_URL, e.PORT),
     bootstrapToken: e.BOOTSTRAP_TOKEN,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
@@ -199,6 +199,15 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     trustProxy: parseTrustProxy(e.TRUST_PROXY),
     dnsServers: parseDnsServers(e.DNS_SERVERS)
   })
+}
+
+/** STATIC_BASE_URL without its trailing slashes; one that is not a URL is refused here, not when first used. */
+function parseStaticBaseUrl (value: string | undefined, port: number): string {
+  const url = (value ?? `http://localhost:${port}/static`).replace(/\/+$/, '')
+  if (!URL.canParse(url) || !['http:', 'https:'].includes(new URL(url).protocol) || new URL(url).hostname === '') {
+    throw new ConfigError(`Invalid configuration: STATIC_BASE_URL must be an http(s) URL such as https://cdn.example.com/avatars (got ${JSON.stringify(value)})`)
+  }
+  return url
 }
 
 /** DNS_SERVERS: a comma-separated list of name servers, each `ip`, `ip:port` or `[ipv6]:port`. */

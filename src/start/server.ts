@@ -37,7 +37,9 @@ export async function startServer (config: Config): Promise<RunningServer> {
   const port = typeof address === 'object' && address !== null ? address.port : config.port
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`
   if (created !== undefined) {
-    // Printed once, to the console and not to the log, so it does not end up in log storage.
+    // Printed once, as plain text beside the log lines, not as one of them (no log field carries it).
+    // Under a supervisor that keeps stdout (journald, docker logs) it is kept with the logs: the README
+    // says to give BOOTSTRAP_TOKEN there instead.
     process.stdout.write(
       `\nNo API token existed, so one was created for widget "${created.widgetName}". It is shown only this once:\n\n` +
       `  ${created.token}\n\n` +

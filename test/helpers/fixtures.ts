@@ -58,6 +58,9 @@ export function manyFramesGif (frames: number): Buffer {
   return Buffer.concat([screen, loop, ...Array.from({ length: frames }, () => frame), Buffer.from([0x3b])])
 }
 
+/** An SVG as Illustrator writes one: a stylesheet instruction, and a DOCTYPE with entities. */
+export const ILLUSTRATOR_SVG = Buffer.from('<?xml version="1.0" encoding="utf-8"?>\n<?xml-stylesheet type="text/css" href="style.css"?>\n<!-- Generator: Adobe Illustrator -->\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd" [\n\t<!ENTITY ns_extend "http://ns.adobe.com/Extensibility/1.0/">\n\t<!ENTITY ns_ai "http://ns.adobe.com/AdobeIllustrator/10.0/">\n]>\n<svg version="1.1" xmlns="http://www.w3.org/2000/svg" width="100" height="100"><circle cx="50" cy="50" r="40"/></svg>')
+
 /** A PNG whose header claims 30000x30000 pixels: decoding it would need gigabytes. */
 export function decompressionBomb (): Buffer {
   const chunk = (type: string, data: Buffer) => {
@@ -129,6 +132,7 @@ export async function startFixtureServer (): Promise<FixtureServer> {
       case '/liar.jpg': return send(res, 'image/jpeg', Buffer.from('<html><body>not a jpeg at all</body></html>'))
       case '/image.svg': return send(res, 'image/svg+xml', SVG)
       case '/svg-as.png': return send(res, 'image/png', SVG)
+      case '/illustrator.svg': return send(res, 'image/svg+xml', ILLUSTRATOR_SVG)
       case '/photo.tiff': return send(res, 'image/tiff', images.tiff)
       case '/bomb.png': return send(res, 'image/png', decompressionBomb())
       case '/frames.gif': return send(res, 'image/gif', manyFramesGif(1500))
