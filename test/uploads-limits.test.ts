@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { SVG, decompressionBomb, makeImages, type FixtureImages } from './helpers/fixtures.js'
@@ -178,6 +179,32 @@ describe('rate limits behind a proxy (TRUST_PROXY)', () => {
     const srv = await startTestServer({ RATE_LIMIT_MAX: '2', RATE_LIMIT_WINDOW_MS: '60000' })
     try {
       assert.deepEqual([await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.8'), await madeUp(srv, '203.0.113.9')], [401, 401, 429])
+    } finally {
+      await srv.close()
+    }
+  })
+})
+
+describe('a request body sent too slowly (REQUEST_TIMEOUT_MS)', () => {
+  it('the connection is answered 408 and closed once the whole request has taken longer, whatever was sent', async () => {
+    const srv = await startTestServer({ REQUEST_TIMEOUT_MS: '1000' })
+    try {
+      const { port } = new URL(srv.url)
+      const socket = net.connect(Number(port), '127.0.0.1')
+      let received = ''
+      socket.on('data', (chunk: Buffer) => { received += chunk.toString('latin1') })
+      const closed = new Promise<number>((resolve) => { socket.on('close', () => { resolve(Date.now()) }) })
+      const started = Date.now()
+      // A valid token, then a body of 1000 bytes of which only the first few ever come.
+      socket.write(`POST /api/external/v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${srv.token}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"serviceUserId":`)
+      const trickle = setInterval(() => { if (!socket.destroyed) socket.write(' ') }, 200)
+      const at = await Promise.race([closed, new Promise<number>((resolve) => setTimeout(() => { resolve(-1) }, 10_000))])
+      clearInterval(trickle)
+      socket.destroy()
+      assert.notEqual(at, -1, 'the connection was still open after 10 s')
+      assert.ok(at - started >= 1000, 'not before the timeout')
+      assert.match(received, /^HTTP\/1\.1 408 /)
+      assert.equal((await srv.call('GET', '/agents')).body.data.length, 0, 'nothing made')
     } finally {
       await srv.close()
     }

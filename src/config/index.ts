@@ -33,6 +33,7 @@ const EnvSchema = Type.Object({
     default: 'info'
   }),
   BODY_LIMIT_BYTES: Type.Integer({ default: 65536, minimum: 1024, maximum: 104857600 }),
+  REQUEST_TIMEOUT_MS: Type.Integer({ default: 300000, minimum: 0, maximum: 3600000 }),
   AVATAR_ALLOW_PRIVATE_NETWORKS: Type.Boolean({ default: false }),
   AVATAR_MAX_BYTES: Type.Integer({ default: 10485760, minimum: 1024, maximum: 104857600 }),
   AVATAR_MAX_PIXELS: Type.Integer({ default: 40000000, minimum: 1, maximum: 1000000000 }),
@@ -90,6 +91,8 @@ export interface Config {
   readonly bootstrapToken: string | undefined
   readonly logLevel: Env['LOG_LEVEL']
   readonly bodyLimitBytes: number
+  /** How long a client may take to send a whole request, headers and body (0: no limit). */
+  readonly requestTimeoutMs: number
   readonly avatar: {
     readonly allowPrivateNetworks: boolean
     readonly maxBytes: number
@@ -170,6 +173,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     bootstrapToken: e.BOOTSTRAP_TOKEN,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     avatar: {
       allowPrivateNetworks: e.AVATAR_ALLOW_PRIVATE_NETWORKS,
       maxBytes: e.AVATAR_MAX_BYTES,

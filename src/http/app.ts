@@ -73,6 +73,9 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     },
     childLoggerFactory: lazyChildLoggerFactory,
     bodyLimit: config.bodyLimitBytes,
+    // Node's own default, which Fastify turns off (0): a client trickling a body (an upload at a byte
+    // a minute) would hold its connection and what it sent for ever.
+    requestTimeout: config.requestTimeoutMs,
     trustProxy: config.trustProxy === false ? false : [...config.trustProxy],
     requestIdHeader: false,
     genReqId: (req) => requestIdOf(req.headers),
@@ -80,7 +83,11 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     serverFactory: (handler, options) => {
       // Fastify has filled in its defaults by now.
       const opts = options as unknown as ServerTimeouts
-      const server = createServer(opts.http ?? {}, (req, res) => {
+      // Node checks for requests past their time every connectionsCheckingInterval (30 s by default):
+      // often enough for the timeout given.
+      const checkEveryMs = opts.requestTimeout > 0 ? Math.min(30_000, Math.max(250, Math.floor(opts.requestTimeout / 4))) : 30_000
+      // The request timeout is given here: set on the server afterwards, Node 20 never applies it.
+      const server = createServer({ ...opts.http, requestTimeout: opts.requestTimeout, connectionsCheckingInterval: checkEveryMs }, (req, res) => {
         if (fastPath === undefined || !fastPath(req, res, handler)) handler(req, res)
       })
       server.keepAliveTimeout = opts.keepAliveTimeout
