@@ -86,8 +86,14 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
       // Node checks for requests past their time every connectionsCheckingInterval (30 s by default):
       // often enough for the timeout given.
       const checkEveryMs = opts.requestTimeout > 0 ? Math.min(30_000, Math.max(250, Math.floor(opts.requestTimeout / 4))) : 30_000
-      // The request timeout is given here: set on the server afterwards, Node 20 never applies it.
-      const server = createServer({ ...opts.http, requestTimeout: opts.requestTimeout, connectionsCheckingInterval: checkEveryMs }, (req, res) => {
+      // The request timeout is given here: set on the server afterwards, Node 20 never applies it. The
+      // headers' own timeout stays Node's 60 s (or the request's, if shorter) even with none for requests.
+      const server = createServer({
+        ...opts.http,
+        requestTimeout: opts.requestTimeout,
+        headersTimeout: opts.requestTimeout > 0 ? Math.min(60_000, opts.requestTimeout) : 60_000,
+        connectionsCheckingInterval: checkEveryMs
+      }, (req, res) => {
         if (fastPath === undefined || !fastPath(req, res, handler)) handler(req, res)
       })
       server.keepAliveTimeout = opts.keepAliveTimeout
