@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import pg from 'pg'
 import { call, dataDir, killAll, removeDirs, startServe, startTwoInstances, until, type Instances, type Reply, type ServeProcess } from './helpers/process.js'
+import { startDnsServer } from './helpers/dns.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { provisionStores, storeLeg, type ProvisionedStores } from './helpers/stores.js'
 
@@ -518,6 +519,28 @@ describe('webhooks', () => {
     const attempts = await srv.services.database.db.selectFrom('webhook_attempts').select('attempt').where('delivery_id', '=', done.id as string).execute()
     assert.deepEqual(attempts, [])
     check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+})
+
+describe('an endpoint given by host name', () => {
+  it('is resolved through DNS_SERVERS at delivery, like avatar hosts (see test/dns.test.ts)', async () => {
+    const ns = await startDnsServer({ 'hooks.test': { A: ['127.0.0.1'] } })
+    const sink = await startReceiver()
+    const srv = await startTestServer({ DNS_SERVERS: ns.server, WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', EVENTS_POLL_MS: '50' })
+    try {
+      const w = await widget(srv, 'wh-by-name')
+      const url = new URL(sink.url)
+      url.hostname = 'hooks.test'
+      check(await w('POST', WEBHOOKS, { url: url.href }))
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-name', name: 'By name' }))
+      await until('the delivery', () => sink.delivered().length >= 1 ? true : undefined, WAIT_MS)
+      assert.equal(sink.delivered()[0]!.event.type, 'agent.created')
+      assert.ok(ns.queries.includes('hooks.test A'), `queries: ${ns.queries.join(', ')}`)
+    } finally {
+      await srv.close()
+      await sink.close()
+      await ns.close()
+    }
   })
 })
 
