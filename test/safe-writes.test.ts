@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import SQLite from 'better-sqlite3'
 import { sql } from 'kysely'
+import pg from 'pg'
 import { requestFingerprint } from '../src/http/plugins/idempotency.js'
-import { rawGet, startTestServer, type TestServer } from './helpers/server.js'
+import { startFixtureServer } from './helpers/fixtures.js'
+import { rawGet, startTestServer, untilWaitingForLock, type TestServer } from './helpers/server.js'
 
 describe('ETags and conditional requests', () => {
   let srv: TestServer
@@ -95,6 +98,88 @@ describe('ETags and conditional requests', () => {
     ])
     const { body: { data } } = await srv.call('GET', `/agents/${id}`)
     assert.deepEqual([data.name, data.status, data.active], ['Renamed', 'online', false])
+  })
+})
+
+describe('If-Match and writes the API does not show', () => {
+  it('a PUT whose row another write changed without changing what the API shows (a heartbeat of an agent online) still matches: 200, not 412', async () => {
+    const srv = await startTestServer()
+    try {
+      const { body: { data: agent } } = await srv.call('POST', '/agents', { serviceUserId: 'if-match-hidden', name: 'Before' })
+      await srv.call('POST', `/agents/${agent.id as string}/heartbeat`)
+      const etag = (await srv.call('GET', `/agents/${agent.id as string}`)).headers.get('etag') ?? ''
+      // Another process holds the write lock (SQLite) or the agent's row (PostgreSQL) while the PUT
+      // reads the agent and waits to write it, then writes what a heartbeat writes, and lets go.
+      const target = srv.services.config.database
+      const hidden = 'update agents set version = version + 1, presence_expires_at = presence_expires_at + 1 where id = '
+      let put: Promise<Awaited<ReturnType<TestServer['call']>>>
+      if (target.kind === 'postgres') {
+        const other = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
+        await other.connect()
+        try {
+          await other.query('begin')
+          await other.query('select 1 from agents where id = $1 for update', [agent.id])
+          put = srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' }, { 'if-match': etag })
+          await untilWaitingForLock(srv, { statement: 'update' })
+          await other.query(`${hidden}$1`, [agent.id])
+          await other.query('commit')
+        } finally {
+          await other.end()
+        }
+      } else {
+        const other = new SQLite(target.file)
+        try {
+          other.exec('BEGIN IMMEDIATE')
+          put = srv.call('PUT', `/agents/${agent.id as string}`, { name: 'After' }, { 'if-match': etag })
+          await new Promise((resolve) => setTimeout(resolve, 300))
+          other.prepare(`${hidden}?`).run(agent.id)
+          other.exec('COMMIT')
+        } finally {
+          other.close()
+        }
+      }
+      const res = await put
+      assert.equal(res.status, 200, JSON.stringify(res.body))
+      assert.equal(res.body.data.name, 'After')
+    } finally {
+      await srv.close()
+    }
+  })
+})
+
+describe('a read meeting an avatar replaced under it (PostgreSQL)', { skip: process.env.TEST_DATABASE_URL === undefined && 'PostgreSQL only: a read held between its two statements by a lock from outside' }, () => {
+  it('shows the agent with its new avatar, never with none (a state that never was)', async () => {
+    const fx = await startFixtureServer()
+    // No avatar record kept in memory: as on an instance that did not make them.
+    const srv = await startTestServer({}, { avatarRowsKept: 0 })
+    try {
+      const a = (await srv.call('POST', '/agents', { serviceUserId: 'swap-a', name: 'A', avatar: `${fx.url}/photo.jpg` })).body.data
+      const b = (await srv.call('POST', '/agents', { serviceUserId: 'swap-b', name: 'B', avatar: `${fx.url}/photo.png` })).body.data
+      const other = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
+      await other.connect()
+      let read: Promise<Awaited<ReturnType<TestServer['call']>>>
+      try {
+        await other.query('begin')
+        // The read gets A's row, then waits to read its avatar record.
+        await other.query('lock table avatars in access exclusive mode')
+        read = srv.call('GET', `/agents/${a.id as string}`)
+        await untilWaitingForLock(srv, { statement: 'avatars' })
+        // Meanwhile A's avatar is replaced (by B's record, as another instance's write would do with a new one).
+        const { rows: [{ avatar_id: old }] } = await other.query('select avatar_id from agents where id = $1', [a.id])
+        await other.query('update agents set avatar_id = (select avatar_id from agents where id = $1), version = version + 1 where id = $2', [b.id, a.id])
+        await other.query('delete from avatars where id = $1', [old])
+        await other.query('commit')
+      } finally {
+        await other.end()
+      }
+      const res = await read
+      assert.equal(res.status, 200)
+      assert.notEqual(res.body.data.avatar, null, 'shown with no avatar')
+      assert.equal(res.body.data.avatar.info.path, b.avatar.info.path)
+    } finally {
+      await srv.close()
+      await fx.close()
+    }
   })
 })
 

@@ -37,6 +37,8 @@ const AVATAR_ROWS_KEPT = 10_000
  * for the store after half of it, and a write that finds the claim waits for it at most this long.
  */
 const COLLECT_DEADLINE_SECONDS = 60
+/** Times a row found out of date (isStale) is read again before it is shown as it is. */
+const STALE_REREADS = 5
 /** How often a write waiting for another instance's collector looks whether it is done. */
 const COLLECT_POLL_MS = 50
 
@@ -337,7 +339,7 @@ export class AgentService {
     const cached = this.cache?.get(widgetId, id.toLowerCase(), now)
     if (cached !== undefined) return cached
     const ticket = this.cache?.ticket()
-    return await this.representationOfRow(await this.mustFind(widgetId, id), now, ticket)
+    return await this.representationOfRow(await this.mustFind(widgetId, id), now, ticket, async () => await this.mustFind(widgetId, id))
   }
 
   /**
@@ -358,19 +360,34 @@ export class AgentService {
     const stored = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
     if (stored === undefined) throw notFoundByServiceUserId(serviceUserId)
     if (this.cache !== undefined) setBounded(this.idsByServiceUserId, key, stored.id.toLowerCase(), this.options.shownKept ?? 0)
-    return await this.representationOfRow(stored, now, ticket)
+    return await this.representationOfRow(stored, now, ticket, async () => {
+      const again = await findAgentByServiceUserId(this.db, widgetId, serviceUserId)
+      if (again === undefined) throw notFoundByServiceUserId(serviceUserId)
+      return again
+    })
   }
 
-  /** An agent's row as read, made into what the API shows (kept in the read cache under `ticket`, or remembered as shown). */
-  private async representationOfRow (stored: AgentRow, now: number, ticket: number | undefined): Promise<AgentRepresentation> {
-    const current = effective(stored, now)
-    // No read cache (PostgreSQL): the row is read every time, but made into JSON and hashed for its
-    // ETag only when it differs from the last one shown (field by field, whatever changed it).
-    if (this.cache === undefined) {
-      const last = this.shown.get(stored.id)
-      if (last !== undefined && sameRow(last.row, current)) return (last.representation ??= { json: last.json, etag: etagOf(last.json) })
+  /**
+   * An agent's row as read, made into what the API shows (kept in the read cache under `ticket`, or
+   * remembered as shown). A row whose avatar record is gone is out of date (see isStale): it is read
+   * again with `reread`.
+   */
+  private async representationOfRow (first: AgentRow, now: number, ticket: number | undefined, reread: () => Promise<AgentRow>): Promise<AgentRepresentation> {
+    let stored = first
+    let current = effective(stored, now)
+    let avatar: AvatarRow | undefined
+    for (let again = 0; ; again++) {
+      // No read cache (PostgreSQL): the row is read every time, but made into JSON and hashed for its
+      // ETag only when it differs from the last one shown (field by field, whatever changed it).
+      if (this.cache === undefined) {
+        const last = this.shown.get(stored.id)
+        if (last !== undefined && sameRow(last.row, current)) return (last.representation ??= { json: last.json, etag: etagOf(last.json) })
+      }
+      avatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
+      if (!isStale(current, avatar) || again >= STALE_REREADS) break
+      stored = await reread()
+      current = effective(stored, now)
     }
-    const avatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
     const representation = representationOf(this.shapeAt(current, avatar, now))
     if (ticket !== undefined) this.cache?.set(stored.widget_id, stored.id.toLowerCase(), { ...representation, row: stored }, cachedUntil(stored), ticket)
     else this.rememberShown(current, avatar, representation.json, representation)
@@ -464,9 +481,11 @@ export class AgentService {
 
   /** Deletes the agent; its avatar files go once no other avatar refers to their content. */
   async delete (widgetId: string, id: string, options: Pick<WriteOptions, 'ifMatch'> = {}): Promise<Agent> {
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
       const row = await this.mustFind(widgetId, id)
-      const agent = await this.represent(row)
+      const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
+      if (isStale(row, avatar) && attempt < STALE_REREADS) continue
+      const agent = this.shape(row, avatar)
       if (options.ifMatch !== undefined && !ifMatchAccepts(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
       const deleted = await this.transactIn(widgetId, async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
@@ -478,7 +497,7 @@ export class AgentService {
         this.cache?.invalidate(widgetId, row.id)
         return agent
       }
-      if (options.ifMatch !== undefined) throw errors.preconditionFailed()
+      // Written meanwhile: read again (and with If-Match, compare again).
     }
   }
 
@@ -733,6 +752,7 @@ export class AgentService {
       const stored = await load(attempt > 0)
       const current = effective(stored, now)
       const currentAvatar = current.avatar_id === null ? undefined : await this.avatarRow(current.avatar_id)
+      if (isStale(current, currentAvatar) && attempt < STALE_REREADS) continue
       if (ifMatch !== undefined && !ifMatchAccepts(ifMatch, agentEtag(this.shapeAt(current, currentAvatar, now)))) throw errors.preconditionFailed()
 
       const changes = await this.changesFor(current, currentAvatar, input, removeAvatar, image)
@@ -778,8 +798,8 @@ export class AgentService {
           throw err
         }
       }
-      // Someone else wrote first: with If-Match that is a failed precondition, otherwise read again.
-      if (ifMatch !== undefined) throw errors.preconditionFailed()
+      // Someone else wrote first: read again (and with If-Match, compare again: a write that changed
+      // nothing the API shows, a heartbeat of an agent online, leaves the ETag as it was).
     }
   }
 
@@ -868,11 +888,6 @@ export class AgentService {
     ])
   }
 
-  private async represent (row: AgentRow): Promise<Agent> {
-    const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
-    return this.shape(row, avatar)
-  }
-
   /**
    * Listed agents as JSON text, each as GET /agents/:id shows it. An agent's JSON is made of its row
    * as shown now and its avatar record (which never changes), so the JSON made for a row is reused
@@ -891,19 +906,31 @@ export class AgentService {
       return current
     })
     if (made.length === 0) return items
+    let dropped = false
     const avatars = await this.avatarsOf(made.map((i) => asShown[i] as AgentRow))
     for (const i of made) {
-      const row = asShown[i] as AgentRow
-      const avatar = row.avatar_id === null ? undefined : avatars.get(row.avatar_id)
+      let row = asShown[i] as AgentRow
+      let avatar = row.avatar_id === null ? undefined : avatars.get(row.avatar_id)
+      if (isStale(row, avatar)) {
+        // Written after the list was read (isStale): this one agent is shown as it is now, or not
+        // at all when it was deleted since.
+        const fresh = await this.findById(row.widget_id, row.id)
+        if (fresh === undefined) {
+          dropped = true
+          continue
+        }
+        row = effective(fresh, this.now())
+        avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
+      }
       const json = JSON.stringify(this.rawShape(row, avatar))
       items[i] = json
       // Its ETag is made once a GET needs it.
       this.rememberShown(row, avatar, json, undefined)
     }
-    return items
+    return dropped ? items.filter((item) => item !== undefined) : items
   }
 
-  /** The avatar records these rows refer to, by id. */
+  /** The avatar records these rows refer to, by id (a record deleted since the rows were read is missing). */
   private async avatarsOf (rows: AgentRow[]): Promise<Map<string, AvatarRow>> {
     // Held here for the caller: remembering the ones fetched may push others out of avatarRows.
     const avatars = new Map<string, AvatarRow>()
@@ -987,6 +1014,16 @@ function laterOf (now: number, row: Pick<AgentRow, 'updated_at'>): number {
 }
 
 /** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
+/**
+ * Whether a row refers to an avatar record that is gone. Records never change, but a write that
+ * replaces or removes an agent's avatar (or deletes the agent) deletes the old one: a row read just
+ * before such a write, whose record is looked up just after it, is out of date, and showing it with
+ * no avatar would show a state that never was.
+ */
+function isStale (row: AgentRow, avatar: AvatarRow | undefined): boolean {
+  return row.avatar_id !== null && avatar === undefined
+}
+
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }
