@@ -436,6 +436,19 @@ describe('webhooks', () => {
     check(await w('DELETE', `${WEBHOOKS}/${loud.id}`))
   })
 
+  it('a receiver whose answer holds a NUL byte: delivered once and logged (PostgreSQL text cannot hold one), the next event goes too', async () => {
+    const w = await widget(srv, 'wh-nul')
+    const sink = await receiver(() => 200, Buffer.from('ok\u0000ok'))
+    const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-nul-1', name: 'First' }))
+    check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-nul-2', name: 'Second' }))
+    const log = await untilLog(w, endpoint.id, 'both deliveries to be logged as succeeded', (l) => l.length === 2 && l.every((d: { status: string }) => d.status === 'succeeded'))
+    assert.equal(log[0].attempts[0].responseBody, 'ok\uFFFDok')
+    await sleep(QUIET_MS)
+    assert.equal(sink.arrivals.length, 2, 'each sent once')
+    check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+  })
+
   it('a delivery that succeeded can be sent again by hand, with the same webhook-id', async () => {
     const w = await widget(srv, 'wh-resend')
     const sink = await receiver()

@@ -188,7 +188,7 @@ export class WebhookService {
     // The attempt's record and the delivery's next state together: a delivery whose attempt was
     // recorded is never left claimed with its old count (it would be sent again under the same number).
     await this.transact(async (trx) => {
-      await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error, duration_ms: finished - started, response_body: responseBody }, delivery, {
+      await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error: storable(error), duration_ms: finished - started, response_body: storable(responseBody) }, delivery, {
         status: ok ? 'succeeded' : expired ? 'failed' : 'pending',
         attempts: attemptNo,
         next_attempt_at: ok || expired ? finished : finished + this.backoff(attemptNo),
@@ -231,6 +231,15 @@ function mustBeWebhookUrl (raw: string, isAllowed: AddressPolicy): URL {
  * The first max characters of a response body. The rest is read and dropped, up to a bound, so that
  * the connection can carry the next delivery; a longer body closes it.
  */
+/**
+ * Text as it can be stored on both databases: PostgreSQL's text cannot hold a NUL character, and a
+ * receiver's answer may have any bytes (one that did made the attempt's record fail to be written,
+ * and the delivery be sent again for ever). Shown as U+FFFD, as undecodable bytes are.
+ */
+function storable (text: string | null): string | null {
+  return text === null ? null : text.replaceAll('\u0000', '\uFFFD')
+}
+
 async function readSnippet (res: NodeJS.ReadableStream & { destroy: () => void }, max: number): Promise<string> {
   let text = ''
   let bytes = 0
