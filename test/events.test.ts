@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
+import http from 'node:http'
 import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
@@ -504,6 +505,39 @@ describe('event stream (GET /api/external/v1/events)', () => {
       assert.equal((await openStream(srv.api, revoked.token)).status, 401)
     } finally {
       stream.close()
+    }
+  })
+
+  it('a client that does not read is sent only what its connection holds; revoked meanwhile, its stream ends at once all the same', async () => {
+    const token = await srv.services.tokens.create('stream-unread')
+    const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
+    check(await w('POST', '/agents', { serviceUserId: 'unread-0', name: 'n'.repeat(255) }))
+    // 20,000 events of ~1 KB kept for the widget (copies of that one, written as the service would):
+    // more than loopback connections hold (a few MB), so the server has to hold back or buffer.
+    const db = srv.services.database.db
+    const [row] = await db.selectFrom('events').selectAll().where('type', '=', 'agent.created').where('payload', 'like', '%nnnnnnnnnn%').execute()
+    for (let i = 0; i < 40; i++) {
+      await db.insertInto('events').values(Array.from({ length: 500 }, () => ({ widget_id: row!.widget_id, type: row!.type, agent_id: row!.agent_id, payload: row!.payload, created_at: row!.created_at }))).execute()
+    }
+    const openBefore = srv.services.streams.size
+    let socket: net.Socket | undefined
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const req = http.get(`${srv.api}${EVENTS}`, { headers: { authorization: `Bearer ${token.token}`, 'last-event-id': '0' } }, (res) => {
+          assert.equal(res.statusCode, 200)
+          res.pause() // never read (a paused socket does not notice its end either: the server's count tells)
+          socket = res.socket
+          resolve()
+        })
+        req.on('error', () => {})
+        setTimeout(() => { reject(new Error('no answer')) }, 5000)
+      })
+      await sleep(1000)
+      assert.equal(srv.services.streams.size, openBefore + 1)
+      await srv.services.tokens.revoke(token.id)
+      await until('the unread stream of a revoked token to end on the server', () => srv.services.streams.size === openBefore ? true : undefined, 5000)
+    } finally {
+      socket?.destroy()
     }
   })
 

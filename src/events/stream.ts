@@ -58,15 +58,21 @@ export class EventStreams {
     res.write(`retry: 2000\nid: ${last}\n\n`)
     let busy = false
     const poll = async () => {
-      if (busy || closed || res.writableNeedDrain) return
+      if (busy || closed) return
       busy = true
       try {
-        // A token revoked while its stream is open ends the stream (its next request is refused).
+        // A token revoked while its stream is open ends the stream (its next request is refused),
+        // whether or not its client reads.
         if (!await stillAllowed()) {
+          // At once, with whatever the connection still holds unsent: not for this token any more.
+          res.destroy()
           close()
           return
         }
-        for (;;) {
+        // Only as fast as the client reads: a page at most past what the connection holds, the rest
+        // once it has drained (a client resuming from an old Last-Event-ID that reads slowly, or not
+        // at all, would otherwise have every retained event held in memory for it).
+        while (!closed && !res.writableNeedDrain) {
           const rows = await listEventsAfter(this.db, widgetId, last, 200)
           if (closed) break
           for (const row of rows) {
