@@ -535,6 +535,30 @@ describe('webhooks', () => {
   })
 })
 
+describe('a receiver that takes its whole timeout', () => {
+  it('holds up its own endpoint only: another widget\'s delivery goes while it waits', async () => {
+    const slow = await startReceiver(() => 'hang')
+    const quick = await startReceiver()
+    const srv = await startTestServer({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT_MS: '3000', EVENTS_POLL_MS: '50' })
+    try {
+      const a = await widget(srv, 'wh-slow')
+      const b = await widget(srv, 'wh-quick')
+      const slowEndpoint = check(await a('POST', WEBHOOKS, { url: slow.url })).body.data
+      check(await b('POST', WEBHOOKS, { url: quick.url }))
+      check(await a('POST', '/api/external/v1/agents', { serviceUserId: 'wh-slow-1', name: 'Slow' }))
+      await until('the slow receiver to be waiting', () => slow.arrivals.length >= 1 ? true : undefined, WAIT_MS)
+      check(await b('POST', '/api/external/v1/agents', { serviceUserId: 'wh-quick-1', name: 'Quick' }))
+      await until('the other widget\'s delivery', () => quick.delivered().length >= 1 ? true : undefined, WAIT_MS)
+      const log = check(await a('GET', `${WEBHOOKS}/${slowEndpoint.id}/deliveries`)).body.data
+      assert.deepEqual(log[0].attempts, [], 'delivered while the slow attempt was still on its way (it times out after 3 s)')
+    } finally {
+      await srv.close()
+      await slow.close()
+      await quick.close()
+    }
+  })
+})
+
 describe('an endpoint given by host name', () => {
   it('is resolved through DNS_SERVERS at delivery, like avatar hosts (see test/dns.test.ts)', async () => {
     const ns = await startDnsServer({ 'hooks.test': { A: ['127.0.0.1'] } })

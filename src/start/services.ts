@@ -85,7 +85,9 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
       const handed = await handOverLeftovers(database.db, database.transact, store, { graceSeconds: config.avatarGcGraceSeconds, signal })
       if (!signal.aborted) metrics.leftoversHandedOver(handed)
     }, { firstAfterMs: Math.min(sweepMs, FIRST_LEFTOVERS_LOOK_MS) })
-  return async () => { await Promise.all([upkeep(), dispatch(), tempFiles(), leftoverImages()]) }
+  // No more attempts are started; those on their way are waited for.
+  const stopDispatch = async (): Promise<void> => { await dispatch(); await webhooks.settle() }
+  return async () => { await Promise.all([upkeep(), stopDispatch(), tempFiles(), leftoverImages()]) }
 }
 
 /**

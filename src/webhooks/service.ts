@@ -46,6 +46,8 @@ const ENDPOINT_ID = /^wh_[0-9a-f]{32}$/
 
 /** A receiver's answer longer than this is not read to its end: its connection is closed instead. */
 const DRAINED_BYTES = 64 * 1024
+/** Attempts on their way from one instance at most. */
+const MAX_IN_FLIGHT = 50
 
 function endpointOf (row: WebhookEndpointRow): Endpoint {
   return { id: row.id, url: row.url, eventTypes: JSON.parse(row.event_types) as string[], createdAt: row.created_at }
@@ -62,6 +64,8 @@ function webhookNotFound (): AppError {
 export class WebhookService {
   /** Deliveries to the same endpoint reuse their connections (all made under this service's policy). */
   private readonly connections = new KeptConnections()
+  /** Attempts on their way (dispatchDue). */
+  private readonly inFlight = new Set<Promise<void>>()
 
   constructor (private readonly db: Db, private readonly transact: Transact, private readonly settings: WebhookSettings) {}
 
@@ -124,16 +128,35 @@ export class WebhookService {
     await requeueDelivery(this.db, deliveryId, Date.now())
   }
 
-  /** Sends every delivery that is due now; returns how many were attempted. Safe on every instance. */
+  /**
+   * Starts sending the deliveries that are due now (the first pending one of each endpoint, so an
+   * endpoint's go in order), up to MAX_IN_FLIGHT at once on this instance; returns how many it
+   * started. Attempts are not waited for: a receiver that takes its whole WEBHOOK_TIMEOUT_MS holds
+   * up its own endpoint only, not the next round for every other. Safe on every instance.
+   */
   async dispatchDue (): Promise<number> {
+    const room = MAX_IN_FLIGHT - this.inFlight.size
+    if (room <= 0) return 0
     const now = Date.now()
-    const due = await dueDeliveries(this.db, now, 50)
-    const claimed: WebhookDeliveryRow[] = []
+    const due = await dueDeliveries(this.db, now, room)
+    let started = 0
     for (const d of due) {
-      if (await claimDelivery(this.db, d.id, now, now + this.settings.timeoutMs + 5000)) claimed.push(d)
+      if (!await claimDelivery(this.db, d.id, now, now + this.settings.timeoutMs + 5000)) continue
+      const attempt: Promise<void> = this.attempt(d)
+        .catch((err: unknown) => {
+          // Its claim runs out and it is sent again (at least once, as the README says).
+          process.emitWarning(`agentry webhook attempt failed: ${err instanceof Error ? err.message : String(err)}`)
+        })
+        .finally(() => { this.inFlight.delete(attempt) })
+      this.inFlight.add(attempt)
+      started++
     }
-    await Promise.all(claimed.map((d) => this.attempt(d)))
-    return claimed.length
+    return started
+  }
+
+  /** Waits for the attempts on their way (at shutdown, once no more are started). */
+  async settle (): Promise<void> {
+    await Promise.allSettled([...this.inFlight])
   }
 
   private async attempt (delivery: WebhookDeliveryRow): Promise<void> {
