@@ -109,6 +109,16 @@ export async function startFixtureServer (): Promise<FixtureServer> {
   const served = new WeakMap<object, number>()
   let connections = 0
   let resets = 0
+  /** Sends the JPEG 64 bytes every 100 ms, then ends (unless the client hung up first). */
+  const trickle = (res: http.ServerResponse): void => {
+    open.add(res)
+    let offset = 0
+    const timer = setInterval(() => {
+      if (res.destroyed || offset >= images.jpeg.length) { clearInterval(timer); timers.delete(timer); res.end(); return }
+      res.write(images.jpeg.subarray(offset, offset + 64)); offset += 64
+    }, 100)
+    timers.add(timer)
+  }
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/'
     hits.set(path, (hits.get(path) ?? 0) + 1)
@@ -137,37 +147,23 @@ export async function startFixtureServer (): Promise<FixtureServer> {
       case '/bomb.png': return send(res, 'image/png', decompressionBomb())
       case '/frames.gif': return send(res, 'image/gif', manyFramesGif(1500))
       case '/oriented-anim.webp': return send(res, 'image/webp', images.orientedAnimatedWebp)
-      case '/slow-unsized.jpg': {
+      case '/slow-unsized.jpg':
         // As /slow.jpg, but with neither a length nor chunks: the body ends when the connection does.
         res.useChunkedEncodingByDefault = false
         res.writeHead(200, { 'content-type': 'image/jpeg', connection: 'close' })
-        open.add(res)
-        let offset = 0
-        const timer = setInterval(() => {
-          if (res.destroyed || offset >= images.jpeg.length) { clearInterval(timer); timers.delete(timer); res.end(); return }
-          res.write(images.jpeg.subarray(offset, offset + 64)); offset += 64
-        }, 100)
-        timers.add(timer)
+        trickle(res)
         return
-      }
       case '/empty': return send(res, 'image/png', Buffer.alloc(0))
       case '/redirect': res.writeHead(302, { location: '/photo.jpg' }).end(); return
       case '/loop-a': res.writeHead(302, { location: '/loop-b' }).end(); return
       case '/loop-b': res.writeHead(301, { location: '/loop-a' }).end(); return
       case '/server-error': res.writeHead(500).end('oops'); return
       case '/huge-declared': res.writeHead(200, { 'content-type': 'image/jpeg', 'content-length': 50 * 1024 * 1024 }); res.write(images.jpeg.subarray(0, 100)); open.add(res); return
-      case '/slow.jpg': {
+      case '/slow.jpg':
         // A valid JPEG, one small piece every 100 ms: slower than any sane deadline.
         res.writeHead(200, { 'content-type': 'image/jpeg', 'content-length': images.jpeg.length })
-        open.add(res)
-        let offset = 0
-        const timer = setInterval(() => {
-          if (res.destroyed || offset >= images.jpeg.length) { clearInterval(timer); timers.delete(timer); res.end(); return }
-          res.write(images.jpeg.subarray(offset, offset + 64)); offset += 64
-        }, 100)
-        timers.add(timer)
+        trickle(res)
         return
-      }
       case '/endless': {
         // Never ends on its own: 64 KiB chunks until the client hangs up (or 30 s pass).
         res.writeHead(200, { 'content-type': 'image/jpeg' })
