@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import { describe, it } from 'node:test'
 import sharp from 'sharp'
-import { listFiles, rawGet, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
+import { createWithUpload, listFiles, rawGet, serversForSuite, startTestServer, type TestServer } from './helpers/server.js'
 import { makeImages, manyFramesGif, type FixtureServer } from './helpers/fixtures.js'
 import { until } from './helpers/process.js'
 import type { LocalBlobStore } from '../src/storage/local.js'
@@ -298,19 +298,11 @@ describe('AVATAR_MAX_PIXELS counts every frame\'s 120x120 variant too', () => {
   it('ten frames of 1x1 pixel are 144,010 pixels to make: over a limit of 100,000; two 64x48 frames are not', async () => {
     const srv = await startTestServer({ AVATAR_MAX_PIXELS: '100000' })
     try {
-      const upload = async (bytes: Buffer, id: string) => {
-        const data = new FormData()
-        data.append('serviceUserId', id)
-        data.append('name', 'Frames')
-        data.append('avatar', new Blob([bytes]), 'a.gif')
-        const res = await fetch(`${srv.api}/agents`, { method: 'POST', headers: { authorization: `Bearer ${srv.token}` }, body: data })
-        return { status: res.status, body: await res.json() as { error?: { code: string, message: string } } }
-      }
-      const tiny = await upload(manyFramesGif(10), 'frames-10')
+      const tiny = await createWithUpload(srv, 'frames-10', 'Frames', manyFramesGif(10))
       assert.equal(tiny.status, 422)
       assert.equal(tiny.body.error?.code, 'avatar_too_many_pixels')
       assert.match(tiny.body.error?.message ?? '', /1x1 with 10 frames: 144010 pixels/)
-      assert.equal((await upload((await makeImages()).gif, 'frames-2')).status, 200)
+      assert.equal((await createWithUpload(srv, 'frames-2', 'Frames', (await makeImages()).gif)).status, 200)
     } finally {
       await srv.close()
     }

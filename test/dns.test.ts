@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test'
 import { OutboundResolver } from '../src/net/resolve.js'
 import { startDnsServer, type DnsServer } from './helpers/dns.js'
 import { startFixtureServer, type FixtureServer } from './helpers/fixtures.js'
-import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import { createWithUpload, startTestServer, type TestServer } from './helpers/server.js'
 
 // Avatar hosts' names are asked of the name servers in DNS_SERVERS (here a stand-in on loopback:
 // see test/helpers/dns.ts). This machine's own resolver answers at once and cannot be made to keep
@@ -56,7 +56,7 @@ describe('avatar host names asked of DNS_SERVERS', () => {
   it('a name server that never answers: the request gives up within AVATAR_TIMEOUT_MS, and uploads and files are served meanwhile', async () => {
     srv = await startTestServer({ DNS_SERVERS: ns.server, AVATAR_ALLOW_PRIVATE_NETWORKS: 'true', AVATAR_TIMEOUT_MS: '1500' })
     // A file to read from the store while the lookups wait (not from memory: a new image each time).
-    const first = await upload(srv, fx.images.png, 'before')
+    const first = await createWithUpload(srv, 'dns-upload-before', 'Uploaded', fx.images.png)
     assert.equal(first.status, 200, JSON.stringify(first.body))
     let pending = 8
     const silent = Array.from({ length: 8 }, async (_, i) => {
@@ -68,7 +68,7 @@ describe('avatar host names asked of DNS_SERVERS', () => {
     })
     while (ns.queries.filter((q) => q.startsWith('silent.test')).length < 8) await new Promise((resolve) => setTimeout(resolve, 10))
     // With every lookup waiting: an upload (decoded and written through the thread pool) and a file read.
-    const during = await upload(srv, fx.images.webp, 'during')
+    const during = await createWithUpload(srv, 'dns-upload-during', 'Uploaded', fx.images.webp)
     assert.equal(during.status, 200, JSON.stringify(during.body))
     const file = await fetch(first.body.data.avatar.url['520x400'] as string)
     assert.equal(file.status, 200)
@@ -107,12 +107,3 @@ describe('a name the DNS does not know goes to the system lookup (/etc/hosts, se
     }
   })
 })
-
-async function upload (srv: TestServer, bytes: Buffer, id: string): Promise<ApiResponse> {
-  const data = new FormData()
-  data.append('serviceUserId', `dns-upload-${id}`)
-  data.append('name', 'Uploaded')
-  data.append('avatar', new Blob([bytes]), 'a.img')
-  const res = await fetch(`${srv.api}/agents`, { method: 'POST', headers: { authorization: `Bearer ${srv.token}` }, body: data })
-  return { status: res.status, headers: res.headers, body: await res.json() as ApiResponse['body'] }
-}

@@ -29,7 +29,7 @@ export async function filesCommand (config: Config, sweep: boolean): Promise<num
       console.log(`Handed ${count(scheduled, 'image')} to the file collector: a running server deletes their files after ${count(grace, 'second')} (AVATAR_GC_GRACE_SECONDS), unless an avatar refers to them by then.`)
     }
     if (incomplete.length === 0) return 0
-    const mending = await mendVariants(store, incomplete, { maxPixels: config.avatar.maxPixels, maxFrames: config.avatar.maxFrames })
+    const mending = await mendVariants(store, incomplete, config.avatar)
     // An image whose last avatar went while it was mended may already have been collected: its new
     // files would then be leftovers. Such an image goes on the collector's schedule like one.
     const orphaned = await scheduleLeftovers(database.transact, mending.mended, eligibleAt())

@@ -208,7 +208,8 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
 /** STATIC_BASE_URL without its trailing slashes; one that is not a URL is refused here, not when first used. */
 function parseStaticBaseUrl (value: string | undefined, port: number): string {
   const url = (value ?? `http://localhost:${port}/static`).replace(/\/+$/, '')
-  if (!URL.canParse(url) || !['http:', 'https:'].includes(new URL(url).protocol) || new URL(url).hostname === '') {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
+  if (parsed === undefined || !['http:', 'https:'].includes(parsed.protocol) || parsed.hostname === '') {
     throw new ConfigError(`Invalid configuration: STATIC_BASE_URL must be an http(s) URL such as https://cdn.example.com/avatars (got ${JSON.stringify(value)})`)
   }
   return url

@@ -323,9 +323,8 @@ const NETWORK_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED
  */
 export function isStoreUnavailable (err: unknown): boolean {
   if (isBucketUnavailable(err)) return true
-  if (err instanceof Error && codeOf(err) === undefined && PG_CLIENT_UNAVAILABLE.has(err.message)) return true
   const code = codeOf(err)
-  if (code === undefined) return false
+  if (code === undefined) return err instanceof Error && PG_CLIENT_UNAVAILABLE.has(err.message)
   return isSqliteBusy(err) || PG_UNAVAILABLE.has(code) || NETWORK_UNAVAILABLE.has(code)
 }
 

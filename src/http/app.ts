@@ -97,7 +97,6 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
         if (fastPath === undefined || !fastPath(req, res, handler)) handler(req, res)
       })
       server.keepAliveTimeout = opts.keepAliveTimeout
-      server.requestTimeout = opts.requestTimeout
       server.setTimeout(opts.connectionTimeout)
       if (opts.maxRequestsPerSocket > 0) server.maxRequestsPerSocket = opts.maxRequestsPerSocket
       return server

@@ -129,6 +129,16 @@ export async function startTestServer (env: Record<string, string> = {}, overrid
   }
 }
 
+/** POST /agents as multipart/form-data: an agent with this serviceUserId and name, and the bytes as its avatar file. */
+export async function createWithUpload (srv: TestServer, serviceUserId: string, name: string, bytes: Buffer): Promise<ApiResponse> {
+  const data = new FormData()
+  data.append('serviceUserId', serviceUserId)
+  data.append('name', name)
+  data.append('avatar', new Blob([bytes]), 'avatar')
+  const res = await fetch(`${srv.api}/agents`, { method: 'POST', headers: { authorization: `Bearer ${srv.token}` }, body: data })
+  return { status: res.status, headers: res.headers, body: await res.json() as ApiResponse['body'] }
+}
+
 /**
  * A plain GET through node:http. fetch() adds `cache-control: no-cache` to conditional requests,
  * which (rightly) defeats If-None-Match, so conditional requests go through this instead.
