@@ -284,6 +284,32 @@ describe('the file collector and a write of the same image at the same moment', 
       await other.close()
     }
   })
+
+  // The claim's deadline (60 s) is set by the collector's instance; the clocks of several instances
+  // need not agree that closely.
+  const twoMinutesAhead = (): number => Math.floor(Date.now() / 1000) + 120
+
+  it('a write on a server whose clock runs ahead still waits for the collector', async () => {
+    const ahead = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '3600000' }, { clock: twoMinutesAhead })
+    try {
+      const early = await writeWhileCollecting(ahead, '/tiny.png', '/tiny.png?again', ['race-e', 'race-f'])
+      assert.equal(early, false, 'not answered while the files may still be being deleted')
+    } finally {
+      await ahead.close()
+    }
+  })
+
+  it('a server whose clock runs ahead does not take a claim in progress for abandoned', async () => {
+    // Its upkeep runs often, and would end the claim (its deadline past by this clock) at once.
+    const ahead = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '100' }, { clock: twoMinutesAhead })
+    const other = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '3600000' })
+    try {
+      const early = await writeWhileCollecting(other, '/anim.gif', '/anim.gif?again', ['race-g', 'race-h'])
+      assert.equal(early, false, 'not answered while the files may still be being deleted')
+    } finally {
+      await Promise.all([ahead.close(), other.close()])
+    }
+  })
 })
 
 describe('a file collector that stops on the way', () => {

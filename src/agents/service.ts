@@ -8,7 +8,7 @@ import {
   findLapsedPresence, insertAgent, joinedTags, listAgents, listAgentsTagged, updateAgentAtVersion, type AgentFilter
 } from '../db/repositories/agents.js'
 import { deleteAvatar, findAvatar, findAvatarsByIds, insertAvatar } from '../db/repositories/avatars.js'
-import { abandonedBlobClaims, blobClaimDeletingUntil, claimBlobGc, clearBlobGc, dueBlobGc, endBlobClaim, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
+import { abandonedBlobClaims, blobClaimPending, claimBlobGc, clearBlobGc, dueBlobGc, endBlobClaim, scheduleBlobGc, unscheduleBlobGc } from '../db/repositories/blob-gc.js'
 import type { AgentRow, AgentRowUpdate, AvatarRow, Database } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import { setBounded } from '../util/bounded-map.js'
@@ -50,8 +50,11 @@ export interface AgentServiceOptions {
   presenceTtlSeconds: number
   /** How long unreferenced avatar content waits before its files are deleted. */
   blobGcGraceSeconds: number
-  /** SQLite runs one write transaction at a time; events need no widget lock there. */
-  dialect?: DialectName
+  /**
+   * SQLite runs one write transaction at a time, so events need no widget lock there; and the
+   * database's clock is read in each dialect's words (the collector's claims).
+   */
+  dialect: DialectName
   /** How write transactions run (DbHandle.transact); a plain transaction by default. */
   transact?: Transact
   /** Answers reads of unchanged agents from memory; only where this instance sees every write. */
@@ -180,6 +183,7 @@ interface Changes {
  */
 export class AgentService {
   private readonly now: Clock
+  private readonly dialect: DialectName
   private readonly cache: AgentReadCache | undefined
   private readonly checkedLists: CheckedLists | undefined
   private readonly transact: Transact
@@ -205,6 +209,7 @@ export class AgentService {
     private readonly options: AgentServiceOptions
   ) {
     this.now = options.now ?? unixSeconds
+    this.dialect = options.dialect
     this.cache = options.readCache
     this.checkedLists = options.checkedLists
     const transact: Transact = options.transact ?? (async (fn) => await db.transaction().execute(fn))
@@ -553,7 +558,7 @@ export class AgentService {
   async maintain (): Promise<{ expired: number, filesCollected: number }> {
     const now = this.now()
     const expired = await this.lapsePresence()
-    for (const abandoned of await abandonedBlobClaims(this.db, now, 100)) await this.giveUpClaim(abandoned.sha256, abandoned.ext)
+    for (const abandoned of await abandonedBlobClaims(this.db, this.dialect, 100)) await this.giveUpClaim(abandoned.sha256, abandoned.ext)
     let filesCollected = 0
     for (const due of await dueBlobGc(this.db, now, 100)) {
       const key = contentKey(due.sha256, due.ext)
@@ -573,7 +578,7 @@ export class AgentService {
   /** Claims due content, deletes its files and ends the claim (see maintain); false if it was referred to again. */
   private async collect (sha256: string, ext: string, now: number): Promise<boolean> {
     const claimed = await this.transact(async (trx) => {
-      if (await claimBlobGc(trx, sha256, ext, now, now + COLLECT_DEADLINE_SECONDS)) return true
+      if (await claimBlobGc(trx, this.dialect, sha256, ext, now, COLLECT_DEADLINE_SECONDS)) return true
       // Referred to again: off the schedule (unless rescheduled meanwhile, for later).
       await clearBlobGc(trx, sha256, ext, now)
       return false
@@ -609,12 +614,13 @@ export class AgentService {
    * deleting its files (its deadline at most), so that they can be put back.
    */
   private async collectionEnded (image: StoredImage, deletingUntil: number): Promise<void> {
-    let until = deletingUntil
-    while (until > 0 && this.now() < until) {
+    // The deadline is judged by the database's clock, the one the collector set it by: this
+    // instance's clock may be well ahead of the collector's.
+    if (deletingUntil === 0) return
+    while (await blobClaimPending(this.db, this.dialect, image.sha256, image.ext)) {
       const here = this.collecting.get(contentKey(image.sha256, image.ext))
       if (here !== undefined) await here
       else await new Promise((resolve) => setTimeout(resolve, COLLECT_POLL_MS))
-      until = await blobClaimDeletingUntil(this.db, image.sha256, image.ext) ?? 0
     }
   }
 
@@ -674,7 +680,7 @@ export class AgentService {
   }
 
   private async record (trx: DbOrTrx, widgetId: string, events: readonly NewEvent[], now: number): Promise<void> {
-    await recordEvents(trx, widgetId, events, now, this.options.dialect === 'sqlite')
+    await recordEvents(trx, widgetId, events, now, this.dialect === 'sqlite')
   }
 
   private async ingest (avatar: NonNullable<AvatarInput>): Promise<StoredImage> {

@@ -141,6 +141,8 @@ export interface ServiceOverrides {
   /** Agents per batch of the unpaginated list (tests: small, so a short list takes several). */
   listBatchSize?: number
   beforeCollect?: () => Promise<void>
+  /** This instance's clock, in unix seconds (tests: one running ahead of another instance's). */
+  clock?: () => number
 }
 
 /** Opens the stores named by config, brings the schema up to date and wires the domain services. */
@@ -189,7 +191,8 @@ export async function createServices (config: Config, overrides: ServiceOverride
     prepared: database.prepared,
     avatarRowsKept: overrides.avatarRowsKept,
     listBatchSize: overrides.listBatchSize,
-    beforeCollect: overrides.beforeCollect
+    beforeCollect: overrides.beforeCollect,
+    now: overrides.clock
   })
   const webhooks = new WebhookService(database.db, database.transact, {
     ...config.webhooks,

@@ -1,4 +1,5 @@
-import type { DbOrTrx } from '../index.js'
+import { sql, type RawBuilder } from 'kysely'
+import type { DbOrTrx, DialectName } from '../index.js'
 import { compiledOnce } from '../compiled.js'
 import type { BlobGcTable } from '../types.js'
 
@@ -23,18 +24,28 @@ export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string, due
 }
 
 /**
+ * Now, in unix seconds, by the database's clock. A claim's deadline is set by one instance and read
+ * by the others: counted on one clock, it holds however far apart the instances' clocks are.
+ */
+function databaseSeconds (dialect: DialectName): RawBuilder<number> {
+  return dialect === 'postgres' ? sql<number>`floor(extract(epoch from clock_timestamp()))::bigint` : sql<number>`unixepoch()`
+}
+
+/**
  * Takes due content off the schedule if no avatar refers to it, and records the claim, with until
- * when its files may be being deleted; true when it did. The caller commits this, then deletes the
+ * when its files may be being deleted (deadlineSeconds from now, by the database's clock); true
+ * when it did. The caller commits this, then deletes the
  * files, then ends the claim (endBlobClaim). On PostgreSQL the deleted schedule row stays locked
  * until the claim commits, so a write that unschedules the same content at that moment
  * (unscheduleBlobGc) waits for the claim and then finds it.
  */
-export async function claimBlobGc (trx: DbOrTrx, sha256: string, ext: string, now: number, deletingUntil: number): Promise<boolean> {
+export async function claimBlobGc (trx: DbOrTrx, dialect: DialectName, sha256: string, ext: string, now: number, deadlineSeconds: number): Promise<boolean> {
   const { numDeletedRows } = await trx.deleteFrom('blob_gc')
     .where('sha256', '=', sha256).where('ext', '=', ext).where('eligible_at', '<=', now)
     .where((eb) => eb.not(eb.exists(eb.selectFrom('avatars').select('id').where('sha256', '=', sha256))))
     .executeTakeFirst()
   if (Number(numDeletedRows) === 0) return false
+  const deletingUntil = sql<number>`${databaseSeconds(dialect)} + ${deadlineSeconds}`
   await trx.insertInto('blob_claims').values({ sha256, ext, claimed_at: now, deleting_until: deletingUntil })
     .onConflict((oc) => oc.columns(['sha256', 'ext']).doUpdateSet({ claimed_at: now, deleting_until: deletingUntil }))
     .execute()
@@ -46,6 +57,14 @@ export async function endBlobClaim (db: DbOrTrx, sha256: string, ext: string): P
   await db.updateTable('blob_claims').set({ deleting_until: 0 }).where('sha256', '=', sha256).where('ext', '=', ext).execute()
 }
 
+/** Whether a collector may still be deleting this content's files: claimed, not ended, its deadline not passed. */
+export async function blobClaimPending (db: DbOrTrx, dialect: DialectName, sha256: string, ext: string): Promise<boolean> {
+  const row = await db.selectFrom('blob_claims').select('sha256')
+    .where('sha256', '=', sha256).where('ext', '=', ext).where('deleting_until', '>', databaseSeconds(dialect))
+    .executeTakeFirst()
+  return row !== undefined
+}
+
 /** Until when this content's files may still be being deleted; 0 (or undefined: no claim) when not. */
 export async function blobClaimDeletingUntil (db: DbOrTrx, sha256: string, ext: string): Promise<number | undefined> {
   const query = compiledOnce(db, 'blobClaimDeletingUntil', [sha256, ext], (v) =>
@@ -53,10 +72,10 @@ export async function blobClaimDeletingUntil (db: DbOrTrx, sha256: string, ext: 
   return (await db.executeQuery(query)).rows[0]?.deleting_until
 }
 
-/** Claims whose collector never ended them (it stopped on the way) and whose time is up. */
-export async function abandonedBlobClaims (db: DbOrTrx, now: number, limit: number): Promise<Array<{ sha256: string, ext: string }>> {
+/** Claims whose collector never ended them (it stopped on the way) and whose time is up, by the database's clock. */
+export async function abandonedBlobClaims (db: DbOrTrx, dialect: DialectName, limit: number): Promise<Array<{ sha256: string, ext: string }>> {
   return await db.selectFrom('blob_claims').select(['sha256', 'ext'])
-    .where('deleting_until', '>', 0).where('deleting_until', '<=', now).limit(limit).execute()
+    .where('deleting_until', '>', 0).where('deleting_until', '<=', databaseSeconds(dialect)).limit(limit).execute()
 }
 
 /**
