@@ -293,3 +293,34 @@ describe('Idempotency-Key on POST', () => {
     assert.equal(res.body.error.details[0].field, 'Idempotency-Key')
   })
 })
+
+describe('Idempotency-Key kept a short time', () => {
+  let srv: TestServer
+  // Answers kept a minute, upkeep ten times a second, and creates allowed to run for minutes
+  // (a 2-minute avatar timeout: a claim is taken for running for 4 minutes).
+  before(async () => { srv = await startTestServer({ IDEMPOTENCY_TTL_SECONDS: '60', MAINTENANCE_INTERVAL_MS: '100', AVATAR_TIMEOUT_MS: '120000' }) })
+  after(async () => { await srv.close() })
+
+  it('a request still running keeps its key past the time answers are kept; answers go after it', async () => {
+    const mine = await srv.call('POST', '/agents', { serviceUserId: 'ttl-widget', name: 'W' })
+    const { db } = srv.services.database
+    const widgetId = (await db.selectFrom('agents').select('widget_id').where('id', '=', mine.body.data.id as string).executeTakeFirstOrThrow()).widget_id
+    const body = { serviceUserId: 'ttl-running', name: 'Running' }
+    const now = Math.floor(Date.now() / 1000)
+    // As a create that began 90 s ago and is still downloading its avatar leaves its key.
+    await db.insertInto('idempotency_keys')
+      .values({ widget_id: widgetId, key: 'key-running', request_hash: requestFingerprint(body, undefined), status_code: null, response: null, created_at: now - 90 })
+      .execute()
+    // And a key answered 90 s ago.
+    const answered = await srv.call('POST', '/agents', { serviceUserId: 'ttl-answered', name: 'Answered' }, { 'idempotency-key': 'key-answered' })
+    assert.equal(answered.status, 200)
+    await db.updateTable('idempotency_keys').set({ created_at: now - 90 }).where('key', '=', 'key-answered').execute()
+
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const retry = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-running' })
+    assert.equal(retry.status, 409, 'the first request may still create the agent')
+    assert.equal(retry.body.error.code, 'idempotency_key_in_progress')
+    const forgotten = await srv.call('POST', '/agents', { serviceUserId: 'ttl-answered', name: 'Answered' }, { 'idempotency-key': 'key-answered' })
+    assert.equal(forgotten.headers.get('idempotent-replayed'), null, 'an answer older than IDEMPOTENCY_TTL_SECONDS is forgotten')
+  })
+})

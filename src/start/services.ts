@@ -8,6 +8,7 @@ import { configureImageLibrary } from '../avatars/process.js'
 import { openDatabase, pingDatabase, whileBusy, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
+import { idempotencyClaimSeconds } from '../http/plugins/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
 import { purgeDeliveries } from '../db/repositories/webhooks.js'
 import { purgeBlobClaims } from '../db/repositories/blob-gc.js'
@@ -65,7 +66,7 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
   const upkeep = every(config.maintenanceIntervalMs, async () => {
     const now = Math.floor(Date.now() / 1000)
     await agents.maintain()
-    await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds)
+    await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds, now - Math.max(config.idempotencyTtlSeconds, idempotencyClaimSeconds(config.avatar.timeoutMs)))
     await purgeDeliveries(database.db, (now - config.events.retentionSeconds) * 1000)
     await purgeEvents(database.db, now - config.events.retentionSeconds)
     await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS)

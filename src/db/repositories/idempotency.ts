@@ -22,11 +22,14 @@ export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: s
   return Number(result.numInsertedOrUpdatedRows ?? 0n) > 0
 }
 
-/** The answer kept for the key, as a statement to run in the transaction of the write it answers (answeredByCommit). */
+/**
+ * The answer kept for the key, as a statement to run in the transaction of the write it answers
+ * (answeredByCommit); now is when it was answered, from which it is kept IDEMPOTENCY_TTL_SECONDS.
+ */
 export function completeIdempotencyKeyQuery (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, statusCode: number, response: string): CompiledQuery {
   return db.insertInto('idempotency_keys')
     .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: statusCode, response, created_at: now })
-    .onConflict((oc) => oc.columns(['widget_id', 'key']).doUpdateSet({ request_hash: requestHash, status_code: statusCode, response }))
+    .onConflict((oc) => oc.columns(['widget_id', 'key']).doUpdateSet({ request_hash: requestHash, status_code: statusCode, response, created_at: now }))
     .compile()
 }
 
@@ -34,6 +37,13 @@ export async function releaseIdempotencyKey (db: DbOrTrx, widgetId: string, key:
   await db.deleteFrom('idempotency_keys').where('widget_id', '=', widgetId).where('key', '=', key).where('status_code', 'is', null).execute()
 }
 
-export async function purgeIdempotencyKeys (db: DbOrTrx, olderThan: number): Promise<void> {
-  await db.deleteFrom('idempotency_keys').where('created_at', '<', olderThan).execute()
+/**
+ * Forgets answers kept since before olderThan, and claims never answered made before
+ * claimsOlderThan: a claim younger than that may belong to a request still running, whose retries
+ * must keep hearing 409 (see idempotencyClaimSeconds), however short the answers are kept.
+ */
+export async function purgeIdempotencyKeys (db: DbOrTrx, olderThan: number, claimsOlderThan: number): Promise<void> {
+  await db.deleteFrom('idempotency_keys').where('created_at', '<', olderThan)
+    .where((eb) => eb.or([eb('status_code', 'is not', null), eb('created_at', '<', claimsOlderThan)]))
+    .execute()
 }

@@ -68,7 +68,9 @@ export async function idempotent<T> (
   }
   try {
     const payload = await run(async (trx, answer) => {
-      await answeredByCommit(trx, completeIdempotencyKeyQuery(trx, widgetId, key, fingerprint, now, 200, JSON.stringify(answer)))
+      // Kept from the moment it is answered: a create can run for minutes (its avatar's download).
+      const answeredAt = Math.floor(Date.now() / 1000)
+      await answeredByCommit(trx, completeIdempotencyKeyQuery(trx, widgetId, key, fingerprint, answeredAt, 200, JSON.stringify(answer)))
     })
     return { payload, replayed: false }
   } catch (err) {
