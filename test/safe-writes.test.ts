@@ -324,3 +324,27 @@ describe('Idempotency-Key kept a short time', () => {
     assert.equal(forgotten.headers.get('idempotent-replayed'), null, 'an answer older than IDEMPOTENCY_TTL_SECONDS is forgotten')
   })
 })
+
+describe('Idempotency-Key purge beside a failing file collector', () => {
+  it('keys are still forgotten on time while every pass of the collector fails', async () => {
+    const fx = await startFixtureServer()
+    // The store refuses every deletion (as a bucket that is down would): each upkeep's collection fails.
+    const srv = await startTestServer({ AVATAR_GC_GRACE_SECONDS: '0', MAINTENANCE_INTERVAL_MS: '100', IDEMPOTENCY_TTL_SECONDS: '60' }, {
+      beforeCollect: async () => { throw new Error('the store refused the deletion (test)') }
+    })
+    try {
+      const doomed = await srv.call('POST', '/agents', { serviceUserId: 'gc-doomed', name: 'Doomed', avatar: `${fx.url}/photo.png` })
+      assert.equal(doomed.status, 200)
+      assert.equal((await srv.call('DELETE', `/agents/${doomed.body.data.id}`)).status, 200)
+      const body = { serviceUserId: 'gc-answered', name: 'Answered' }
+      assert.equal((await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-old' })).status, 200)
+      await srv.services.database.db.updateTable('idempotency_keys').set({ created_at: Math.floor(Date.now() / 1000) - 90 }).where('key', '=', 'key-old').execute()
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const again = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-old' })
+      assert.equal(again.headers.get('idempotent-replayed'), null, 'an answer older than IDEMPOTENCY_TTL_SECONDS is forgotten')
+    } finally {
+      await srv.close()
+      await fx.close()
+    }
+  })
+})

@@ -65,12 +65,16 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 function startMaintenance (config: Config, database: DbHandle, store: BlobStore, agents: AgentService, webhooks: WebhookService, metrics: Metrics): () => Promise<void> {
   const upkeep = every(config.maintenanceIntervalMs, async () => {
     const now = Math.floor(Date.now() / 1000)
-    await agents.maintain()
-    await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds, now - Math.max(config.idempotencyTtlSeconds, idempotencyClaimSeconds(config.avatar.timeoutMs)))
-    await purgeDeliveries(database.db, (now - config.events.retentionSeconds) * 1000)
-    await purgeEvents(database.db, now - config.events.retentionSeconds)
-    await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS)
-    if (database.dialect === 'postgres') await purgeRateWindows(database.db, Date.now() - config.rateLimit.windowMs)
+    // Each step on its own: one that fails (a store refusing a deletion, for as long as it is down)
+    // must not hold back the others, the purges above all.
+    await eachOnItsOwn([
+      async () => { await agents.maintain() },
+      async () => { await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds, now - Math.max(config.idempotencyTtlSeconds, idempotencyClaimSeconds(config.avatar.timeoutMs))) },
+      async () => { await purgeDeliveries(database.db, (now - config.events.retentionSeconds) * 1000) },
+      async () => { await purgeEvents(database.db, now - config.events.retentionSeconds) },
+      async () => { await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS) },
+      async () => { if (database.dialect === 'postgres') await purgeRateWindows(database.db, Date.now() - config.rateLimit.windowMs) }
+    ])
   })
   // Webhook deliveries are polled often: a due delivery goes out within one poll on some instance.
   // Shutdown stops it between two rounds (what is left goes from another instance, or after a restart).
@@ -89,6 +93,19 @@ function startMaintenance (config: Config, database: DbHandle, store: BlobStore,
   // No more attempts are started; those on their way are waited for.
   const stopDispatch = async (): Promise<void> => { await dispatch(); await webhooks.settle() }
   return async () => { await Promise.all([upkeep(), stopDispatch(), tempFiles(), leftoverImages()]) }
+}
+
+/** Runs the steps one after another, each whatever became of those before; then throws the first failure, if any. */
+async function eachOnItsOwn (steps: ReadonlyArray<() => Promise<void>>): Promise<void> {
+  let failure: { err: unknown } | undefined
+  for (const step of steps) {
+    try {
+      await step()
+    } catch (err) {
+      failure ??= { err }
+    }
+  }
+  if (failure !== undefined) throw failure.err
 }
 
 /**
