@@ -160,6 +160,25 @@ describe('rate limits: tokens not known to be valid are counted by client addres
   })
 })
 
+describe('rate limits: made-up tokens beyond what an instance remembers', () => {
+  let srv: TestServer
+  // Three tokens of each kind remembered: a flood of made-up tokens goes far past it.
+  before(async () => { srv = await startTestServer({ RATE_LIMIT_MAX: '5', RATE_LIMIT_WINDOW_MS: '60000' }, { tokensKept: 3 }) })
+  after(async () => { await srv.close() })
+
+  it('never make the instance forget a token it knows to be valid', async () => {
+    const get = async (token: string) => await srv.call('GET', '/agents', undefined, { authorization: `Bearer ${token}` })
+    assert.equal((await get(srv.token)).status, 200)
+    const statuses: number[] = []
+    for (let i = 0; i < 10; i++) statuses.push((await get(`made-up-${i}-0123456789`)).status)
+    assert.deepEqual(statuses, [...Array(5).fill(401), ...Array(5).fill(429)])
+    // Still known valid: counted by itself, not held back by its address's spent window.
+    const again = await get(srv.token)
+    assert.equal(again.status, 200)
+    assert.equal(again.headers.get('ratelimit-remaining'), '3')
+  })
+})
+
 describe('rate limits behind a proxy (TRUST_PROXY)', () => {
   // Requests come from this test over loopback, as they would from a proxy on the same machine.
   const madeUp = async (srv: TestServer, from: string): Promise<number> =>

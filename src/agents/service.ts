@@ -1,4 +1,4 @@
-import { hash, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import type { Kysely } from 'kysely'
 import type { AvatarService, StoredImage } from '../avatars/service.js'
 import { timeOrderedName } from '../avatars/names.js'
@@ -12,6 +12,7 @@ import { abandonedBlobClaims, blobClaimPending, claimBlobGc, clearBlobGc, dueBlo
 import type { AgentRow, AgentRowUpdate, AvatarRow, Database } from '../db/types.js'
 import { AppError, errors } from '../errors/index.js'
 import { setBounded } from '../util/bounded-map.js'
+import { sha256 } from '../util/sha256.js'
 import type { Agent, CreateAgentInput, ListQueryInput, UpdateAgentInput, UpsertAgentInput } from '../http/schemas/agent.js'
 import { recordEvents, updateEvents, type NewEvent } from '../events/record.js'
 import { BatchedAgentReads } from './batched-reads.js'
@@ -149,7 +150,7 @@ export function representationOf (agent: Agent): AgentRepresentation {
 }
 
 function etagOf (json: string): string {
-  return `"${hash('sha256', json, 'base64url').slice(0, 32)}"`
+  return `"${sha256(json, 'base64url').slice(0, 32)}"`
 }
 
 /** A strong ETag over the agent's representation: equal JSON, equal tag. */

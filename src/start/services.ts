@@ -156,6 +156,8 @@ export interface ServiceOverrides {
   avatarRowsKept?: number
   /** Keys whose rate-limit windows are remembered at most (tests: small, to reach it). */
   rateLimitKeys?: number
+  /** Tokens remembered at most, valid and unknown each (tests: small, to reach it). */
+  tokensKept?: number
   /** Agents per batch of the unpaginated list (tests: small, so a short list takes several). */
   listBatchSize?: number
   beforeCollect?: () => Promise<void>
@@ -187,7 +189,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     agents: () => readCache?.stats(),
     lists: () => readCache?.stats().lists ?? checkedLists?.stats()
   })
-  const tokens = new TokenService(database.db)
+  const tokens = new TokenService(database.db, undefined, overrides.tokensKept)
   // Avatar hosts and webhook endpoints: names asked of the DNS without holding the thread pool.
   const resolver = new OutboundResolver(config.dnsServers)
   const avatars = new AvatarService({

@@ -1,14 +1,16 @@
-import { hash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
 import { isUniqueViolation, type Db } from '../db/index.js'
 import { countTokens, findActiveTokenByHash, findTokenByHash, insertToken, listTokens, revokeToken, type TokenListing } from '../db/repositories/tokens.js'
 import { ensureWidget } from '../db/repositories/widgets.js'
 import type { TokenScope } from '../db/types.js'
+import { setBounded } from '../util/bounded-map.js'
+import { sha256 } from '../util/sha256.js'
 
 export const DEFAULT_WIDGET = 'default'
 
 /** sha256 of the token, hex: what is stored, and the key of per-token rate limits. On every request, so one-shot. */
 export function hashToken (token: string): string {
-  return hash('sha256', token, 'hex')
+  return sha256(token, 'hex')
 }
 
 /** Compares two secrets in constant time, whatever their lengths. */
@@ -37,14 +39,23 @@ export interface TokenIdentity {
 
 const nowSeconds = () => Math.floor(Date.now() / 1000)
 
+/** Tokens remembered at most, of each kind: found valid, and found unknown or revoked. */
+const TOKENS_KEPT = 10_000
+
 /**
  * Widget tokens: stored only as sha256 hashes. Lookups are cached for at most cacheTtlMs, which bounds
  * how long a revoked token keeps working on a running instance.
  */
 export class TokenService {
-  private readonly cache = new Map<string, { identity: TokenIdentity | null, expires: number }>()
+  /**
+   * Tokens found valid and tokens found unknown (or revoked), apart: a flood of made-up tokens
+   * pushes out only older made-up ones, never what this instance knows to be valid (wasValid).
+   * Each is kept to TOKENS_KEPT, the one looked up longest ago going first.
+   */
+  private readonly valid = new Map<string, { identity: TokenIdentity, expires: number }>()
+  private readonly unknown = new Map<string, number>()
 
-  constructor (private readonly db: Db, private readonly cacheTtlMs = 1000) {}
+  constructor (private readonly db: Db, private readonly cacheTtlMs = 1000, private readonly kept = TOKENS_KEPT) {}
 
   async create (widgetName: string, options: { token?: string, scope?: TokenScope } = {}): Promise<CreatedToken> {
     const token = options.token ?? generateToken()
@@ -62,23 +73,26 @@ export class TokenService {
   /** Revokes a token given its id or the token itself; returns how many were revoked. */
   async revoke (idOrToken: string): Promise<number> {
     const n = await revokeToken(this.db, { id: idOrToken, hash: hashToken(idOrToken) }, nowSeconds())
-    this.cache.clear()
+    this.valid.clear()
     return n
   }
 
   /** What authenticateHash would answer from its cache alone: null for a known-bad token, undefined when not cached. */
   cachedIdentity (hash: string): TokenIdentity | null | undefined {
-    const cached = this.cache.get(hash)
-    return cached !== undefined && cached.expires > Date.now() ? cached.identity : undefined
+    const now = Date.now()
+    const valid = this.valid.get(hash)
+    if (valid !== undefined) return valid.expires > now ? valid.identity : undefined
+    const unknownUntil = this.unknown.get(hash)
+    return unknownUntil !== undefined && unknownUntil > now ? null : undefined
   }
 
   /**
    * Whether the token with this sha256 was valid when this instance last looked it up (however
-   * long ago); undefined if it has not looked it up since its cache was last emptied.
+   * long ago); undefined if it has not looked it up, or has forgotten it (TOKENS_KEPT).
    */
   wasValid (hash: string): boolean | undefined {
-    const cached = this.cache.get(hash)
-    return cached === undefined ? undefined : cached.identity !== null
+    if (this.valid.has(hash)) return true
+    return this.unknown.has(hash) ? false : undefined
   }
 
   /** The widget and scope of a token given its sha256 (hashToken), or undefined for an unknown or revoked token. */
@@ -91,9 +105,14 @@ export class TokenService {
     const identity = row !== undefined && timingSafeEqual(Buffer.from(row.token_hash, 'hex'), Buffer.from(hash, 'hex'))
       ? { widgetId: row.widget_id, scope: row.scope, tokenHash: hash }
       : null
-    if (this.cache.size >= 10_000) this.cache.clear()
-    this.cache.set(hash, { identity, expires: now + this.cacheTtlMs })
-    return identity ?? undefined
+    if (identity === null) {
+      this.valid.delete(hash)
+      setBounded(this.unknown, hash, now + this.cacheTtlMs, this.kept)
+      return undefined
+    }
+    this.unknown.delete(hash)
+    setBounded(this.valid, hash, { identity, expires: now + this.cacheTtlMs }, this.kept)
+    return identity
   }
 
   /**
