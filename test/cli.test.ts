@@ -178,6 +178,12 @@ describe('agentry command and server process', () => {
       assert.match(r.stderr, /--widget/)
       assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace')
     })
+    it('`tokens create` on an in-memory database is refused (exit 2): the token would work nowhere', async () => {
+      const r = await runCli(['tokens', 'create', '--widget', 'acme'], { DATA_DIR: dataDir(), DATABASE_URL: 'sqlite::memory:' })
+      assert.equal(r.code, 2, r.stderr)
+      assert.match(r.stderr, /sqlite::memory:/)
+      assert.doesNotMatch(r.stdout, /agt_/, 'no token printed')
+    })
   })
 
   describe('serve', () => {
@@ -235,7 +241,9 @@ describe('agentry command and server process', () => {
         [{ TRUST_PROXY: 'true' }, 'TRUST_PROXY'],
         [{ TRUST_PROXY: '10.0.0.0/33' }, 'TRUST_PROXY'],
         [{ STATIC_BASE_URL: 'http://' }, 'STATIC_BASE_URL'],
-        [{ STATIC_BASE_URL: 'http://a b/static' }, 'STATIC_BASE_URL']
+        [{ STATIC_BASE_URL: 'http://a b/static' }, 'STATIC_BASE_URL'],
+        // A secret read from a file with its newline: no client could ever send it.
+        [{ METRICS_TOKEN: 'metrics-secret-1\n' }, 'METRICS_TOKEN']
       ]
       const dir = dataDir()
       const results = await Promise.all(cases.map(([env]) => runCli(['serve'], { DATA_DIR: dir, ...env }, 10_000)))

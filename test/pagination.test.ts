@@ -556,6 +556,8 @@ describe('GET /agents: filters', () => {
     expectValidationError(await call('GET', '/agents?active=maybe'), 'active')
     expectValidationError(await call('GET', '/agents?updatedSince=yesterday'), 'updatedSince')
     expectValidationError(await call('GET', '/agents?updatedSince=-5'), 'updatedSince')
+    // Past 2^53 (and past PostgreSQL's bigint, where it was a 500 while SQLite answered 200).
+    expectValidationError(await call('GET', '/agents?updatedSince=99999999999999999999'), 'updatedSince')
     expectValidationError(await call('GET', '/agents?q='), 'q')
     expectValidationError(await call('GET', '/agents?foo=1'), 'foo')
     expectValidationError(await call('GET', '/agents?limit=5&sort=name'), 'sort')

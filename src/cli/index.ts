@@ -54,6 +54,10 @@ export async function main (argv: string[]): Promise<number> {
     return 0
   }
   const config = loadConfig()
+  if (command !== 'serve' && config.database.kind === 'sqlite' && config.database.file === ':memory:') {
+    // Such a database lives and dies with this process: a token made in it works nowhere.
+    throw new UsageError(`${command} needs the database the server uses; with DATABASE_URL=sqlite::memory: that database belongs to the server's process alone, and only its API reaches it`)
+  }
 
   switch (command) {
     case 'serve':

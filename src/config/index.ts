@@ -24,7 +24,7 @@ const EnvSchema = Type.Object({
   AWS_ENDPOINT_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   AWS_REGION: Type.Optional(Type.String({ minLength: 1 })),
   AWS_DEFAULT_REGION: Type.Optional(Type.String({ minLength: 1 })),
-  METRICS_TOKEN: Type.Optional(Type.String({ minLength: 8 })),
+  METRICS_TOKEN: Type.Optional(Type.String({ minLength: 8, maxLength: 256, pattern: '^[\\x21-\\x7e]+$' })),
   STATIC_BASE_URL: Type.Optional(Type.String({ pattern: '^https?://' })),
   BOOTSTRAP_TOKEN: Type.Optional(Type.String({ minLength: 16, maxLength: 256, pattern: '^[\\x21-\\x7e]+$' })),
   LOG_LEVEL: Type.Unsafe<'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'>({

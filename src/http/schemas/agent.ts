@@ -108,7 +108,7 @@ export const ListQuery = Type.Object({
   active: Type.Optional(Type.Boolean()),
   serviceUserId: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN })),
   q: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: NO_NUL_PATTERN, description: 'Name contains this, ignoring case (Unicode-aware).' })),
-  updatedSince: Type.Optional(Type.Integer({ minimum: 0, description: 'Only agents whose updatedAt is at or after this unix time (incremental sync).' }))
+  updatedSince: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: 'Only agents whose updatedAt is at or after this unix time (incremental sync).' }))
 }, { additionalProperties: false })
 export type ListQueryInput = Static<typeof ListQuery>
 
