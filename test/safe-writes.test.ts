@@ -181,6 +181,39 @@ describe('a read meeting an avatar replaced under it (PostgreSQL)', { skip: proc
       await fx.close()
     }
   })
+
+  it('a filtered list never shows an agent read again that no longer meets its filter', async () => {
+    const fx = await startFixtureServer()
+    const srv = await startTestServer({}, { avatarRowsKept: 0 })
+    try {
+      const a = (await srv.call('POST', '/agents', { serviceUserId: 'swap-c', name: 'C', status: 'online', avatar: `${fx.url}/photo.jpg` })).body.data
+      const b = (await srv.call('POST', '/agents', { serviceUserId: 'swap-d', name: 'D', avatar: `${fx.url}/photo.png` })).body.data
+      const other = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
+      await other.connect()
+      let read: Promise<Awaited<ReturnType<TestServer['call']>>>
+      try {
+        await other.query('begin')
+        // The list reads C's row (online), then waits to read its avatar record.
+        await other.query('lock table avatars in access exclusive mode')
+        read = srv.call('GET', '/agents?status=online&limit=10')
+        await untilWaitingForLock(srv, { statement: 'avatars' })
+        // Meanwhile another instance's write takes C offline with a new avatar.
+        const { rows: [{ avatar_id: old }] } = await other.query('select avatar_id from agents where id = $1', [a.id])
+        await other.query("update agents set status = 'offline', avatar_id = (select avatar_id from agents where id = $1), version = version + 1 where id = $2", [b.id, a.id])
+        await other.query('delete from avatars where id = $1', [old])
+        await other.query('commit')
+      } finally {
+        await other.end()
+      }
+      const res = await read
+      assert.equal(res.status, 200)
+      const shown = (res.body.data as Array<{ id: string, status: string }>).map((x) => `${x.id}:${x.status}`)
+      assert.deepEqual(shown, [], 'an offline agent in a list of online ones')
+    } finally {
+      await srv.close()
+      await fx.close()
+    }
+  })
 })
 
 describe('Idempotency-Key on POST', () => {

@@ -112,6 +112,18 @@ export interface ListBatch {
   tags?: string
 }
 
+/**
+ * Whether a row read again after the list (see listItems) still meets the list's filters, as
+ * listAgents states them in SQL. Its place in the list (created_at, seq) never changes.
+ */
+function meetsFilters (row: AgentRow, query: Omit<ListQueryInput, 'limit' | 'cursor'>): boolean {
+  return (query.status === undefined || row.status === query.status) &&
+    (query.active === undefined || (row.active === 1) === query.active) &&
+    (query.serviceUserId === undefined || row.service_user_id === query.serviceUserId) &&
+    (query.q === undefined || row.name_search.includes(searchableName(query.q))) &&
+    (query.updatedSince === undefined || row.updated_at >= query.updatedSince)
+}
+
 /** The list filters of a query, as listAgents takes them. */
 function listFilter (query: Omit<ListQueryInput, 'limit' | 'cursor'>): AgentFilter {
   return {
@@ -240,7 +252,7 @@ export class AgentService {
     const page = rows.slice(0, limit)
     const last = page[page.length - 1]
     const nextCursor = rows.length > limit && last !== undefined ? encodeCursor({ createdAt: last.created_at, seq: last.seq }) : null
-    return { items: await this.listItems(page), nextCursor, limit, tags }
+    return { items: await this.listItems(page, query), nextCursor, limit, tags }
   }
 
   /**
@@ -278,7 +290,7 @@ export class AgentService {
     for (;;) {
       const { rows, tags } = await this.readListed(widgetId, { ...filter, after })
       const more = rows.length > batch
-      const items = await this.listItems(more ? rows.slice(0, batch) : rows)
+      const items = await this.listItems(more ? rows.slice(0, batch) : rows, query)
       yield { items, more, tags }
       if (!more) return
       const last = rows[batch - 1] as AgentRow
@@ -901,7 +913,7 @@ export class AgentService {
    * while that row reads the same, column by column. Every row is still read, so nothing listed is
    * older than the database. Making the JSON was a third of a list's CPU (BENCHMARKS.md).
    */
-  private async listItems (rows: AgentRow[]): Promise<string[]> {
+  private async listItems (rows: AgentRow[], query: Omit<ListQueryInput, 'limit' | 'cursor'>): Promise<string[]> {
     const now = this.now()
     const items: string[] = new Array<string>(rows.length)
     const made: number[] = []
@@ -920,13 +932,15 @@ export class AgentService {
       let avatar = row.avatar_id === null ? undefined : avatars.get(row.avatar_id)
       if (isStale(row, avatar)) {
         // Written after the list was read (isStale): this one agent is shown as it is now, or not
-        // at all when it was deleted since.
+        // at all when it was deleted since or no longer meets the list's filters (as a list read
+        // a moment later would have it).
         const fresh = await this.findById(row.widget_id, row.id)
-        if (fresh === undefined) {
+        const current = fresh === undefined ? undefined : effective(fresh, this.now())
+        if (current === undefined || !meetsFilters(current, query)) {
           dropped = true
           continue
         }
-        row = effective(fresh, this.now())
+        row = current
         avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
       }
       const json = JSON.stringify(this.rawShape(row, avatar))
