@@ -246,7 +246,11 @@ describe('agentry command and server process', () => {
         [{ METRICS_TOKEN: 'metrics-secret-1\n' }, 'METRICS_TOKEN']
       ]
       const dir = dataDir()
-      const results = await Promise.all(cases.map(([env]) => runCli(['serve'], { DATA_DIR: dir, ...env }, 10_000)))
+      // Four at a time: a start costs about a second of CPU, and this machine may have two cores.
+      const results: Array<Awaited<ReturnType<typeof runCli>>> = []
+      for (let i = 0; i < cases.length; i += 4) {
+        results.push(...await Promise.all(cases.slice(i, i + 4).map(([env]) => runCli(['serve'], { DATA_DIR: dir, ...env }, 10_000))))
+      }
       results.forEach((r, i) => {
         const name = cases[i]![1]
         assert.notEqual(r.code, 0, `${name}: exit code`)
@@ -438,6 +442,32 @@ describe('agentry command and server process', () => {
         const code = await s.exited(5_000)
         assert.equal(code, 0, `exit code; stderr: ${s.stderr()}`)
         assert.ok(Date.now() - answeredAt < 1_500, `exited ${Date.now() - answeredAt} ms after the in-flight answer`)
+      })
+
+      it('a create cut off by the shutdown timeout leaves its Idempotency-Key free for the retry', async () => {
+        const dir = dataDir()
+        const env = { DATA_DIR: dir, BOOTSTRAP_TOKEN: BOOTSTRAP, AVATAR_ALLOW_PRIVATE_NETWORKS: 'true' }
+        const hitsBefore = fixtures.hits.get('/slow.jpg') ?? 0
+        // The download outlasts the shutdown timeout: the process exits under the request.
+        const s = await serve({ ...env, AVATAR_TIMEOUT_MS: '20000', SHUTDOWN_TIMEOUT_MS: '1500' })
+        const init = {
+          method: 'POST',
+          headers: { ...bearer(BOOTSTRAP), 'content-type': 'application/json', 'idempotency-key': 'key-cut-off' },
+          body: JSON.stringify({ serviceUserId: 'cut-off-1', name: 'Cut Off', avatar: `${fixtures.url}/slow.jpg` })
+        }
+        const cutOff = oneShot(`${s.url}${AGENTS}`, init, 15_000)
+        await until('the server to start downloading the avatar', () => (fixtures.hits.get('/slow.jpg') ?? 0) > hitsBefore ? true : undefined, 5_000)
+        assert.ok(s.child.kill('SIGTERM'))
+        await s.exited(10_000)
+        assert.equal(typeof await cutOff, 'string', 'the request got no answer')
+
+        // Its client retries, on the next instance (here the same one, started again): the create
+        // runs again (and fails on the slow avatar), instead of 409 idempotency_key_in_progress
+        // for AVATAR_TIMEOUT_MS + 2 minutes.
+        const next = await serve({ ...env, AVATAR_TIMEOUT_MS: '1000' })
+        const retried = await call(`${next.url}${AGENTS}`, init)
+        assert.equal(retried.status, 422, retried.text)
+        assert.equal(retried.body.error.code, 'avatar_timeout')
       })
     })
   })

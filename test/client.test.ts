@@ -158,6 +158,52 @@ describe('typed client (agentry/client) against a live server', () => {
     }
   })
 
+  it('createAgent waits for its earlier attempt still running (409 in progress) instead of throwing', async () => {
+    // A proxy that cuts the client off 300 ms into its first attempt, which the server goes on
+    // running (its avatar takes 1 s to come): the retry meets that attempt's claim on the key.
+    let cut = false
+    const proxy = http.createServer((req, res) => {
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        const upstream = http.request(`${srv.url}${req.url ?? '/'}`, { method: req.method, headers: req.headers }, (up) => {
+          const body: Buffer[] = []
+          up.on('data', (c: Buffer) => body.push(c))
+          up.on('end', () => { if (!res.destroyed) res.writeHead(up.statusCode ?? 502, up.headers).end(Buffer.concat(body)) })
+        })
+        upstream.end(Buffer.concat(chunks))
+        if (!cut) {
+          cut = true
+          setTimeout(() => res.destroy(), 300)
+        }
+      })
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    try {
+      const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20 })
+      const a = await viaProxy.createAgent({ serviceUserId: 'c-waited', name: 'Waited', avatar: `${fx.url}/late.jpg` })
+      assert.equal(cut, true)
+      assert.equal(a.serviceUserId, 'c-waited')
+      assert.notEqual(a.avatar, null)
+      assert.equal((await client.listAgents({ serviceUserId: 'c-waited' })).data.length, 1)
+
+      // Past inProgressWaitMs it throws, with the key to call again with.
+      cut = false
+      const impatient = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20, inProgressWaitMs: 0 })
+      const input = { serviceUserId: 'c-impatient', name: 'Impatient', avatar: `${fx.url}/late.jpg` }
+      const err = await impatient.createAgent(input).then(() => assert.fail('created at once'), (e: unknown) => e as AgentryError & { idempotencyKey: string })
+      assert.equal(err.code, 'idempotency_key_in_progress')
+      assert.equal(typeof err.idempotencyKey, 'string')
+      await new Promise((resolve) => setTimeout(resolve, 1500))
+      const resumed = await client.createAgent(input, { idempotencyKey: err.idempotencyKey })
+      assert.equal(resumed.serviceUserId, 'c-impatient')
+      assert.equal((await client.listAgents({ serviceUserId: 'c-impatient' })).data.length, 1)
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise((resolve) => proxy.close(resolve))
+    }
+  })
+
   it('subscribes to the event stream', async () => {
     const events: AgentEvent[] = []
     const controller = new AbortController()

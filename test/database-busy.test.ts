@@ -157,46 +157,90 @@ describe('PostgreSQL ends the service\'s connections while requests are on them 
   })
 })
 
+/**
+ * A loopback relay to a test server's database that can be told to drop everything both ways while
+ * keeping the connections open, as a partition does (nothing here can make the real server go silent).
+ */
+async function silentRelay (databaseUrl: string): Promise<{ url: string, silence: (on: boolean) => void, close: () => void }> {
+  const target = new URL(databaseUrl)
+  let silent = false
+  const sockets = new Set<net.Socket>()
+  const relay = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 5432), target.hostname)
+    sockets.add(client).add(upstream)
+    client.on('data', (chunk) => { if (!silent) upstream.write(chunk) })
+    upstream.on('data', (chunk) => { if (!silent) client.write(chunk) })
+    const end = (): void => { client.destroy(); upstream.destroy() }
+    client.on('close', end).on('error', end)
+    upstream.on('close', end).on('error', end)
+  })
+  await once(relay.listen(0, '127.0.0.1'), 'listening')
+  const relayed = new URL(target.href)
+  relayed.hostname = '127.0.0.1'
+  relayed.port = String((relay.address() as net.AddressInfo).port)
+  return {
+    url: relayed.href,
+    silence: (on) => { silent = on },
+    close: () => {
+      for (const socket of sockets) socket.destroy()
+      relay.close()
+    }
+  }
+}
+
 describe('PostgreSQL goes silent (a network partition, a frozen host): 503 within the statement timeout, not a hang', { skip: !onPostgres && 'PostgreSQL only' }, () => {
   it('requests and /readyz get 503 while nothing comes back; once it answers again, so does the service', async () => {
-    // The service reaches PostgreSQL through a loopback relay that can be told to drop everything
-    // both ways while keeping the connections open, as a partition does (nothing here can make the
-    // real server go silent). The database is a first server's (dropped when that one closes).
+    // The database is a first server's (dropped when that one closes).
     const first = await startTestServer({ MAINTENANCE_INTERVAL_MS: '3600000' })
-    const target = new URL(first.sharedEnv.DATABASE_URL ?? '')
-    let silent = false
-    const sockets = new Set<net.Socket>()
-    const relay = net.createServer((client) => {
-      const upstream = net.connect(Number(target.port || 5432), target.hostname)
-      sockets.add(client).add(upstream)
-      client.on('data', (chunk) => { if (!silent) upstream.write(chunk) })
-      upstream.on('data', (chunk) => { if (!silent) client.write(chunk) })
-      const end = (): void => { client.destroy(); upstream.destroy() }
-      client.on('close', end).on('error', end)
-      upstream.on('close', end).on('error', end)
-    })
-    await once(relay.listen(0, '127.0.0.1'), 'listening')
-    const relayed = new URL(target.href)
-    relayed.hostname = '127.0.0.1'
-    relayed.port = String((relay.address() as net.AddressInfo).port)
-    const srv = await startTestServer({ DATABASE_URL: relayed.href, DATABASE_STATEMENT_TIMEOUT_MS: '500', MAINTENANCE_INTERVAL_MS: '3600000' })
+    const relay = await silentRelay(first.sharedEnv.DATABASE_URL ?? '')
+    const srv = await startTestServer({ DATABASE_URL: relay.url, DATABASE_STATEMENT_TIMEOUT_MS: '500', MAINTENANCE_INTERVAL_MS: '3600000' })
     try {
       assert.equal((await srv.call('POST', '/agents', { serviceUserId: 'silent-1', name: 'Before' })).status, 200)
-      silent = true
+      relay.silence(true)
       // Bounded from here too: without the service's own bounds these would wait for minutes.
       assertUnavailable(await within(15_000, srv.call('GET', '/agents')))
       assertUnavailable(await within(15_000, srv.call('POST', '/agents', { serviceUserId: 'silent-2', name: 'During' })))
       const ready = await fetch(`${srv.url}/readyz`, { signal: AbortSignal.timeout(10_000) })
       assert.equal(ready.status, 503)
-      silent = false
+      relay.silence(false)
       // New connections, once the old ones are given up.
       await until('the service to answer again', async () => (await srv.call('GET', '/agents')).status === 200 ? true : undefined, 10_000, 100)
       assert.deepEqual((await srv.call('GET', '/agents')).body.data.map((a: { serviceUserId: string }) => a.serviceUserId), ['silent-1'])
     } finally {
       await srv.close()
-      for (const socket of sockets) socket.destroy()
       relay.close()
       await first.close()
+    }
+  })
+
+  it('a create that failed while the database was silent does not hold its Idempotency-Key once it answers again', async () => {
+    const fx = await startFixtureServer()
+    const first = await startTestServer({ MAINTENANCE_INTERVAL_MS: '3600000' })
+    const relay = await silentRelay(first.sharedEnv.DATABASE_URL ?? '')
+    const srv = await startTestServer({ DATABASE_URL: relay.url, DATABASE_STATEMENT_TIMEOUT_MS: '500', MAINTENANCE_INTERVAL_MS: '3600000', AVATAR_TIMEOUT_MS: '2000' })
+    try {
+      const body = { serviceUserId: 'silent-key', name: 'Keyed', avatar: `${fx.url}/slow.jpg` }
+      const headers = { 'idempotency-key': 'key-silent' }
+      // The key is claimed; the avatar's download then fails (too slow) while the database is silent,
+      // so the claim cannot be released then.
+      const failed = srv.call('POST', '/agents', body, headers)
+      await until('the download to begin', () => (fx.hits.get('/slow.jpg') ?? 0) > 0 ? true : undefined, 5_000)
+      relay.silence(true)
+      assert.equal((await within(15_000, failed)).status, 422)
+      relay.silence(false)
+      // The retry the client was right to make runs again once the database answers (it got 409
+      // idempotency_key_in_progress for AVATAR_TIMEOUT_MS + 2 minutes).
+      const retried = await until('the key to be free', async () => {
+        const res = await srv.call('POST', '/agents', body, headers)
+        return res.status === 409 ? undefined : res
+      }, 10_000, 250)
+      assert.equal(retried.status, 422)
+      assert.equal(retried.body.error.code, 'avatar_timeout')
+    } finally {
+      await srv.close()
+      relay.close()
+      await first.close()
+      await fx.close()
     }
   })
 })

@@ -279,6 +279,7 @@ describe('Idempotency-Key on POST', () => {
     const running = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-running' })
     assert.equal(running.status, 409)
     assert.equal(running.body.error.code, 'idempotency_key_in_progress')
+    assert.equal(running.headers.get('retry-after'), '1', 'worth trying again in a moment, unlike other 409s')
     await claim('key-stale', 3600)
     const taken = await srv.call('POST', '/agents', body, { 'idempotency-key': 'key-stale' })
     assert.equal(taken.status, 200, JSON.stringify(taken.body))

@@ -41,6 +41,13 @@ export interface ClientOptions {
    * for longer is thrown at once, for the caller to decide. Default 10000.
    */
   maxRetryAfterMs?: number
+  /**
+   * How long a create waits for an earlier attempt with the same Idempotency-Key that is still
+   * running (409 `idempotency_key_in_progress`, as after a lost answer or a timed-out attempt: its
+   * avatar may take `AVATAR_TIMEOUT_MS` to download), asking again every `Retry-After`; these
+   * waits do not count as `retries`. Default 30000.
+   */
+  inProgressWaitMs?: number
   fetch?: typeof fetch
 }
 
@@ -77,6 +84,7 @@ export class AgentryClient {
   private readonly retryDelayMs: number
   private readonly timeoutMs: number
   private readonly maxRetryAfterMs: number
+  private readonly inProgressWaitMs: number
 
   constructor (private readonly options: ClientOptions) {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '')
@@ -85,6 +93,7 @@ export class AgentryClient {
     this.retryDelayMs = options.retryDelayMs ?? 200
     this.timeoutMs = options.timeoutMs ?? 30_000
     this.maxRetryAfterMs = options.maxRetryAfterMs ?? 10_000
+    this.inProgressWaitMs = options.inProgressWaitMs ?? 30_000
   }
 
   // --- agents ---------------------------------------------------------------
@@ -113,10 +122,19 @@ export class AgentryClient {
     return await this.data<Agent>('GET', `/agents/by-service-user-id/${encodeURIComponent(serviceUserId)}`)
   }
 
-  /** Creates an agent. Sent with an Idempotency-Key (one is made if none is given), so retries never duplicate it. */
+  /**
+   * Creates an agent. Sent with an Idempotency-Key (one is made if none is given), so retries never
+   * duplicate it. An error thrown carries the key as `idempotencyKey`: calling again with it (and
+   * the same input) gets the agent if the failed call did create it, and creates it otherwise.
+   */
   async createAgent (input: CreateAgent, options: { idempotencyKey?: string, avatarFile?: AvatarFile } = {}): Promise<Agent> {
     const key = options.idempotencyKey ?? globalThis.crypto.randomUUID()
-    return await this.data<Agent>('POST', '/agents', body(input, options.avatarFile), { 'idempotency-key': key })
+    try {
+      return await this.data<Agent>('POST', '/agents', body(input, options.avatarFile), { 'idempotency-key': key })
+    } catch (err) {
+      if (err instanceof Error) Object.assign(err, { idempotencyKey: key })
+      throw err
+    }
   }
 
   /** Changes the fields given. With ifMatch (an ETag), only if the agent has not changed since. */
@@ -205,6 +223,7 @@ export class AgentryClient {
 
   private async call<T> (method: string, path: string, payload?: Body, headers: Record<string, string> = {}): Promise<Envelope<T>> {
     const safe = method === 'GET' || (method === 'POST' && headers['idempotency-key'] !== undefined)
+    let waitingSince: number | undefined
     for (let attempt = 0; ; attempt++) {
       let res: Response
       let error: AgentryError
@@ -223,7 +242,18 @@ export class AgentryClient {
         if (safe && attempt < this.retries) { await sleep(this.backoff(attempt)); continue }
         throw err
       }
-      const transient = res.status >= 500 || res.status === 429 || (res.status === 409 && error.code === 'idempotency_key_in_progress')
+      if (safe && res.status === 409 && error.code === 'idempotency_key_in_progress') {
+        // An earlier attempt is still running: waited for, without using up a retry.
+        waitingSince ??= Date.now()
+        const retryAfter = Number(res.headers.get('retry-after'))
+        const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : 1000
+        if (Date.now() + wait - waitingSince <= this.inProgressWaitMs) {
+          attempt--
+          await sleep(wait)
+          continue
+        }
+      }
+      const transient = res.status >= 500 || res.status === 429
       if (safe && transient && attempt < this.retries) {
         const retryAfter = Number(res.headers.get('retry-after'))
         const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : this.backoff(attempt)

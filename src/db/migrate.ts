@@ -7,6 +7,7 @@ import { blobClaims } from './migrations/004_blob_claims.js'
 import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
 import { rateLimitWindows } from './migrations/006_rate_limit_windows.js'
 import { webhookDeliveryLog } from './migrations/007_webhook_delivery_log.js'
+import { idempotencyClaimOwner } from './migrations/008_idempotency_claim_owner.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 export function migrations (dialect: DialectName): Record<string, Migration> {
@@ -17,7 +18,8 @@ export function migrations (dialect: DialectName): Record<string, Migration> {
     '004_blob_claims': blobClaims(),
     '005_blob_claims_deleting': blobClaimsDeleting(),
     '006_rate_limit_windows': rateLimitWindows(dialect),
-    '007_webhook_delivery_log': webhookDeliveryLog()
+    '007_webhook_delivery_log': webhookDeliveryLog(),
+    '008_idempotency_claim_owner': idempotencyClaimOwner()
   }
 }
 

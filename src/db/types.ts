@@ -49,6 +49,8 @@ export interface IdempotencyKeyTable {
   status_code: number | null
   response: string | null
   created_at: number
+  /** The request holding the claim while it is unanswered (see migration 008). */
+  claim_owner: ColumnType<string | null, string | null | undefined, string | null>
 }
 
 export interface BlobGcTable {

@@ -16,6 +16,7 @@ import { staticFastPath } from './static-cache.js'
 import { LocalBlobStore } from '../storage/local.js'
 import { lazyChildLoggerFactory } from './lazy-logger.js'
 import { registerBodyParsers } from './plugins/body-parsers.js'
+import type { IdempotencyKeys } from './plugins/idempotency.js'
 import { registerMetrics } from './plugins/metrics.js'
 import { registerOpenApi } from './plugins/openapi.js'
 import type { RateLimiter } from '../ratelimit/limiter.js'
@@ -24,7 +25,6 @@ import { registerAdminConsole } from './plugins/admin.js'
 import { apiRoutes } from './routes/api.js'
 import { healthRoutes } from './routes/health.js'
 import { requestIdOf } from './request-id.js'
-import { idempotencyClaimSeconds } from './plugins/idempotency.js'
 import { ErrorEnvelope } from './schemas/envelope.js'
 
 export interface AppDeps {
@@ -33,6 +33,7 @@ export interface AppDeps {
   tokens: TokenService
   webhooks: WebhookService
   streams: EventStreams
+  idempotencyKeys: IdempotencyKeys
   database: DbHandle
   store: BlobStore
   metrics: Metrics
@@ -166,10 +167,9 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     tokens: deps.tokens,
     webhooks: deps.webhooks,
     streams: deps.streams,
-    db: deps.database.db,
     rateLimiter,
     maxUploadBytes: config.avatar.maxBytes,
-    idempotencyClaimSeconds: idempotencyClaimSeconds(config.avatar.timeoutMs)
+    idempotencyKeys: deps.idempotencyKeys
   })
   await registerStaticFiles(app, deps.store)
   await registerAdminConsole(app, config)

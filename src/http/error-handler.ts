@@ -93,7 +93,7 @@ export function serverError (err: unknown): AppError {
   return new AppError('internal_error', 'Something went wrong on our side; the request was not completed. Try again, and report the X-Request-Id if it keeps happening.')
 }
 
-/** Seconds a 503 asks the caller to wait before trying again (the Retry-After header). */
+/** Seconds a 503 (or a 409 idempotency_key_in_progress) asks the caller to wait before trying again (the Retry-After header). */
 export const RETRY_AFTER_SECONDS = 1
 
 /** One place where every failure becomes the envelope; internals of 5xx never leave the process. */
@@ -104,7 +104,8 @@ export function registerErrorHandling (app: FastifyInstance): void {
     if (appErr.statusCode >= 500) request.log.error({ err }, 'request failed')
     else request.log.info({ code: appErr.code, reason: appErr.message }, 'request refused')
     if (appErr.code === 'unauthorized') void reply.header('www-authenticate', 'Bearer')
-    if (appErr.statusCode === 503) void reply.header('retry-after', RETRY_AFTER_SECONDS)
+    // A 409 for a key in use will pass when its request ends: worth trying again, unlike other 409s.
+    if (appErr.statusCode === 503 || appErr.code === 'idempotency_key_in_progress') void reply.header('retry-after', RETRY_AFTER_SECONDS)
     // `bytes */<size>`, as @fastify/send gives it with a 416.
     const contentRange = (err as { headers?: Record<string, unknown> }).headers?.['Content-Range']
     if (appErr.code === 'range_not_satisfiable' && typeof contentRange === 'string') void reply.header('content-range', contentRange)

@@ -48,10 +48,33 @@ export async function startServer (config: Config): Promise<RunningServer> {
   }
   let closing: Promise<void> | undefined
   const close = async () => {
-    closing ??= app.close().finally(() => services.close())
+    closing ??= finishRequests(app, services, config.shutdownTimeoutMs).finally(() => services.close())
     await closing
   }
   return { app, services, url, close }
+}
+
+/** How long before SHUTDOWN_TIMEOUT_MS runs out the claims of requests still running are released. */
+const RELEASE_BEFORE_EXIT_MS = 500
+
+/**
+ * Closes the server, which waits for the requests in flight. If they are still running just before
+ * the shutdown timeout, when the process will exit under them, their Idempotency-Key claims are
+ * released: their creates end with the process, and their clients' retries can run at once on
+ * another instance instead of hearing 409 until the claims are stale.
+ */
+async function finishRequests (app: FastifyInstance, services: Services, shutdownTimeoutMs: number): Promise<void> {
+  const closed = app.close()
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<true>((resolve) => { timer = setTimeout(() => { resolve(true) }, Math.max(shutdownTimeoutMs - RELEASE_BEFORE_EXIT_MS, shutdownTimeoutMs / 2)) })
+  try {
+    if (await Promise.race([closed.then(() => false), late])) {
+      await services.idempotencyKeys.releaseRunning().catch((err: unknown) => { app.log.warn({ err }, 'could not release the Idempotency-Keys of requests cut off') })
+    }
+    await closed
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /** The `serve` command: start, then shut down gracefully on SIGTERM/SIGINT. */

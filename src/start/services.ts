@@ -8,7 +8,7 @@ import { configureImageLibrary } from '../avatars/process.js'
 import { openDatabase, pingDatabase, whileBusy, type DbHandle } from '../db/index.js'
 import { migrateToLatest } from '../db/migrate.js'
 import { purgeIdempotencyKeys } from '../db/repositories/idempotency.js'
-import { idempotencyClaimSeconds } from '../http/plugins/idempotency.js'
+import { IdempotencyKeys, idempotencyClaimSeconds } from '../http/plugins/idempotency.js'
 import { purgeEvents } from '../db/repositories/events.js'
 import { purgeDeliveries } from '../db/repositories/webhooks.js'
 import { purgeBlobClaims } from '../db/repositories/blob-gc.js'
@@ -33,6 +33,8 @@ export interface Services {
   agents: AgentService
   webhooks: WebhookService
   streams: EventStreams
+  /** Idempotency-Key claims of this instance's requests (see IdempotencyKeys). */
+  idempotencyKeys: IdempotencyKeys
   metrics: Metrics
   /** Undefined when rate limits are off (RATE_LIMIT_MAX=0). */
   rateLimiter: RateLimiter | undefined
@@ -220,6 +222,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     resolver
   })
   const streams = new EventStreams(database.db, config.events)
+  const idempotencyKeys = new IdempotencyKeys(database.db, idempotencyClaimSeconds(config.avatar.timeoutMs))
   // Instances add up their counts (see RateLimiter): through the database on PostgreSQL, through a
   // file of their own beside an SQLite database (not in it: see rateWindowsFileOf).
   const { max, windowMs } = config.rateLimit
@@ -245,6 +248,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     agents,
     webhooks,
     streams,
+    idempotencyKeys,
     metrics,
     rateLimiter,
     version: VERSION,
@@ -254,6 +258,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
       await stopMaintenance()
       await rateLimiter?.close()
       sqliteWindows?.close()
+      idempotencyKeys.close()
       await database.close()
       store.close?.()
       avatars.close()

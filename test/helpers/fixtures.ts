@@ -130,6 +130,12 @@ export async function startFixtureServer (): Promise<FixtureServer> {
         if (before > 0) { resets++; req.socket.destroy(); return }
         return send(res, 'image/jpeg', images.jpeg)
       case '/photo.jpg': return send(res, 'image/jpeg', images.jpeg)
+      case '/late.jpg': {
+        // The JPEG, whole, after 1 s: a slow host that still answers within the deadline.
+        const timer = setTimeout(() => { timers.delete(timer); send(res, 'image/jpeg', images.jpeg) }, 1000)
+        timers.add(timer)
+        return
+      }
       case '/photo-copy.jpg': return send(res, 'image/jpeg', images.jpeg)
       case '/photo.png': return send(res, 'image/png', images.png)
       case '/photo.webp': return send(res, 'image/webp', images.webp)

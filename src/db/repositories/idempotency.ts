@@ -11,11 +11,11 @@ export async function findIdempotencyKey (db: DbOrTrx, widgetId: string, key: st
  * races). A claim made before `staleBefore` and never completed is taken over: the request that
  * made it can no longer be running (its process stopped on the way).
  */
-export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, staleBefore: number): Promise<boolean> {
+export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, staleBefore: number, owner: string): Promise<boolean> {
   const result = await db.insertInto('idempotency_keys')
-    .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: null, response: null, created_at: now })
+    .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: null, response: null, created_at: now, claim_owner: owner })
     .onConflict((oc) => oc.columns(['widget_id', 'key'])
-      .doUpdateSet({ request_hash: requestHash, created_at: now })
+      .doUpdateSet({ request_hash: requestHash, created_at: now, claim_owner: owner })
       .where('idempotency_keys.status_code', 'is', null)
       .where('idempotency_keys.created_at', '<', staleBefore))
     .executeTakeFirst()
@@ -29,12 +29,21 @@ export async function claimIdempotencyKey (db: DbOrTrx, widgetId: string, key: s
 export function completeIdempotencyKeyQuery (db: DbOrTrx, widgetId: string, key: string, requestHash: string, now: number, statusCode: number, response: string): CompiledQuery {
   return db.insertInto('idempotency_keys')
     .values({ widget_id: widgetId, key, request_hash: requestHash, status_code: statusCode, response, created_at: now })
-    .onConflict((oc) => oc.columns(['widget_id', 'key']).doUpdateSet({ request_hash: requestHash, status_code: statusCode, response, created_at: now }))
+    .onConflict((oc) => oc.columns(['widget_id', 'key']).doUpdateSet({ request_hash: requestHash, status_code: statusCode, response, created_at: now, claim_owner: null }))
     .compile()
 }
 
-export async function releaseIdempotencyKey (db: DbOrTrx, widgetId: string, key: string): Promise<void> {
-  await db.deleteFrom('idempotency_keys').where('widget_id', '=', widgetId).where('key', '=', key).where('status_code', 'is', null).execute()
+/** Frees a claim that was never answered, if this owner (one request) still holds it. */
+export async function releaseIdempotencyKey (db: DbOrTrx, widgetId: string, key: string, owner: string): Promise<void> {
+  await db.deleteFrom('idempotency_keys').where('widget_id', '=', widgetId).where('key', '=', key)
+    .where('status_code', 'is', null).where('claim_owner', '=', owner)
+    .execute()
+}
+
+/** Frees the unanswered claims of these owners (requests), wherever they are. */
+export async function releaseIdempotencyClaims (db: DbOrTrx, owners: readonly string[]): Promise<void> {
+  if (owners.length === 0) return
+  await db.deleteFrom('idempotency_keys').where('claim_owner', 'in', owners).where('status_code', 'is', null).execute()
 }
 
 /**

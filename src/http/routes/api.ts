@@ -1,12 +1,12 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { AgentService } from '../../agents/service.js'
-import type { Db } from '../../db/index.js'
 import type { EventStreams } from '../../events/stream.js'
 import type { TokenService } from '../../tokens/service.js'
 import type { WebhookService } from '../../webhooks/service.js'
 import { decorateTokenHash, requireToken } from '../plugins/auth.js'
 import { registerRateLimit } from '../plugins/rate-limit.js'
 import type { RateLimiter } from '../../ratelimit/limiter.js'
+import type { IdempotencyKeys } from '../plugins/idempotency.js'
 import { registerMultipart } from '../plugins/multipart.js'
 import { agentRoutes } from './agents/index.js'
 import { eventRoutes } from './events/index.js'
@@ -17,12 +17,10 @@ export interface ApiOptions {
   tokens: TokenService
   webhooks: WebhookService
   streams: EventStreams
-  db: Db
   /** Undefined: no rate limits. */
   rateLimiter: RateLimiter | undefined
   maxUploadBytes: number
-  /** See idempotencyClaimSeconds. */
-  idempotencyClaimSeconds: number
+  idempotencyKeys: IdempotencyKeys
 }
 
 /**
@@ -37,7 +35,7 @@ export const apiRoutes: FastifyPluginAsync<ApiOptions> = async (app, options) =>
   app.addHook('onRoute', (route) => {
     route.schema = { ...route.schema, security: [{ token: [] }] }
   })
-  await app.register(agentRoutes, { agents: options.agents, db: options.db, idempotencyClaimSeconds: options.idempotencyClaimSeconds })
+  await app.register(agentRoutes, { agents: options.agents, idempotencyKeys: options.idempotencyKeys })
   await app.register(eventRoutes, { streams: options.streams, tokens: options.tokens })
   await app.register(webhookRoutes, { webhooks: options.webhooks })
 }

@@ -3,9 +3,9 @@ import type { AgentRoutesOptions } from './index.js'
 import { withEtag } from './etag.js'
 import { AgentSchema, CreateAgentBody, type Agent } from '../../schemas/agent.js'
 import { Ok, errorResponses } from '../../schemas/envelope.js'
-import { idempotencyKeyOf, idempotent, requestFingerprint, type KeepAnswer } from '../../plugins/idempotency.js'
+import { idempotencyKeyOf, requestFingerprint, type KeepAnswer } from '../../plugins/idempotency.js'
 
-export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents, db, idempotencyClaimSeconds }) => {
+export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = async (app, { agents, idempotencyKeys }) => {
   app.post('/agents', {
     schema: {
       summary: 'Create agent',
@@ -30,7 +30,7 @@ export const createAgentRoute: FastifyPluginAsyncTypebox<AgentRoutesOptions> = a
     const key = idempotencyKeyOf(request)
     let result = key === undefined ? await create() : undefined
     if (key !== undefined) {
-      const outcome = await idempotent(db, request.widgetId, key, requestFingerprint(request.body, request.avatarUpload), idempotencyClaimSeconds, create)
+      const outcome = await idempotencyKeys.run(request.widgetId, key, requestFingerprint(request.body, request.avatarUpload), create)
       if (outcome.replayed) void reply.header('idempotent-replayed', 'true')
       result = outcome.payload
     }

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type { AgentService } from '../../../agents/service.js'
-import type { Db } from '../../../db/index.js'
+import type { IdempotencyKeys } from '../../plugins/idempotency.js'
 import { availabilityRoute } from './availability.js'
 import { createAgentRoute } from './create.js'
 import { deleteAgentRoute } from './delete.js'
@@ -13,9 +13,7 @@ import { upsertAgentRoute } from './upsert.js'
 
 export interface AgentRoutesOptions {
   agents: AgentService
-  db: Db
-  /** See idempotencyClaimSeconds. */
-  idempotencyClaimSeconds: number
+  idempotencyKeys: IdempotencyKeys
 }
 
 /** The Agent resource: the seed's endpoints and the ones beyond it. */
