@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { startTestServer, type TestServer } from './helpers/server.js'
 
@@ -181,5 +182,54 @@ describe('static files are confined to the avatar store', () => {
       assert.ok(!res.body.toString('latin1').includes('SQLite format'), path)
       assert.ok(!res.body.toString('latin1').includes('root:'), path)
     }
+  })
+
+  it('each file is at one URL: other spellings of it (a trailing slash, encoded characters, other folders) are 404', async () => {
+    const { rawGet } = await import('./helpers/server.js')
+    const { startFixtureServer } = await import('./helpers/fixtures.js')
+    const fx = await startFixtureServer()
+    try {
+      const created = await srv.call('POST', '/agents', { serviceUserId: 'one-url', name: 'One URL', avatar: `${fx.url}/photo.png` })
+      assert.equal(created.status, 200)
+      const path = created.body.data.avatar.info.path as string
+      assert.equal((await rawGet(`${srv.url}/static${path}`)).status, 200)
+      const last = path.lastIndexOf('/')
+      for (const other of [
+        `${path}/`, `${path.slice(0, last)}%2F${path.slice(last + 1)}`, path.replace('.png', '%2epng'),
+        `/00/00/00${path.slice(9)}`, `${path.slice(0, 9).toUpperCase()}${path.slice(9)}`
+      ]) {
+        const res = await rawGet(`${srv.url}/static${other}`)
+        assert.equal(res.status, 404, `/static${other}`)
+        assert.equal(JSON.parse(res.body.toString()).error.code, 'route_not_found', `/static${other}: the envelope`)
+      }
+    } finally {
+      await fx.close()
+    }
+  })
+})
+
+describe('what Node refuses before there is a request: in the envelope too', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer() })
+  after(async () => { await srv.close() })
+
+  const raw = async (bytes: string): Promise<{ status: number, body: { status: number, error: { code: string } } }> => {
+    const { port } = new URL(srv.url)
+    const socket = net.connect(Number(port), '127.0.0.1')
+    let received = ''
+    socket.on('data', (chunk: Buffer) => { received += chunk.toString('latin1') })
+    await new Promise((resolve) => socket.on('close', resolve).write(bytes))
+    const [head = '', body = ''] = received.split('\r\n\r\n')
+    return { status: Number(head.split(' ')[1]), body: JSON.parse(body) }
+  }
+
+  it('headers over 16 KiB: 431 headers_too_large; bytes that are not HTTP: 400 malformed_request', async () => {
+    const big = await raw(`GET /api/external/v1/agents HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`)
+    assert.equal(big.status, 431)
+    assert.equal(big.body.status, 431)
+    assert.equal(big.body.error.code, 'headers_too_large')
+    const garbage = await raw('HELLO THERE\r\n\r\n')
+    assert.equal(garbage.status, 400)
+    assert.equal(garbage.body.error.code, 'malformed_request')
   })
 })

@@ -223,6 +223,7 @@ describe('a request body sent too slowly (REQUEST_TIMEOUT_MS)', () => {
       assert.notEqual(at, -1, 'the connection was still open after 10 s')
       assert.ok(at - started >= 1000, 'not before the timeout')
       assert.match(received, /^HTTP\/1\.1 408 /)
+      assert.equal(JSON.parse(received.split('\r\n\r\n')[1] ?? '').error.code, 'request_timeout', 'in the envelope')
       assert.equal((await srv.call('GET', '/agents')).body.data.length, 0, 'nothing made')
     } finally {
       await srv.close()

@@ -1,4 +1,5 @@
-import { createServer, type ServerOptions } from 'node:http'
+import { createServer, STATUS_CODES, type ServerOptions } from 'node:http'
+import type { Duplex } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import { Ajv, type Options as AjvOptions } from 'ajv'
 import type { Config } from '../config/index.js'
@@ -46,6 +47,26 @@ export interface AppDeps {
 }
 
 const API_PREFIX = '/api/external/v1'
+
+/**
+ * What Node refuses before a request exists (headers over 16 KiB, a request not sent whole within
+ * REQUEST_TIMEOUT_MS, bytes that are not HTTP), answered in the envelope like everything else, and
+ * the connection closed (what was sent may have stopped anywhere).
+ */
+function answerClientError (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const appErr = err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+    ? new AppError('request_timeout', 'The request was not sent whole in time (REQUEST_TIMEOUT_MS); nothing was done.')
+    : err.code === 'HPE_HEADER_OVERFLOW'
+      ? new AppError('headers_too_large', 'The request line and headers are larger than the server accepts (16 KiB); nothing was done.')
+      : new AppError('malformed_request', 'The request is not valid HTTP/1.1; nothing was done.')
+  this.log.debug({ err }, 'connection refused before a request')
+  if (socket.writable) {
+    const body = JSON.stringify(envelope(appErr))
+    socket.write(`HTTP/1.1 ${appErr.statusCode} ${STATUS_CODES[appErr.statusCode] ?? ''}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
+  }
+  socket.destroy(err)
+}
 
 /** What Fastify sets on the server it makes, as it passes them to a serverFactory. */
 interface ServerTimeouts {
@@ -104,6 +125,7 @@ export async function buildApp (deps: AppDeps): Promise<FastifyInstance> {
     },
     // Our own hook below answers 503 during shutdown, in the envelope rather than Fastify's body.
     return503OnClosing: false,
+    clientErrorHandler: answerClientError,
     forceCloseConnections: 'idle',
     // A path parameter's length is counted as the router sees it: percent-decoded except for the
     // reserved characters (`/`, `?`, `%`, ...), which stay encoded. A serviceUserId (255 characters

@@ -1,8 +1,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import type { FastifyInstance, FastifyReply } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyStatic from '@fastify/static'
-import { AVATAR_KEY_PATTERN, IMMUTABLE, type BlobStore } from '../../storage/blob-store.js'
+import { IMMUTABLE, parseAvatarKey, type BlobStore } from '../../storage/blob-store.js'
 import { LocalBlobStore } from '../../storage/local.js'
 
 function securityHeaders (reply: FastifyReply): void {
@@ -10,7 +10,18 @@ function securityHeaders (reply: FastifyReply): void {
   void reply.header('content-security-policy', "default-src 'none'")
 }
 
-const isAvatarKey = (key: string) => AVATAR_KEY_PATTERN.test(key)
+/**
+ * The avatar key a request names, if it names one exactly as the API gave it out: an avatar's file
+ * name whose folders are its hash's, spelled without percent-encoding and without a trailing slash
+ * (which the router would take: each file has one URL, and so one entry in a CDN's cache).
+ */
+function requestedKey (request: FastifyRequest): string | undefined {
+  const key = (request.params as { '*': string })['*']
+  const raw = request.url
+  const query = raw.indexOf('?')
+  if ((query < 0 ? raw : raw.slice(0, query)) !== `/static/${key}`) return undefined
+  return parseAvatarKey(key) === undefined ? undefined : key
+}
 
 /**
  * Serves avatar files at /static/... Files are content-addressed, so they never change: cached for a
@@ -36,8 +47,8 @@ export async function registerStaticFiles (app: FastifyInstance, store: BlobStor
       setHeaders: securityHeaders
     })
     app.get('/static/*', { schema: { hide: true } }, async (request, reply) => {
-      const key = (request.params as { '*': string })['*']
-      const file = isAvatarKey(key) ? store.pathOf(key) : undefined
+      const key = requestedKey(request)
+      const file = key === undefined ? undefined : store.pathOf(key)
       if (file === undefined) return reply.callNotFound()
       return await reply.sendFile(path.relative(store.root, file))
     })
@@ -46,8 +57,8 @@ export async function registerStaticFiles (app: FastifyInstance, store: BlobStor
   const read = store.read?.bind(store)
   if (read === undefined) return
   app.get('/static/*', { schema: { hide: true } }, async (request, reply) => {
-    const key = (request.params as { '*': string })['*']
-    const file = isAvatarKey(key) ? await read(key, request.headers['if-none-match']) : undefined
+    const key = requestedKey(request)
+    const file = key === undefined ? undefined : await read(key, request.headers['if-none-match'])
     if (file === undefined) return reply.callNotFound()
     securityHeaders(reply)
     void reply.header('cache-control', IMMUTABLE)
