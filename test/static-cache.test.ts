@@ -165,3 +165,53 @@ describe('GET /static/... with STATIC_CACHE_BYTES=0', { skip: !onLocalDisk && 'f
     }
   })
 })
+
+describe(`GET and HEAD /static/... answer ranges and conditions on every store (${storeLeg()})`, () => {
+  let srv: TestServer
+  let fx: FixtureServer
+  serversForSuite((s, f) => { srv = s; fx = f })
+
+  it('206, 416, 412 and 304 (any spelling of the tag), Last-Modified and Accept-Ranges, and a HEAD without the body', async () => {
+    const res = await srv.call('POST', '/agents', { serviceUserId: 'ranges', name: 'Ranges', avatar: `${fx.url}/photo.webp` })
+    const url = res.body.data.avatar.url.default as string
+    const full = await rawGet(url)
+    assert.equal(full.status, 200)
+    const size = full.body.length
+    const etag = header(full, 'etag') ?? ''
+    const lastModified = header(full, 'last-modified') ?? ''
+    assert.equal(header(full, 'accept-ranges'), 'bytes')
+    assert.ok(!Number.isNaN(Date.parse(lastModified)), `Last-Modified: ${lastModified}`)
+    assert.match(header(full, 'cache-control') ?? '', /immutable/)
+
+    const range = await rawGet(url, { range: 'bytes=0-9' })
+    assert.equal(range.status, 206)
+    assert.equal(header(range, 'content-range'), `bytes 0-9/${size}`)
+    assert.deepEqual(range.body, full.body.subarray(0, 10))
+    const past = await rawGet(url, { range: `bytes=${size + 10}-` })
+    assert.equal(past.status, 416)
+    assert.equal(JSON.parse(past.body.toString()).error.code, 'range_not_satisfiable')
+
+    const unmatched = await rawGet(url, { 'if-match': '"not-this-file"' })
+    assert.equal(unmatched.status, 412)
+    assert.equal(JSON.parse(unmatched.body.toString()).error.code, 'precondition_failed')
+    assert.equal((await rawGet(url, { 'if-match': `"abc", ${etag}` })).status, 200, 'a list naming the file meets If-Match')
+
+    const strong = etag.replace(/^W\//, '')
+    for (const tags of [etag, strong, `W/${strong}`, `"abc", ${etag}`, '*']) {
+      const res = await rawGet(url, { 'if-none-match': tags })
+      assert.equal(res.status, 304, `If-None-Match: ${tags}`)
+      assert.equal(res.body.length, 0)
+    }
+    assert.equal((await rawGet(url, { 'if-none-match': '"abc"' })).status, 200)
+    assert.equal((await rawGet(url, { 'if-modified-since': lastModified })).status, 304)
+
+    const head = await new Promise<{ status: number, length: string | undefined, bytes: number }>((resolve, reject) => {
+      http.request(url, { method: 'HEAD' }, (r) => {
+        let bytes = 0
+        r.on('data', (c: Buffer) => { bytes += c.length })
+        r.on('end', () => { resolve({ status: r.statusCode ?? 0, length: r.headers['content-length'], bytes }) })
+      }).on('error', reject).end()
+    })
+    assert.deepEqual(head, { status: 200, length: String(size), bytes: 0 })
+  })
+})

@@ -35,10 +35,11 @@ export interface BlobStore {
   /** Whether a file is stored under key now, without reading it (a HEAD on S3). */
   has: (key: string) => Promise<boolean>
   /**
-   * Opens a stored file for streaming; undefined when there is none. Stores served by the
-   * service's own static file handler (local disk) need not have it.
+   * A stored file as a GET (or, with headOnly, a HEAD) of it with these request headers answers;
+   * undefined when there is none. Stores served by the service's own static file handler (local
+   * disk) need not have it.
    */
-  read?: (key: string, ifNoneMatch?: string) => Promise<StoredFile | undefined>
+  read?: (key: string, request?: ReadRequest) => Promise<StoredFile | undefined>
   /**
    * Deletes what writes that never finished left behind, if the store can hold such things (local
    * disk: temporary files older than olderThanMs); returns how many. A bucket has none: an object
@@ -62,9 +63,33 @@ export interface BlobFile {
   contentType: string
 }
 
+/** The headers of a request for a stored file that decide its answer (RFC 9110 13, 14), as sent. */
+export interface ReadRequest {
+  ifNoneMatch?: string
+  ifMatch?: string
+  ifModifiedSince?: string
+  ifUnmodifiedSince?: string
+  range?: string
+  /** A HEAD: the answer without its body. */
+  headOnly?: boolean
+}
+
 export type StoredFile =
-  | { notModified: true, etag: string }
-  | { notModified: false, etag: string | undefined, contentType: string, contentLength: number | undefined, body: NodeJS.ReadableStream }
+  | { status: 304, etag: string | undefined, lastModified: Date | undefined }
+  | { status: 412 }
+  /** The range lies past the file's end; size, when known, is told in Content-Range. */
+  | { status: 416, size: number | undefined }
+  | {
+    status: 200 | 206
+    etag: string | undefined
+    lastModified: Date | undefined
+    contentType: string
+    contentLength: number | undefined
+    /** With 206: `bytes first-last/size`. */
+    contentRange: string | undefined
+    /** Undefined for a HEAD. */
+    body: Buffer | NodeJS.ReadableStream | undefined
+  }
 
 
 /** Files are content-addressed and never change: caches may keep them for a year without asking. */

@@ -4,6 +4,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import { IMMUTABLE, parseAvatarKey, type BlobStore } from '../../storage/blob-store.js'
 import { LocalBlobStore } from '../../storage/local.js'
+import { AppError } from '../../errors/index.js'
+import { envelope } from '../error-handler.js'
 
 function securityHeaders (reply: FastifyReply): void {
   void reply.header('x-content-type-options', 'nosniff')
@@ -56,16 +58,41 @@ export async function registerStaticFiles (app: FastifyInstance, store: BlobStor
   }
   const read = store.read?.bind(store)
   if (read === undefined) return
-  app.get('/static/*', { schema: { hide: true } }, async (request, reply) => {
-    const key = requestedKey(request)
-    const file = key === undefined ? undefined : await read(key, request.headers['if-none-match'])
-    if (file === undefined) return reply.callNotFound()
-    securityHeaders(reply)
-    void reply.header('cache-control', IMMUTABLE)
-    if (file.etag !== undefined) void reply.header('etag', file.etag)
-    if (file.notModified) return reply.code(304).send()
-    void reply.header('content-type', file.contentType)
-    if (file.contentLength !== undefined) void reply.header('content-length', file.contentLength)
-    return reply.send(file.body)
+  // GET and HEAD (a HEAD asks the bucket for the headers alone), with ranges and conditions.
+  app.route({
+    method: ['GET', 'HEAD'],
+    url: '/static/*',
+    schema: { hide: true },
+    handler: async (request, reply) => {
+      const key = requestedKey(request)
+      const h = request.headers
+      const file = key === undefined
+        ? undefined
+        : await read(key, {
+          ifNoneMatch: h['if-none-match'],
+          ifMatch: h['if-match'],
+          ifModifiedSince: h['if-modified-since'],
+          ifUnmodifiedSince: h['if-unmodified-since'],
+          range: h.range,
+          headOnly: request.method === 'HEAD'
+        })
+      if (file === undefined) return reply.callNotFound()
+      if (file.status === 412) throw new AppError('precondition_failed', 'The file does not meet If-Match or If-Unmodified-Since.')
+      if (file.status === 416) {
+        if (file.size !== undefined) void reply.header('content-range', `bytes */${file.size}`)
+        return await reply.code(416).send(envelope(new AppError('range_not_satisfiable', 'The requested range lies past the end of the file.')))
+      }
+      securityHeaders(reply)
+      void reply.header('cache-control', IMMUTABLE)
+      if (file.etag !== undefined) void reply.header('etag', file.etag)
+      if (file.lastModified !== undefined) void reply.header('last-modified', file.lastModified.toUTCString())
+      if (file.status === 304) return await reply.code(304).send()
+      void reply.header('accept-ranges', 'bytes')
+      void reply.header('content-type', file.contentType)
+      if (file.contentLength !== undefined) void reply.header('content-length', file.contentLength)
+      if (file.contentRange !== undefined) void reply.header('content-range', file.contentRange)
+      void reply.code(file.status)
+      return await reply.send(request.method === 'HEAD' ? undefined : file.body)
+    }
   })
 }
