@@ -692,3 +692,35 @@ describe(`event stream across two instances on one store (${storeLeg()})`, () =>
     }
   })
 })
+
+describe('event streams per widget (EVENTS_MAX_STREAMS)', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ EVENTS_MAX_STREAMS: '2', EVENTS_POLL_MS: '50' }) })
+  after(async () => { await srv?.close() })
+
+  it('a widget may open that many streams on an instance; the next is 429 until one closes; other widgets are not held back', async () => {
+    const open: Stream[] = []
+    try {
+      open.push(await openStream(srv.api, srv.token), await openStream(srv.api, srv.token))
+      assert.deepEqual(open.map((s) => s.status), [200, 200])
+      const refused = await openStream(srv.api, srv.token)
+      assert.equal(refused.status, 429)
+      assert.equal((refused.body as ApiResponse['body']).error.code, 'rate_limited')
+      assert.match((refused.body as ApiResponse['body']).error.message, /EVENTS_MAX_STREAMS/)
+
+      const other = await srv.services.tokens.create('another-widget')
+      const theirs = await openStream(srv.api, other.token)
+      open.push(theirs)
+      assert.equal(theirs.status, 200, 'another widget has places of its own')
+
+      open.shift()?.close()
+      await until('a place to be given back', async () => {
+        const next = await openStream(srv.api, srv.token)
+        if (next.status === 200) { open.push(next); return true }
+        return undefined
+      }, WAIT_MS, 50)
+    } finally {
+      for (const s of open) s.close()
+    }
+  })
+})

@@ -53,6 +53,7 @@ const EnvSchema = Type.Object({
   EVENTS_RETENTION_SECONDS: Type.Integer({ default: 604800, minimum: 60, maximum: 31536000 }),
   EVENTS_POLL_MS: Type.Integer({ default: 250, minimum: 20, maximum: 60000 }),
   EVENTS_HEARTBEAT_MS: Type.Integer({ default: 15000, minimum: 100, maximum: 300000 }),
+  EVENTS_MAX_STREAMS: Type.Integer({ default: 100, minimum: 1, maximum: 1000000 }),
   WEBHOOK_ALLOW_PRIVATE_NETWORKS: Type.Boolean({ default: false }),
   WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 120000 }),
   WEBHOOK_RETRY_BASE_MS: Type.Integer({ default: 5000, minimum: 10, maximum: 3600000 }),
@@ -108,7 +109,7 @@ export interface Config {
   readonly avatarLeftoversSweepSeconds: number
   readonly maintenanceIntervalMs: number
   readonly idempotencyTtlSeconds: number
-  readonly events: { readonly retentionSeconds: number, readonly pollMs: number, readonly heartbeatMs: number }
+  readonly events: { readonly retentionSeconds: number, readonly pollMs: number, readonly heartbeatMs: number, readonly maxStreams: number }
   readonly webhooks: {
     readonly allowPrivateNetworks: boolean
     readonly timeoutMs: number
@@ -191,7 +192,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
     agentCacheEntries: e.AGENT_CACHE_ENTRIES,
     staticCacheBytes: e.STATIC_CACHE_BYTES,
     rateLimit: { max: e.RATE_LIMIT_MAX, windowMs: e.RATE_LIMIT_WINDOW_MS },
-    events: { retentionSeconds: e.EVENTS_RETENTION_SECONDS, pollMs: e.EVENTS_POLL_MS, heartbeatMs: e.EVENTS_HEARTBEAT_MS },
+    events: { retentionSeconds: e.EVENTS_RETENTION_SECONDS, pollMs: e.EVENTS_POLL_MS, heartbeatMs: e.EVENTS_HEARTBEAT_MS, maxStreams: e.EVENTS_MAX_STREAMS },
     webhooks: {
       allowPrivateNetworks: e.WEBHOOK_ALLOW_PRIVATE_NETWORKS,
       timeoutMs: e.WEBHOOK_TIMEOUT_MS,

@@ -6,6 +6,8 @@ import { toApiEvent } from './record.js'
 export interface StreamSettings {
   pollMs: number
   heartbeatMs: number
+  /** Streams one widget may have open on this instance at once (EVENTS_MAX_STREAMS). */
+  maxStreams: number
 }
 
 /**
@@ -15,8 +17,30 @@ export interface StreamSettings {
  */
 export class EventStreams {
   private readonly open = new Set<() => void>()
+  /** Streams open (or opening) per widget. */
+  private readonly perWidget = new Map<string, number>()
 
   constructor (private readonly db: Db, private readonly settings: StreamSettings) {}
+
+  /**
+   * Takes one of the widget's EVENTS_MAX_STREAMS places on this instance for a stream about to
+   * open (each polls the database): the place's release, or undefined when they are all taken.
+   * One token, or one leaked read token, could otherwise open thousands, each polling, and take
+   * the database's connections and the instance's CPU from every other widget.
+   */
+  reserve (widgetId: string): (() => void) | undefined {
+    const count = this.perWidget.get(widgetId) ?? 0
+    if (count >= this.settings.maxStreams) return undefined
+    this.perWidget.set(widgetId, count + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const now = (this.perWidget.get(widgetId) ?? 1) - 1
+      if (now === 0) this.perWidget.delete(widgetId)
+      else this.perWidget.set(widgetId, now)
+    }
+  }
 
   /** Where a stream starts: after lastEventId, or when undefined after the widget's newest event (now). */
   async startingPoint (widgetId: string, lastEventId: number | undefined): Promise<number> {
@@ -25,10 +49,12 @@ export class EventStreams {
 
   /**
    * Streams to res the events after `from` (startingPoint) until the client or the server closes,
-   * or until `stillAllowed` (asked before each poll) says the caller's token no longer is.
+   * or until `stillAllowed` (asked before each poll) says the caller's token no longer is; then
+   * gives its place (reserve) back.
    */
   async stream (
-    widgetId: string, from: number, res: ServerResponse, headers: Record<string, string | number | string[] | undefined>, stillAllowed: () => Promise<boolean>
+    widgetId: string, from: number, res: ServerResponse, headers: Record<string, string | number | string[] | undefined>,
+    stillAllowed: () => Promise<boolean>, release: () => void
   ): Promise<void> {
     // Listen for the client going away before anything is awaited, so an early hang-up is never missed.
     let closed = false
@@ -38,6 +64,7 @@ export class EventStreams {
       closed = true
       for (const t of timers) clearInterval(t)
       this.open.delete(close)
+      release()
       res.end()
     }
     this.open.add(close)

@@ -1,7 +1,7 @@
 import { Type } from 'typebox'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { EventStreams } from '../../../events/stream.js'
-import { errors } from '../../../errors/index.js'
+import { AppError, errors } from '../../../errors/index.js'
 import type { TokenService } from '../../../tokens/service.js'
 import { tokenHashOf } from '../../plugins/auth.js'
 import { errorResponses } from '../../schemas/envelope.js'
@@ -31,13 +31,23 @@ export const eventStreamRoute: FastifyPluginAsyncTypebox<EventRoutesOptions> = a
     if (given !== undefined && !/^\d{1,15}$/.test(given)) {
       throw errors.validation([{ field: 'Last-Event-ID', message: 'must be the id of an event this stream sent' }])
     }
-    // Read before the reply is taken over: a database that cannot answer gets the error envelope.
-    const from = await streams.startingPoint(request.widgetId, given === undefined ? undefined : Number(given))
+    const release = streams.reserve(request.widgetId)
+    if (release === undefined) {
+      throw new AppError('rate_limited', 'This widget has as many event streams open on this server as it may (EVENTS_MAX_STREAMS); close one, or use one stream for all your listeners.')
+    }
+    let from: number
+    try {
+      // Read before the reply is taken over: a database that cannot answer gets the error envelope.
+      from = await streams.startingPoint(request.widgetId, given === undefined ? undefined : Number(given))
+    } catch (err) {
+      release()
+      throw err
+    }
     reply.hijack()
     // With the headers the reply has by now (X-Request-Id, the rate limit's).
     const hash = tokenHashOf(request)
     await streams.stream(request.widgetId, from, reply.raw, reply.getHeaders(), async () =>
       // Cached for a second (TokenService), whatever the number of streams on the token.
-      hash !== undefined && (await tokens.authenticateHash(hash))?.widgetId === request.widgetId)
+      hash !== undefined && (await tokens.authenticateHash(hash))?.widgetId === request.widgetId, release)
   })
 }
