@@ -244,8 +244,9 @@ describe('the file collector and a write of the same image at the same moment', 
    * the same bytes (at second): its write finds the files still there and goes on to write its row.
    * The collector is released after 500 ms. The second agent must then be answered, with the first's
    * files, whole, and keep them. Resolves with whether it was answered before the release.
+   * `whileHeld` runs once the collector holds the claim, before the second write.
    */
-  const writeWhileCollecting = async (via: TestServer, first: string, second: string, ids: [string, string]): Promise<boolean> => {
+  const writeWhileCollecting = async (via: TestServer, first: string, second: string, ids: [string, string], whileHeld?: () => Promise<void>): Promise<boolean> => {
     const a = await srv.call('POST', '/agents', { serviceUserId: ids[0], name: 'First', avatar: `${fx.url}${first}` })
     assert.equal(a.status, 200)
     const whole = await filesOf(a.body.data)
@@ -253,6 +254,7 @@ describe('the file collector and a write of the same image at the same moment', 
     const { inCollector, release } = armPause()
     assert.equal((await srv.call('DELETE', `/agents/${a.body.data.id}`)).status, 200)
     await inCollector
+    await whileHeld?.()
     let answered = false
     const pending = via.call('POST', '/agents', { serviceUserId: ids[1], name: 'Second', avatar: `${fx.url}${second}` })
       .finally(() => { answered = true })
@@ -300,14 +302,19 @@ describe('the file collector and a write of the same image at the same moment', 
   })
 
   it('a server whose clock runs ahead does not take a claim in progress for abandoned', async () => {
-    // Its upkeep runs often, and would end the claim (its deadline past by this clock) at once.
-    const ahead = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '100' }, { clock: twoMinutesAhead })
     const other = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '3600000' })
+    let ahead: TestServer | undefined
     try {
-      const early = await writeWhileCollecting(other, '/anim.gif', '/anim.gif?again', ['race-g', 'race-h'])
+      const early = await writeWhileCollecting(other, '/anim.gif', '/anim.gif?again', ['race-g', 'race-h'], async () => {
+        // Started once this server's collector holds the claim (so its own collector cannot take the
+        // content first); its upkeep runs often, and would end the claim (its deadline past by this
+        // clock) at once.
+        ahead = await startTestServer({ ...srv.sharedEnv, MAINTENANCE_INTERVAL_MS: '100' }, { clock: twoMinutesAhead })
+        await new Promise((resolve) => setTimeout(resolve, 300))
+      })
       assert.equal(early, false, 'not answered while the files may still be being deleted')
     } finally {
-      await Promise.all([ahead.close(), other.close()])
+      await Promise.all([ahead?.close(), other.close()])
     }
   })
 })
