@@ -32,6 +32,21 @@ describe('OpenAPI and docs', () => {
     assert.ok(doc.paths['/healthz'] && doc.paths['/readyz'])
   })
 
+  it('/openapi.json documents the headers the API reads and sends: Idempotency-Key, If-Match, If-None-Match, Last-Event-ID, ETag', async () => {
+    type Operation = { parameters?: Array<{ in: string, name: string }>, responses: Record<string, { headers?: Record<string, unknown> }> }
+    const doc = await (await fetch(`${srv.url}/openapi.json`)).json() as { paths: Record<string, Record<string, Operation>> }
+    const headersOf = (path: string, method: string): string[] =>
+      (doc.paths[`/api/external/v1${path}`]?.[method]?.parameters ?? []).filter((p) => p.in === 'header').map((p) => p.name.toLowerCase())
+    assert.deepEqual(headersOf('/agents', 'post'), ['idempotency-key'])
+    for (const [path, method] of [['/agents/{id}', 'put'], ['/agents/{id}', 'delete'], ['/agents/by-service-user-id/{serviceUserId}', 'put']] as const) {
+      assert.deepEqual(headersOf(path, method), ['if-match'], `${method} ${path}`)
+    }
+    assert.deepEqual(headersOf('/agents/{id}', 'get'), ['if-none-match'])
+    assert.deepEqual(headersOf('/events', 'get'), ['last-event-id'])
+    assert.deepEqual(Object.keys(doc.paths['/api/external/v1/agents']!.post!.responses['200']!.headers ?? {}).sort(), ['ETag', 'Idempotent-Replayed'])
+    assert.ok(doc.paths['/api/external/v1/agents/{id}']!.get!.responses['200']!.headers?.ETag)
+  })
+
   it('/docs is a readable page', async () => {
     const res = await fetch(`${srv.url}/docs`)
     assert.equal(res.status, 200)
