@@ -44,7 +44,7 @@ export function idempotencyClaimSeconds (avatarTimeoutMs: number): number {
 /** Keeps the answer to a request with an Idempotency-Key, in the transaction of the write it answers. */
 export type KeepAnswer<T> = (trx: DbOrTrx, answer: T) => Promise<void>
 
-/** How often a claim that could not be released is tried again (see IdempotencyKeys.release). */
+/** How often a claim that could not be released is tried again (see IdempotencyKeys.releaseLater). */
 const RELEASE_RETRY_MS = 1000
 
 /**
