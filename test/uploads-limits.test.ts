@@ -189,6 +189,10 @@ describe('rate limits behind a proxy (TRUST_PROXY)', () => {
     try {
       assert.deepEqual([await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.7'), await madeUp(srv, '203.0.113.7')], [401, 401, 429])
       assert.equal(await madeUp(srv, '203.0.113.8'), 401, 'another client behind the proxy is not held back')
+      // IPv6: a client holds a whole /64, and changing the address within it changes nothing.
+      assert.deepEqual([await madeUp(srv, '2001:db8:1:2::1'), await madeUp(srv, '2001:db8:1:2::abcd'), await madeUp(srv, '2001:0db8:0001:0002:ffff:0:0:1')], [401, 401, 429])
+      assert.equal(await madeUp(srv, '2001:db8:1:3::1'), 401, 'the next /64 is another client')
+      assert.deepEqual([await madeUp(srv, '::ffff:198.51.100.1'), await madeUp(srv, '198.51.100.1'), await madeUp(srv, '198.51.100.1')], [401, 401, 429], 'an IPv4 address mapped into IPv6 is the same address')
     } finally {
       await srv.close()
     }

@@ -37,9 +37,22 @@ export interface SharedCounts {
   exchanged?: (ok: boolean) => void
 }
 
-/** The key of requests without a token: their client address (a token's key is its sha256, hex). */
+/**
+ * The key of requests without a token: their client address (a token's key is its sha256, hex).
+ * An IPv6 address counts by its /64, the block one host or one home is given: a client holds
+ * 2^64 addresses of it, and a window per address would let it send made-up tokens for ever.
+ * An IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`) counts as itself.
+ */
 export function addressKey (ip: string): string {
-  return `ip:${ip}`
+  if (!ip.includes(':')) return `ip:${ip}`
+  const bare = (ip.split('%')[0] ?? '').toLowerCase()
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(bare)
+  if (mapped !== null) return `ip:${mapped[1] as string}`
+  const [left = '', right] = bare.split('::')
+  const head = left === '' ? [] : left.split(':')
+  const tail = right === undefined || right === '' ? [] : right.split(':')
+  const groups = right === undefined ? head : [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill('0'), ...tail]
+  return `ip:${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`
 }
 
 export function isAddressKey (key: string): boolean {
