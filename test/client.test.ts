@@ -119,12 +119,15 @@ describe('typed client (agentry/client) against a live server', () => {
     }
   })
 
-  it('createAgent is retry-safe: a lost answer is retried with the same Idempotency-Key and creates one agent', async () => {
-    // A proxy that drops the first answer on the floor (the request did reach the server).
-    let dropped = false
-    const seen: string[] = []
+  /**
+   * A proxy in front of the test server: each request is forwarded whole (`sent` is told once it
+   * is), and `answer` passes the server's answer on (by default, all of it).
+   */
+  async function proxyToServer (hooks: {
+    sent?: (req: http.IncomingMessage, res: http.ServerResponse) => void
+    answer?: (req: http.IncomingMessage, res: http.ServerResponse, forward: () => void) => void
+  }): Promise<http.Server> {
     const proxy = http.createServer((req, res) => {
-      seen.push(req.method ?? '')
       const chunks: Buffer[] = []
       req.on('data', (c: Buffer) => chunks.push(c))
       req.on('end', () => {
@@ -132,14 +135,30 @@ describe('typed client (agentry/client) against a live server', () => {
           const body: Buffer[] = []
           up.on('data', (c: Buffer) => body.push(c))
           up.on('end', () => {
-            if (!dropped && req.method !== 'GET') { dropped = true; res.destroy(); return }
-            res.writeHead(up.statusCode ?? 502, up.headers).end(Buffer.concat(body))
+            const forward = (): void => { if (!res.destroyed) res.writeHead(up.statusCode ?? 502, up.headers).end(Buffer.concat(body)) }
+            if (hooks.answer === undefined) forward()
+            else hooks.answer(req, res, forward)
           })
         })
         upstream.end(Buffer.concat(chunks))
+        hooks.sent?.(req, res)
       })
     })
     await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    return proxy
+  }
+
+  it('createAgent is retry-safe: a lost answer is retried with the same Idempotency-Key and creates one agent', async () => {
+    // A proxy that drops the first answer on the floor (the request did reach the server).
+    let dropped = false
+    const seen: string[] = []
+    const proxy = await proxyToServer({
+      sent: (req) => { seen.push(req.method ?? '') },
+      answer: (req, res, forward) => {
+        if (!dropped && req.method !== 'GET') { dropped = true; res.destroy(); return }
+        forward()
+      }
+    })
     try {
       const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20 })
       const a = await viaProxy.createAgent({ serviceUserId: 'c-retry', name: 'Retried' })
@@ -162,23 +181,13 @@ describe('typed client (agentry/client) against a live server', () => {
     // A proxy that cuts the client off 300 ms into its first attempt, which the server goes on
     // running (its avatar takes 1 s to come): the retry meets that attempt's claim on the key.
     let cut = false
-    const proxy = http.createServer((req, res) => {
-      const chunks: Buffer[] = []
-      req.on('data', (c: Buffer) => chunks.push(c))
-      req.on('end', () => {
-        const upstream = http.request(`${srv.url}${req.url ?? '/'}`, { method: req.method, headers: req.headers }, (up) => {
-          const body: Buffer[] = []
-          up.on('data', (c: Buffer) => body.push(c))
-          up.on('end', () => { if (!res.destroyed) res.writeHead(up.statusCode ?? 502, up.headers).end(Buffer.concat(body)) })
-        })
-        upstream.end(Buffer.concat(chunks))
-        if (!cut) {
-          cut = true
-          setTimeout(() => res.destroy(), 300)
-        }
-      })
+    const proxy = await proxyToServer({
+      sent: (_req, res) => {
+        if (cut) return
+        cut = true
+        setTimeout(() => res.destroy(), 300)
+      }
     })
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
     try {
       const viaProxy = new AgentryClient({ baseUrl: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, token: srv.token, retryDelayMs: 20 })
       const a = await viaProxy.createAgent({ serviceUserId: 'c-waited', name: 'Waited', avatar: `${fx.url}/late.jpg` })

@@ -5,7 +5,7 @@ import { sql } from 'kysely'
 import pg from 'pg'
 import { requestFingerprint } from '../src/http/plugins/idempotency.js'
 import { startFixtureServer } from './helpers/fixtures.js'
-import { rawGet, startTestServer, untilWaitingForLock, type TestServer } from './helpers/server.js'
+import { rawGet, startTestServer, untilWaitingForLock, type ApiResponse, type TestServer } from './helpers/server.js'
 
 describe('ETags and conditional requests', () => {
   let srv: TestServer
@@ -148,71 +148,56 @@ describe('If-Match and writes the API does not show', () => {
 })
 
 describe('a read meeting an avatar replaced under it (PostgreSQL)', { skip: process.env.TEST_DATABASE_URL === undefined && 'PostgreSQL only: a read held between its two statements by a lock from outside' }, () => {
-  it('shows the agent with its new avatar, never with none (a state that never was)', async () => {
+  /**
+   * Agents A and B with avatars of their own; `read` is sent and held between its rows' read and
+   * their avatar records' read, while A's avatar is replaced by B's record (as another instance's
+   * write would do with a new one), with `alsoSet` written to A's row too. The read's answer.
+   */
+  async function readAcrossAvatarSwap (
+    first: Record<string, unknown>, read: (srv: TestServer, a: { id: string }) => Promise<ApiResponse>, alsoSet = ''
+  ): Promise<{ res: ApiResponse, b: { avatar: { info: { path: string } } } }> {
     const fx = await startFixtureServer()
     // No avatar record kept in memory: as on an instance that did not make them.
     const srv = await startTestServer({}, { avatarRowsKept: 0 })
     try {
-      const a = (await srv.call('POST', '/agents', { serviceUserId: 'swap-a', name: 'A', avatar: `${fx.url}/photo.jpg` })).body.data
-      const b = (await srv.call('POST', '/agents', { serviceUserId: 'swap-b', name: 'B', avatar: `${fx.url}/photo.png` })).body.data
+      const a = (await srv.call('POST', '/agents', { ...first, avatar: `${fx.url}/photo.jpg` })).body.data
+      const b = (await srv.call('POST', '/agents', { serviceUserId: `${first.serviceUserId as string}-other`, name: 'Other', avatar: `${fx.url}/photo.png` })).body.data
       const other = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
       await other.connect()
-      let read: Promise<Awaited<ReturnType<TestServer['call']>>>
+      let answer: Promise<ApiResponse>
       try {
         await other.query('begin')
-        // The read gets A's row, then waits to read its avatar record.
         await other.query('lock table avatars in access exclusive mode')
-        read = srv.call('GET', `/agents/${a.id as string}`)
+        answer = read(srv, a)
         await untilWaitingForLock(srv, { statement: 'avatars' })
-        // Meanwhile A's avatar is replaced (by B's record, as another instance's write would do with a new one).
         const { rows: [{ avatar_id: old }] } = await other.query('select avatar_id from agents where id = $1', [a.id])
-        await other.query('update agents set avatar_id = (select avatar_id from agents where id = $1), version = version + 1 where id = $2', [b.id, a.id])
+        await other.query(`update agents set ${alsoSet}avatar_id = (select avatar_id from agents where id = $1), version = version + 1 where id = $2`, [b.id, a.id])
         await other.query('delete from avatars where id = $1', [old])
         await other.query('commit')
       } finally {
         await other.end()
       }
-      const res = await read
-      assert.equal(res.status, 200)
-      assert.notEqual(res.body.data.avatar, null, 'shown with no avatar')
-      assert.equal(res.body.data.avatar.info.path, b.avatar.info.path)
+      return { res: await answer, b }
     } finally {
       await srv.close()
       await fx.close()
     }
+  }
+
+  it('shows the agent with its new avatar, never with none (a state that never was)', async () => {
+    const { res, b } = await readAcrossAvatarSwap({ serviceUserId: 'swap-a', name: 'A' }, async (srv, a) => await srv.call('GET', `/agents/${a.id}`))
+    assert.equal(res.status, 200)
+    assert.notEqual(res.body.data.avatar, null, 'shown with no avatar')
+    assert.equal(res.body.data.avatar.info.path, b.avatar.info.path)
   })
 
   it('a filtered list never shows an agent read again that no longer meets its filter', async () => {
-    const fx = await startFixtureServer()
-    const srv = await startTestServer({}, { avatarRowsKept: 0 })
-    try {
-      const a = (await srv.call('POST', '/agents', { serviceUserId: 'swap-c', name: 'C', status: 'online', avatar: `${fx.url}/photo.jpg` })).body.data
-      const b = (await srv.call('POST', '/agents', { serviceUserId: 'swap-d', name: 'D', avatar: `${fx.url}/photo.png` })).body.data
-      const other = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
-      await other.connect()
-      let read: Promise<Awaited<ReturnType<TestServer['call']>>>
-      try {
-        await other.query('begin')
-        // The list reads C's row (online), then waits to read its avatar record.
-        await other.query('lock table avatars in access exclusive mode')
-        read = srv.call('GET', '/agents?status=online&limit=10')
-        await untilWaitingForLock(srv, { statement: 'avatars' })
-        // Meanwhile another instance's write takes C offline with a new avatar.
-        const { rows: [{ avatar_id: old }] } = await other.query('select avatar_id from agents where id = $1', [a.id])
-        await other.query("update agents set status = 'offline', avatar_id = (select avatar_id from agents where id = $1), version = version + 1 where id = $2", [b.id, a.id])
-        await other.query('delete from avatars where id = $1', [old])
-        await other.query('commit')
-      } finally {
-        await other.end()
-      }
-      const res = await read
-      assert.equal(res.status, 200)
-      const shown = (res.body.data as Array<{ id: string, status: string }>).map((x) => `${x.id}:${x.status}`)
-      assert.deepEqual(shown, [], 'an offline agent in a list of online ones')
-    } finally {
-      await srv.close()
-      await fx.close()
-    }
+    // The list reads C's row (online); meanwhile another instance's write takes C offline with a new avatar.
+    const { res } = await readAcrossAvatarSwap({ serviceUserId: 'swap-c', name: 'C', status: 'online' },
+      async (srv) => await srv.call('GET', '/agents?status=online&limit=10'), "status = 'offline', ")
+    assert.equal(res.status, 200)
+    const shown = (res.body.data as Array<{ id: string, status: string }>).map((x) => `${x.id}:${x.status}`)
+    assert.deepEqual(shown, [], 'an offline agent in a list of online ones')
   })
 })
 
