@@ -1034,7 +1034,6 @@ function laterOf (now: number, row: Pick<AgentRow, 'updated_at'>): number {
   return Math.max(now, row.updated_at)
 }
 
-/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 /**
  * Whether a row refers to an avatar record that is gone. Records never change, but a write that
  * replaces or removes an agent's avatar (or deletes the agent) deletes the old one: a row read just
@@ -1045,6 +1044,7 @@ function isStale (row: AgentRow, avatar: AvatarRow | undefined): boolean {
   return row.avatar_id !== null && avatar === undefined
 }
 
+/** The row as the API shows it at `now`: a lapsed heartbeat reads as offline since it lapsed. */
 function effective (row: AgentRow, now: number): AgentRow {
   if (row.status === 'online' && row.presence_expires_at !== null && row.presence_expires_at <= now) {
     return { ...row, status: 'offline', updated_at: Math.max(row.updated_at, row.presence_expires_at), presence_expires_at: null }

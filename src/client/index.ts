@@ -245,8 +245,7 @@ export class AgentryClient {
       if (safe && res.status === 409 && error.code === 'idempotency_key_in_progress') {
         // An earlier attempt is still running: waited for, without using up a retry.
         waitingSince ??= Date.now()
-        const retryAfter = Number(res.headers.get('retry-after'))
-        const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : 1000
+        const wait = retryAfterMs(res) ?? 1000
         if (Date.now() + wait - waitingSince <= this.inProgressWaitMs) {
           attempt--
           await sleep(wait)
@@ -255,8 +254,7 @@ export class AgentryClient {
       }
       const transient = res.status >= 500 || res.status === 429
       if (safe && transient && attempt < this.retries) {
-        const retryAfter = Number(res.headers.get('retry-after'))
-        const wait = Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : this.backoff(attempt)
+        const wait = retryAfterMs(res) ?? this.backoff(attempt)
         if (wait <= this.maxRetryAfterMs) {
           await sleep(wait)
           continue
@@ -269,6 +267,12 @@ export class AgentryClient {
   private backoff (attempt: number): number {
     return this.retryDelayMs * 2 ** attempt * (0.5 + Math.random() / 2)
   }
+}
+
+/** The answer's Retry-After (in seconds), in ms; undefined without one. */
+function retryAfterMs (res: Response): number | undefined {
+  const seconds = Number(res.headers.get('retry-after'))
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : undefined
 }
 
 interface Body { body: string | FormData, headers?: Record<string, string> }

@@ -65,13 +65,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1
  * handed to the file collector (whole images nothing refers to).
  */
 function startMaintenance (config: Config, database: DbHandle, store: BlobStore, agents: AgentService, webhooks: WebhookService, metrics: Metrics): () => Promise<void> {
+  // Unanswered Idempotency-Key claims are kept until stale, however short the answers are kept.
+  const claimsKeptSeconds = Math.max(config.idempotencyTtlSeconds, idempotencyClaimSeconds(config.avatar.timeoutMs))
   const upkeep = every(config.maintenanceIntervalMs, async () => {
     const now = Math.floor(Date.now() / 1000)
     // Each step on its own: one that fails (a store refusing a deletion, for as long as it is down)
     // must not hold back the others, the purges above all.
     await eachOnItsOwn([
       async () => { await agents.maintain() },
-      async () => { await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds, now - Math.max(config.idempotencyTtlSeconds, idempotencyClaimSeconds(config.avatar.timeoutMs))) },
+      async () => { await purgeIdempotencyKeys(database.db, now - config.idempotencyTtlSeconds, now - claimsKeptSeconds) },
       async () => { await purgeDeliveries(database.db, (now - config.events.retentionSeconds) * 1000) },
       async () => { await purgeEvents(database.db, now - config.events.retentionSeconds) },
       async () => { await purgeBlobClaims(database.db, now - BLOB_CLAIMS_KEPT_SECONDS) },

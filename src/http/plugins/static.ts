@@ -4,8 +4,6 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyStatic from '@fastify/static'
 import { IMMUTABLE, parseAvatarKey, type BlobStore } from '../../storage/blob-store.js'
 import { LocalBlobStore } from '../../storage/local.js'
-import { AppError } from '../../errors/index.js'
-import { envelope } from '../error-handler.js'
 
 function securityHeaders (reply: FastifyReply): void {
   void reply.header('x-content-type-options', 'nosniff')
@@ -77,10 +75,10 @@ export async function registerStaticFiles (app: FastifyInstance, store: BlobStor
           headOnly: request.method === 'HEAD'
         })
       if (file === undefined) return reply.callNotFound()
-      if (file.status === 412) throw new AppError('precondition_failed', 'The file does not meet If-Match or If-Unmodified-Since.')
-      if (file.status === 416) {
-        if (file.size !== undefined) void reply.header('content-range', `bytes */${file.size}`)
-        return await reply.code(416).send(envelope(new AppError('range_not_satisfiable', 'The requested range lies past the end of the file.')))
+      if (file.status === 412 || file.status === 416) {
+        // Failed as @fastify/send fails on local disk, so that the error handler answers both stores alike.
+        const contentRange = file.status === 416 && file.size !== undefined ? { 'Content-Range': `bytes */${file.size}` } : {}
+        throw Object.assign(new Error(`static file: ${file.status}`), { statusCode: file.status, headers: contentRange })
       }
       securityHeaders(reply)
       void reply.header('cache-control', IMMUTABLE)
