@@ -498,6 +498,37 @@ describe('webhooks', () => {
     check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
   })
 
+  it('a re-send of an older delivery while a newer one is on its way waits for it: one delivery at a time per endpoint', async () => {
+    // A receiver that holds its answer for a while: this suite's WEBHOOK_TIMEOUT_MS (300) would end it too soon.
+    const patient = await startTestServer({ WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT_MS: '10000', EVENTS_POLL_MS: '50' })
+    try {
+      const w = await widget(patient, 'wh-resend-behind')
+      let release = (): void => {}
+      const held = new Promise<void>((resolve) => { release = resolve })
+      // The second request (the second event) is held until the test lets it go.
+      const sink = await receiver((n) => n === 1 ? { status: 200, before: async () => await held } : 200)
+      const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-behind-1', name: 'First' }))
+      const [first] = await untilLog(w, endpoint.id, 'the first delivery to succeed', (log) => log[0]?.status === 'succeeded')
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-behind-2', name: 'Second' }))
+      await until('the second delivery to be on its way', () => sink.arrivals.length >= 2 ? true : undefined, WAIT_MS)
+      assert.notEqual(sink.arrivals[1]!.webhookId, first.id)
+
+      check(await w('POST', `${WEBHOOKS}/${endpoint.id}/deliveries/${first.id as string}/resend`))
+      await sleep(QUIET_MS)
+      assert.equal(sink.arrivals.length, 2, 'the re-send is not sent while the newer delivery is still on its way')
+      release()
+      await until('the re-send', () => sink.arrivals.length >= 3 ? true : undefined, WAIT_MS)
+      assert.deepEqual(sink.arrivals.map((a) => a.webhookId), [first.id, sink.arrivals[1]!.webhookId, first.id])
+      const log = await untilLog(w, endpoint.id, 'all three attempts to be logged', (deliveries) =>
+        deliveries.every((d: { status: string }) => d.status === 'succeeded') && deliveries.reduce((n: number, d: { attempts: unknown[] }) => n + d.attempts.length, 0) === 3)
+      assert.deepEqual(log.map((d: { attempts: Array<{ attempt: number }> }) => d.attempts.map((a) => a.attempt)), [[1], [1, 2]])
+      check(await w('DELETE', `${WEBHOOKS}/${endpoint.id}`))
+    } finally {
+      await patient.close()
+    }
+  })
+
   it('a delivery whose event is no longer kept cannot be sent again: 404 saying why', async () => {
     const w = await widget(srv, 'wh-resend-purged')
     const sink = await receiver()
@@ -555,6 +586,39 @@ describe('a receiver that takes its whole timeout', () => {
       await srv.close()
       await slow.close()
       await quick.close()
+    }
+  })
+})
+
+describe('instances whose clocks differ', () => {
+  // Claims on deliveries are set and judged by the database's clock: an instance whose clock runs
+  // two minutes ahead would otherwise take a claim in progress (10.3 s here) for run out at once.
+  it('an instance whose clock runs ahead does not send a delivery another instance is sending', async () => {
+    let release = (): void => {}
+    const held = new Promise<void>((resolve) => { release = resolve })
+    const sink = await startReceiver((n) => n === 0 ? { status: 200, before: async () => await held } : 200)
+    const env = { WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'true', WEBHOOK_TIMEOUT_MS: '5000', EVENTS_POLL_MS: '50' }
+    const srv = await startTestServer(env)
+    let ahead: TestServer | undefined
+    try {
+      const w = await widget(srv, 'wh-clock')
+      const endpoint = check(await w('POST', WEBHOOKS, { url: sink.url })).body.data
+      check(await w('POST', '/api/external/v1/agents', { serviceUserId: 'wh-clock-1', name: 'Clock' }))
+      await until('the first attempt to be on its way', () => sink.arrivals.length >= 1 ? true : undefined, WAIT_MS)
+      // Started once the attempt is on its way, so the first server is the one that took it.
+      ahead = await startTestServer({ ...srv.sharedEnv, ...env }, { clock: () => Math.floor(Date.now() / 1000) + 120 })
+      await sleep(4 * QUIET_MS)
+      assert.equal(sink.arrivals.length, 1, 'not sent again while its attempt is on its way')
+      release()
+      const [delivery] = await untilLog(w, endpoint.id, 'the delivery to be logged', (log) => log[0]?.status === 'succeeded')
+      assert.deepEqual(delivery.attempts.map((a: { attempt: number, statusCode: number }) => [a.attempt, a.statusCode]), [[1, 200]])
+      await sleep(QUIET_MS)
+      assert.equal(sink.arrivals.length, 1)
+    } finally {
+      release()
+      await ahead?.close()
+      await srv.close()
+      await sink.close()
     }
   })
 })
@@ -733,6 +797,60 @@ describe(`webhooks survive a restart in the middle of retries (${storeLeg()})`, 
     assert.ok(head.attempts.length >= triedBeforeStop + 1)
     assert.ok(head.attempts.slice(0, triedBeforeStop).every((a: { statusCode: number }) => a.statusCode === 503), JSON.stringify(head.attempts))
     assert.equal(head.attempts.at(-1).statusCode, 200)
+  })
+})
+
+describe(`an instance that stalls past its claim on a delivery (${storeLeg()})`, () => {
+  const TOKEN = 'webhooks-stall-token-0123456789'
+  const via = apiCaller(TOKEN)
+  let stores: ProvisionedStores
+  let receiver: Receiver | undefined
+  const procs: ServeProcess[] = []
+
+  before(async () => { stores = await provisionStores() })
+  after(async () => {
+    for (const p of procs) p.child.kill('SIGCONT')
+    await Promise.allSettled(procs.map((p) => p.stop()))
+    killAll()
+    await receiver?.close()
+    await stores?.drop()
+    removeDirs()
+  })
+
+  it('another instance sends it once the claim runs out; the stalled attempt, when it ends, is logged too and does not undo the other\'s', async () => {
+    // WEBHOOK_TIMEOUT_MS=300: a claim runs out 5.3 s after it was taken.
+    const env = { ...serveEnv(stores, TOKEN), WEBHOOK_TIMEOUT_MS: '300' }
+    const first = await startServe(env, 20_000)
+    procs.push(first)
+    let release = (): void => {}
+    const held = new Promise<void>((resolve) => { release = resolve })
+    // The first request is held, and its sender (the only instance yet) frozen, as by a long GC
+    // pause or a VM stolen away, while it waits for the answer.
+    receiver = await startReceiver((n) => n === 0 ? { status: 200, before: async () => { first.child.kill('SIGSTOP'); await held } } : 200)
+    const endpoint = check(await via(first, 'POST', '/webhooks', { url: receiver.url })).body.data
+    check(await via(first, 'POST', '/agents', { serviceUserId: 'stalled', name: 'Stalled' }))
+    await until('the first attempt to arrive', () => receiver!.arrivals.length >= 1 ? true : undefined, WAIT_MS)
+    const second = await startServe(env, 20_000)
+    procs.push(second)
+    release()
+    await until('the other instance to send it once the claim ran out', () => receiver!.arrivals.length >= 2 ? true : undefined, 15_000)
+    await until('the other instance to log it', async () => {
+      const [d] = check(await via(second, 'GET', `/webhooks/${endpoint.id}/deliveries`)).body.data
+      return d?.status === 'succeeded' ? true : undefined
+    }, WAIT_MS)
+
+    first.child.kill('SIGCONT')
+    const log = await until('both attempts to be logged', async () => {
+      const deliveries = check(await via(second, 'GET', `/webhooks/${endpoint.id}/deliveries`)).body.data
+      return deliveries[0]?.attempts.length === 2 ? deliveries : undefined
+    }, WAIT_MS)
+    await sleep(QUIET_MS)
+    assert.equal(receiver.arrivals.length, 2, 'sent twice: once by each instance, not more')
+    assert.equal(receiver.arrivals[1]!.webhookId, receiver.arrivals[0]!.webhookId)
+    assert.equal(log.length, 1)
+    assert.equal(log[0].status, 'succeeded')
+    assert.deepEqual(log[0].attempts.map((a: { attempt: number }) => a.attempt), [1, 2])
+    assert.ok(log[0].attempts.some((a: { statusCode: number | null }) => a.statusCode === 200), JSON.stringify(log[0].attempts))
   })
 })
 

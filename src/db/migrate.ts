@@ -8,6 +8,7 @@ import { blobClaimsDeleting } from './migrations/005_blob_claims_deleting.js'
 import { rateLimitWindows } from './migrations/006_rate_limit_windows.js'
 import { webhookDeliveryLog } from './migrations/007_webhook_delivery_log.js'
 import { idempotencyClaimOwner } from './migrations/008_idempotency_claim_owner.js'
+import { webhookClaimOwner } from './migrations/009_webhook_claim_owner.js'
 
 /** Migrations in order; names are stable keys in the migration table, never rename one. */
 export function migrations (dialect: DialectName): Record<string, Migration> {
@@ -19,7 +20,8 @@ export function migrations (dialect: DialectName): Record<string, Migration> {
     '005_blob_claims_deleting': blobClaimsDeleting(),
     '006_rate_limit_windows': rateLimitWindows(dialect),
     '007_webhook_delivery_log': webhookDeliveryLog(),
-    '008_idempotency_claim_owner': idempotencyClaimOwner()
+    '008_idempotency_claim_owner': idempotencyClaimOwner(),
+    '009_webhook_claim_owner': webhookClaimOwner()
   }
 }
 

@@ -106,8 +106,10 @@ export interface WebhookDeliveryTable {
   attempts: Generated<number>
   /** Unix milliseconds. */
   next_attempt_at: number
-  /** Unix milliseconds; an instance sending this delivery holds it until then. */
+  /** Unix milliseconds by the database's clock; an instance sending this delivery holds it until then. */
   locked_until: Generated<number>
+  /** The attempt holding the claim (see claimDelivery); null when none does. */
+  claim_owner: Generated<string | null>
   created_at: number
   updated_at: number
 }

@@ -169,6 +169,11 @@ export interface ServiceOverrides {
   clock?: () => number
 }
 
+/** A clock in unix seconds as one in milliseconds (the milliseconds of the real one). */
+function clockMs (seconds: (() => number) | undefined): (() => number) | undefined {
+  return seconds === undefined ? undefined : () => seconds() * 1000 + Date.now() % 1000
+}
+
 /** Opens the stores named by config, brings the schema up to date and wires the domain services. */
 export async function createServices (config: Config, overrides: ServiceOverrides = {}): Promise<Services> {
   const database = await openDatabase(config.database)
@@ -218,10 +223,11 @@ export async function createServices (config: Config, overrides: ServiceOverride
     beforeCollect: overrides.beforeCollect,
     now: overrides.clock
   })
-  const webhooks = new WebhookService(database.db, database.transact, {
+  const webhooks = new WebhookService(database.db, database.dialect, database.transact, {
     ...config.webhooks,
     isAllowedAddress: overrides.isAllowedAddress ?? addressPolicy(config.webhooks.allowPrivateNetworks),
-    resolver
+    resolver,
+    clock: clockMs(overrides.clock)
   })
   const streams = new EventStreams(database.db, config.events)
   const idempotencyKeys = new IdempotencyKeys(database.db, idempotencyClaimSeconds(config.avatar.timeoutMs))

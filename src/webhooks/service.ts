@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import net from 'node:net'
-import type { Db } from '../db/index.js'
+import type { Db, DialectName } from '../db/index.js'
 import { findEvent } from '../db/repositories/events.js'
 import type { Transact } from '../db/group-commit.js'
 import {
-  attemptsOf, claimDelivery, deleteEndpoint, dueDeliveries, findDelivery, findEndpoint, findEndpointById, finishAttempt, insertEndpoint,
+  attemptsOf, claimDelivery, type DeliveryClaim, deleteEndpoint, dueDeliveries, findDelivery, findEndpoint, findEndpointById, finishAttempt, insertEndpoint,
   listDeliveries, listEndpoints, requeueDelivery
 } from '../db/repositories/webhooks.js'
 import type { WebhookDeliveryRow, WebhookEndpointRow } from '../db/types.js'
@@ -23,6 +23,8 @@ export interface WebhookSettings {
   isAllowedAddress: AddressPolicy
   /** How endpoints' host names are resolved (default: the system's name servers). */
   resolver?: HostResolver
+  /** This instance's clock, in unix milliseconds (tests: one running ahead of another instance's). */
+  clock?: () => number
 }
 
 export interface Endpoint {
@@ -66,8 +68,14 @@ export class WebhookService {
   private readonly connections = new KeptConnections()
   /** Attempts on their way (dispatchDue). */
   private readonly inFlight = new Set<Promise<void>>()
+  /** This instance's clock (unix ms): when deliveries are due and attempts' times. Claims go by the database's. */
+  private readonly now: () => number
 
-  constructor (private readonly db: Db, private readonly transact: Transact, private readonly settings: WebhookSettings) {}
+  constructor (
+    private readonly db: Db, private readonly dialect: DialectName, private readonly transact: Transact, private readonly settings: WebhookSettings
+  ) {
+    this.now = settings.clock ?? Date.now
+  }
 
   /** Closes the kept connections. */
   close (): void {
@@ -125,7 +133,7 @@ export class WebhookService {
     if (await findEvent(this.db, delivery.event_seq) === undefined) {
       throw new AppError('not_found', 'The event of this delivery is no longer kept (EVENTS_RETENTION_SECONDS), so it cannot be sent again.')
     }
-    await requeueDelivery(this.db, deliveryId, Date.now())
+    await requeueDelivery(this.db, deliveryId, this.now())
   }
 
   /**
@@ -137,12 +145,13 @@ export class WebhookService {
   async dispatchDue (): Promise<number> {
     const room = MAX_IN_FLIGHT - this.inFlight.size
     if (room <= 0) return 0
-    const now = Date.now()
-    const due = await dueDeliveries(this.db, now, room)
+    const now = this.now()
+    const due = await dueDeliveries(this.db, this.dialect, now, room)
     let started = 0
     for (const d of due) {
-      if (!await claimDelivery(this.db, d.id, now, now + this.settings.timeoutMs + 5000)) continue
-      const attempt: Promise<void> = this.attempt(d)
+      const claim = await claimDelivery(this.db, this.dialect, d, now, this.settings.timeoutMs + 5000, randomUUID())
+      if (claim === undefined) continue
+      const attempt: Promise<void> = this.attempt(d, claim)
         .catch((err: unknown) => {
           // Its claim runs out and it is sent again (at least once, as the README says).
           process.emitWarning(`agentry webhook attempt failed: ${err instanceof Error ? err.message : String(err)}`)
@@ -159,17 +168,16 @@ export class WebhookService {
     await Promise.allSettled([...this.inFlight])
   }
 
-  private async attempt (delivery: WebhookDeliveryRow): Promise<void> {
+  private async attempt (delivery: WebhookDeliveryRow, claim: DeliveryClaim): Promise<void> {
     const endpoint = await findEndpointById(this.db, delivery.endpoint_id)
     const event = await findEvent(this.db, delivery.event_seq)
-    const started = Date.now()
-    const attemptNo = delivery.attempts + 1
+    const started = this.now()
     // Its endpoint deleted meanwhile: so is the delivery, with nothing left to record.
     if (endpoint === undefined) return
     if (event === undefined) {
       await this.transact(async (trx) => {
-        await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: null, error: 'not sent: its event is no longer kept (EVENTS_RETENTION_SECONDS)', duration_ms: 0, response_body: null },
-          delivery, { status: 'failed', attempts: attemptNo, next_attempt_at: started, updated_at: started })
+        await finishAttempt(trx, { delivery_id: delivery.id, at: started, status_code: null, error: 'not sent: its event is no longer kept (EVENTS_RETENTION_SECONDS)', duration_ms: 0, response_body: null },
+          { ...delivery, claim }, { status: 'failed', next_attempt_at: started, updated_at: started })
       })
       return
     }
@@ -205,16 +213,16 @@ export class WebhookService {
     } finally {
       clearTimeout(timer)
     }
-    const finished = Date.now()
+    const finished = this.now()
     const ok = statusCode !== null && statusCode >= 200 && statusCode < 300
     const expired = finished - delivery.created_at > this.settings.retryWindowSeconds * 1000
     // The attempt's record and the delivery's next state together: a delivery whose attempt was
-    // recorded is never left claimed with its old count (it would be sent again under the same number).
+    // recorded is never left claimed with its old count (its next attempt would be spaced as if this
+    // one had not happened).
     await this.transact(async (trx) => {
-      await finishAttempt(trx, { delivery_id: delivery.id, attempt: attemptNo, at: started, status_code: statusCode, error: storable(error), duration_ms: finished - started, response_body: storable(responseBody) }, delivery, {
+      await finishAttempt(trx, { delivery_id: delivery.id, at: started, status_code: statusCode, error: storable(error), duration_ms: finished - started, response_body: storable(responseBody) }, { ...delivery, claim }, {
         status: ok ? 'succeeded' : expired ? 'failed' : 'pending',
-        attempts: attemptNo,
-        next_attempt_at: ok || expired ? finished : finished + this.backoff(attemptNo),
+        next_attempt_at: ok || expired ? finished : finished + this.backoff(delivery.attempts + 1),
         updated_at: finished
       })
     })

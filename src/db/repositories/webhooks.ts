@@ -1,5 +1,5 @@
-import type { Insertable } from 'kysely'
-import type { DbOrTrx } from '../index.js'
+import { sql, type Insertable, type RawBuilder } from 'kysely'
+import type { DbOrTrx, DialectName } from '../index.js'
 import { compiledOnce } from '../compiled.js'
 import type { WebhookAttemptRow, WebhookAttemptTable, WebhookDeliveryRow, WebhookDeliveryTable, WebhookEndpointRow } from '../types.js'
 
@@ -37,55 +37,104 @@ export async function insertDeliveries (db: DbOrTrx, rows: Array<Insertable<Webh
 }
 
 /**
- * Deliveries due now that head their endpoint's queue: per endpoint only the oldest pending event
- * is sent, so a receiver gets events in order even across retries.
+ * The database's clock, in unix milliseconds. Claims are set and judged by it, not by each
+ * instance's: with instances whose clocks differ, one running ahead would otherwise take a claim in
+ * progress for run out and send the delivery again while its attempt is still on its way. (When a
+ * delivery is due stays the instances' clocks: they set it.)
  */
-export async function dueDeliveries (db: DbOrTrx, nowMs: number, limit: number): Promise<WebhookDeliveryRow[]> {
+function databaseMs (dialect: DialectName): RawBuilder<number> {
+  return dialect === 'postgres'
+    ? sql<number>`(extract(epoch from clock_timestamp()) * 1000)::bigint`
+    : sql<number>`cast(unixepoch('subsec') * 1000 as integer)`
+}
+
+/**
+ * Deliveries due now that head their endpoint's queue: per endpoint only the oldest pending event
+ * is sent, and only while no other delivery of the endpoint is on its way (a re-send of an older
+ * one is pending again, and heads the queue, while a newer one is still being sent), so a receiver
+ * gets events in order, one at a time, even across retries.
+ */
+export async function dueDeliveries (db: DbOrTrx, dialect: DialectName, nowMs: number, limit: number): Promise<WebhookDeliveryRow[]> {
+  const now = databaseMs(dialect)
   return await db.selectFrom('webhook_deliveries as d').selectAll()
     .where('d.status', '=', 'pending')
     .where('d.next_attempt_at', '<=', nowMs)
-    .where('d.locked_until', '<', nowMs)
+    .where('d.locked_until', '<', now)
     .where('d.event_seq', '=', (eb) => eb.selectFrom('webhook_deliveries as h')
       .select((e) => e.fn.min('h.event_seq').as('seq'))
       .whereRef('h.endpoint_id', '=', 'd.endpoint_id')
       .where('h.status', '=', 'pending'))
+    .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
+      .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
+      .where('o.locked_until', '>=', now))))
     .orderBy('d.next_attempt_at')
     .limit(limit)
     .execute()
 }
 
-/** Takes the delivery for this instance until lockUntil; false when another instance took it first. */
-export async function claimDelivery (db: DbOrTrx, id: string, nowMs: number, lockUntil: number): Promise<boolean> {
-  // Re-checks what made it due: another instance may have attempted it since the list was read.
-  const result = await db.updateTable('webhook_deliveries').set({ locked_until: lockUntil })
-    .where('id', '=', id).where('status', '=', 'pending').where('locked_until', '<', nowMs).where('next_attempt_at', '<=', nowMs)
-    .executeTakeFirst()
-  return Number(result.numUpdatedRows) > 0
+/** A delivery's claim: who holds it, and until when (the database's clock). */
+export interface DeliveryClaim {
+  owner: string
+  lockedUntil: number
+}
+
+/**
+ * Takes the delivery for this attempt for lockMs (by the database's clock; when it is due is judged
+ * by nowMs, the instance's clock, which set it); undefined when it is
+ * no longer due: another instance took it or sent it since the list was read, an older delivery of
+ * its endpoint became pending (a re-send), or another of the endpoint's deliveries is on its way.
+ * On PostgreSQL the endpoint's row is locked first, so two instances claiming two deliveries of one
+ * endpoint at the same moment take turns, and the second sees the first's claim.
+ */
+export async function claimDelivery (
+  db: DbOrTrx, dialect: DialectName, delivery: Pick<WebhookDeliveryRow, 'id' | 'endpoint_id'>, nowMs: number, lockMs: number, owner: string
+): Promise<DeliveryClaim | undefined> {
+  const claim = async (trx: DbOrTrx) => {
+    const now = databaseMs(dialect)
+    const row = await trx.updateTable('webhook_deliveries as d').set({ locked_until: sql<number>`${now} + ${lockMs}`, claim_owner: owner })
+      .where('d.id', '=', delivery.id).where('d.status', '=', 'pending').where('d.locked_until', '<', now).where('d.next_attempt_at', '<=', nowMs)
+      .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
+        .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
+        .whereRef('o.id', '<>', 'd.id')
+        .where((o) => o.or([o('o.locked_until', '>=', now), o.and([o('o.status', '=', 'pending'), o('o.event_seq', '<', o.ref('d.event_seq'))])])))))
+      .returning('locked_until')
+      .executeTakeFirst()
+    return row === undefined ? undefined : { owner, lockedUntil: Number(row.locked_until) }
+  }
+  if (dialect === 'sqlite') return await claim(db)
+  return await db.transaction().execute(async (trx) => {
+    await trx.selectFrom('webhook_endpoints').select('id').where('id', '=', delivery.endpoint_id).forNoKeyUpdate().execute()
+    return await claim(trx)
+  })
 }
 
 /**
  * Ends an attempt, in the caller's transaction: the delivery's next state, and the attempt's record
- * in the log (once: an attempt recorded already, by a claim that outlived its lock, is not recorded
- * again; nor one of a delivery deleted meanwhile with its endpoint). A delivery sent again by hand
- * while the attempt was on its way (requeueDelivery moved its next_attempt_at from
- * `claimed.next_attempt_at`) keeps its place in the queue: only its attempt count and lock change.
+ * in the log, numbered after those before it. Only the claim's holder changes the delivery's state:
+ * an attempt that outlived its claim (another attempt holds the delivery now) only counts itself
+ * and leaves the rest to that one. A delivery sent again by hand while the attempt was on its way
+ * (requeueDelivery moved its next_attempt_at from `claimed.next_attempt_at`) keeps its place in the
+ * queue: only its attempt count and claim change. Nothing is recorded for a delivery deleted
+ * meanwhile with its endpoint.
  */
 export async function finishAttempt (
   trx: DbOrTrx,
-  attempt: Insertable<WebhookAttemptTable>,
-  claimed: Pick<WebhookDeliveryRow, 'id' | 'next_attempt_at'>,
-  changes: { status: WebhookDeliveryRow['status'], attempts: number, next_attempt_at: number, updated_at: number }
+  attempt: Omit<Insertable<WebhookAttemptTable>, 'attempt'>,
+  claimed: Pick<WebhookDeliveryRow, 'id' | 'next_attempt_at'> & { claim: DeliveryClaim },
+  changes: { status: WebhookDeliveryRow['status'], next_attempt_at: number, updated_at: number }
 ): Promise<void> {
-  const finished = await trx.updateTable('webhook_deliveries').set({ ...changes, locked_until: 0 })
-    .where('id', '=', claimed.id).where('next_attempt_at', '=', claimed.next_attempt_at)
-    .executeTakeFirst()
-  if (Number(finished.numUpdatedRows) === 0) {
-    const counted = await trx.updateTable('webhook_deliveries').set({ attempts: changes.attempts, updated_at: changes.updated_at, locked_until: 0 })
-      .where('id', '=', claimed.id)
-      .executeTakeFirst()
-    if (Number(counted.numUpdatedRows) === 0) return
-  }
-  await trx.insertInto('webhook_attempts').values(attempt).onConflict((oc) => oc.columns(['delivery_id', 'attempt']).doNothing()).execute()
+  // The claim is ours while it names us and still has our deadline: an instance of a version before
+  // claim_owner that took the delivery since changed the deadline but not the name.
+  const ours = trx.updateTable('webhook_deliveries')
+    .where('id', '=', claimed.id).where('claim_owner', '=', claimed.claim.owner).where('locked_until', '=', claimed.claim.lockedUntil)
+  const counted = sql<number>`attempts + 1`
+  const released = { attempts: counted, locked_until: 0, claim_owner: null }
+  const numbered = await ours.set({ ...changes, ...released }).where('next_attempt_at', '=', claimed.next_attempt_at).returning('attempts').executeTakeFirst() ??
+    await ours.set({ updated_at: changes.updated_at, ...released }).returning('attempts').executeTakeFirst() ??
+    await trx.updateTable('webhook_deliveries').set({ attempts: counted }).where('id', '=', claimed.id).returning('attempts').executeTakeFirst()
+  if (numbered === undefined) return
+  await trx.insertInto('webhook_attempts').values({ ...attempt, attempt: Number(numbered.attempts) })
+    .onConflict((oc) => oc.columns(['delivery_id', 'attempt']).doNothing()).execute()
 }
 
 /** Forgets deliveries finished (succeeded or failed) before `olderThanMs`, with their attempts. */
