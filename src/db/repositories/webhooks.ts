@@ -64,7 +64,10 @@ export async function dueDeliveries (db: DbOrTrx, dialect: DialectName, nowMs: n
       .select((e) => e.fn.min('h.event_seq').as('seq'))
       .whereRef('h.endpoint_id', '=', 'd.endpoint_id')
       .where('h.status', '=', 'pending'))
+    // Only pending deliveries are ever claimed (a finished one's claim is cleared with it), so the
+    // look stays on the queue's index, away from the endpoint's finished deliveries that are kept.
     .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
+      .where('o.status', '=', 'pending')
       .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
       .where('o.locked_until', '>=', now))))
     .orderBy('d.next_attempt_at')
@@ -94,9 +97,10 @@ export async function claimDelivery (
     const row = await trx.updateTable('webhook_deliveries as d').set({ locked_until: sql<number>`${now} + ${lockMs}`, claim_owner: owner })
       .where('d.id', '=', delivery.id).where('d.status', '=', 'pending').where('d.locked_until', '<', now).where('d.next_attempt_at', '<=', nowMs)
       .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
+        .where('o.status', '=', 'pending')
         .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
         .whereRef('o.id', '<>', 'd.id')
-        .where((o) => o.or([o('o.locked_until', '>=', now), o.and([o('o.status', '=', 'pending'), o('o.event_seq', '<', o.ref('d.event_seq'))])])))))
+        .where((o) => o.or([o('o.locked_until', '>=', now), o('o.event_seq', '<', o.ref('d.event_seq'))])))))
       .returning('locked_until')
       .executeTakeFirst()
     return row === undefined ? undefined : { owner, lockedUntil: Number(row.locked_until) }
