@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import net from 'node:net'
+import sharp from 'sharp'
 import { after, before, describe, it } from 'node:test'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { SVG, decompressionBomb, makeImages, type FixtureImages } from './helpers/fixtures.js'
@@ -70,6 +71,62 @@ describe('avatar uploads (multipart/form-data)', () => {
     const unknown = await send('POST', '/agents', form({ serviceUserId: 'up-4', name: 'X', colour: 'blue' }))
     assert.equal(unknown.status, 400)
     assert.equal(unknown.body.error.details[0].field, 'colour')
+  })
+})
+
+describe('avatar processing: room for decoded pixels (AVATAR_PROCESSING_PIXELS)', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ AVATAR_PROCESSING_PIXELS: '3000000' }) })
+  after(async () => { await srv.close() })
+
+  /** One value of the service's /metrics text. */
+  const metric = (text: string, line: RegExp): number => Number(line.exec(text)?.[1] ?? Number.NaN)
+
+  it('large images sent at once are decoded one after another; small ones do not wait for one another', async () => {
+    // 2000x1500, turned by its EXIF orientation (the whole image in memory): 3,014,400 pixels with
+    // its 120x120 variant, so one fills the 3,000,000 of room and the others wait.
+    const raw = Buffer.alloc(2000 * 1500 * 3, 90)
+    for (let i = 0; i < raw.length; i += 7) raw[i] = i & 255
+    const large = await sharp(raw, { raw: { width: 2000, height: 1500, channels: 3 } }).jpeg().withMetadata({ orientation: 6 }).toBuffer()
+    const onePicture = 2000 * 1500 + 120 * 120
+    let sampling = true
+    let mostAtOnce = 0
+    let mostQueued = 0
+    const sampler = (async () => {
+      while (sampling) {
+        const text = await (await fetch(`${srv.url}/metrics`)).text()
+        mostAtOnce = Math.max(mostAtOnce, metric(text, /^agentry_avatar_processing_pixels (\d+)$/m))
+        mostQueued = Math.max(mostQueued, metric(text, /^agentry_avatar_processing_queued (\d+)$/m))
+      }
+    })()
+    const send = async (i: number, bytes: Buffer) => await fetch(`${srv.api}/agents`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${srv.token}` },
+      body: form({ serviceUserId: `room-${i}`, name: `Room ${i}` }, { bytes, name: 'a.jpg', type: 'image/jpeg' })
+    })
+    const answers = await Promise.all([0, 1, 2, 3].map(async (i) => await send(i, large)))
+    sampling = false
+    await sampler
+    for (const res of answers) {
+      const body = await res.json() as ApiResponse['body']
+      assert.equal(res.status, 200, JSON.stringify(body))
+      assert.deepEqual(body.data.avatar.meta, { width: 1500, height: 2000 })
+    }
+    assert.ok(mostAtOnce <= onePicture, `at most one large image at once: ${mostAtOnce} pixels`)
+    assert.ok(mostQueued >= 1, 'the others waited their turn')
+    const text = await (await fetch(`${srv.url}/metrics`)).text()
+    assert.equal(metric(text, /^agentry_avatar_processing_pixels (\d+)$/m), 0)
+    assert.equal(metric(text, /^agentry_avatar_processing_queued (\d+)$/m), 0)
+    // Each wait is reported as a stage of its own, out of 'process'.
+    assert.ok(metric(text, /^agentry_avatar_stage_duration_seconds_count\{stage="wait"\} (\d+)$/m) >= 4)
+
+    // Small images take one step of the room each (a million pixels): three go at once, none waits.
+    const quickWaits = (t: string) => metric(t, /^agentry_avatar_stage_duration_seconds_bucket\{le="0.001",stage="wait"\} (\d+)$/m)
+    const quickBefore = quickWaits(text)
+    const small = await sharp({ create: { width: 400, height: 400, channels: 3, background: '#3060a0' } }).jpeg().toBuffer()
+    const smallAnswers = await Promise.all([4, 5, 6].map(async (i) => await send(i, small)))
+    for (const res of smallAnswers) assert.equal(res.status, 200, await res.text())
+    assert.equal(quickWaits(await (await fetch(`${srv.url}/metrics`)).text()) - quickBefore, 3)
   })
 })
 

@@ -69,13 +69,17 @@ const ENCODERS: Record<ImageFormat, (s: Sharp) => Sharp> = {
 /** Pixels of one frame's 120x120 variant: made for every frame, however small the frame. */
 const SMALL_VARIANT_PIXELS = 120 * 120
 
+/** Waits for room to decode this many pixels (see ProcessingBudget); the release, called once done. */
+export type Admission = (pixels: number) => Promise<() => void>
+
 /**
  * Turns downloaded bytes into the stored original and its variants. The pixel count is checked
  * from the header before any pixel is decoded, so a decompression bomb costs nothing: the frames'
  * pixels and those of their 120x120 variants together (so that thousands of 1x1 frames, each
- * enlarged to 120x120, are one too), and the number of frames.
+ * enlarged to 120x120, are one too), and the number of frames. Then, before decoding, admit waits
+ * for room for those pixels among the images in progress.
  */
-export async function processAvatar (bytes: Buffer, limits: { maxPixels: number, maxFrames: number }): Promise<ProcessedAvatar> {
+export async function processAvatar (bytes: Buffer, limits: { maxPixels: number, maxFrames: number }, admit?: Admission): Promise<ProcessedAvatar> {
   const format = mustBeAcceptedFormat(bytes)
   const animated = format === 'gif' || format === 'webp'
   // limitInputPixels stays as a second guard inside libvips; failOn 'warning' rejects truncated data.
@@ -110,6 +114,7 @@ export async function processAvatar (bytes: Buffer, limits: { maxPixels: number,
   // then encodes exactly the original's bytes: the original is used, one encode fewer.
   const [width, height] = orient && (meta.orientation ?? 1) >= 5 ? [frameHeight, meta.width] : [meta.width, frameHeight]
   const fitsLarge = width <= 520 && height <= 400
+  const release = await admit?.(pixels)
   try {
     const [original, small, large] = await Promise.all([
       encode(oriented()).toBuffer({ resolveWithObject: true }),
@@ -125,6 +130,8 @@ export async function processAvatar (bytes: Buffer, limits: { maxPixels: number,
     }
   } catch (err) {
     throw corrupt(err)
+  } finally {
+    release?.()
   }
 }
 

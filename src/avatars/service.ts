@@ -7,6 +7,7 @@ import { fetchAvatar } from './fetch.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import type { HostResolver } from '../net/resolve.js'
 import { KeptConnections } from '../net/request.js'
+import type { ProcessingBudget } from './budget.js'
 import { MIME_TYPES, processAvatar, type ImageFormat } from './process.js'
 import { errors, isAppError } from '../errors/index.js'
 import type { AvatarObserver } from '../metrics/index.js'
@@ -34,16 +35,21 @@ export interface AvatarServiceOptions {
   /** How avatar hosts' names are resolved (default: the system's name servers). */
   resolver?: HostResolver
   observer?: AvatarObserver
+  /** Room for decoded pixels, shared by every image this instance processes (AVATAR_PROCESSING_PIXELS). */
+  budget: ProcessingBudget
 }
 
 const noObserver: AvatarObserver = { stage: () => {}, failed: () => {} }
 
-async function timed<T> (observer: AvatarObserver, stage: Parameters<AvatarObserver['stage']>[0], fn: () => Promise<T>): Promise<T> {
+const secondsSince = (start: bigint): number => Number(process.hrtime.bigint() - start) / 1e9
+
+/** Runs fn and reports its time as stage's, less what `excluded` says was another stage's. */
+async function timed<T> (observer: AvatarObserver, stage: Parameters<AvatarObserver['stage']>[0], fn: () => Promise<T>, excluded = () => 0): Promise<T> {
   const start = process.hrtime.bigint()
   try {
     return await fn()
   } finally {
-    observer.stage(stage, Number(process.hrtime.bigint() - start) / 1e9)
+    observer.stage(stage, secondsSince(start) - excluded())
   }
 }
 
@@ -82,7 +88,17 @@ export class AvatarService {
     const observer = this.observer
     try {
       const bytes = await obtain()
-      const image = await timed(observer, 'process', () => processAvatar(bytes, limits))
+      // The wait for room among the images in progress is its own stage, out of 'process'.
+      let waited = 0
+      const image = await timed(observer, 'process', () => processAvatar(bytes, limits, async (pixels) => {
+        const start = process.hrtime.bigint()
+        try {
+          return await this.options.budget.admit(pixels)
+        } finally {
+          waited = secondsSince(start)
+          observer.stage('wait', waited)
+        }
+      }), () => waited)
       const sha256 = createHash('sha256').update(image.original).digest('hex')
       const keys = avatarKeys(contentPath(sha256, image.format))
       const mimeType = MIME_TYPES[image.format]

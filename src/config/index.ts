@@ -38,6 +38,7 @@ const EnvSchema = Type.Object({
   AVATAR_MAX_BYTES: Type.Integer({ default: 10485760, minimum: 1024, maximum: 104857600 }),
   AVATAR_MAX_PIXELS: Type.Integer({ default: 40000000, minimum: 1, maximum: 1000000000 }),
   AVATAR_MAX_FRAMES: Type.Integer({ default: 1000, minimum: 1, maximum: 100000 }),
+  AVATAR_PROCESSING_PIXELS: Type.Integer({ default: 40000000, minimum: 1000000, maximum: 1000000000 }),
   AVATAR_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 300000 }),
   AVATAR_MAX_REDIRECTS: Type.Integer({ default: 3, minimum: 0, maximum: 10 }),
   SHUTDOWN_TIMEOUT_MS: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 }),
@@ -99,6 +100,8 @@ export interface Config {
     readonly maxBytes: number
     readonly maxPixels: number
     readonly maxFrames: number
+    /** Decoded pixels processed at once on this instance (AVATAR_PROCESSING_PIXELS; see ProcessingBudget). */
+    readonly processingPixels: number
     readonly timeoutMs: number
     readonly maxRedirects: number
   }
@@ -180,6 +183,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
       maxBytes: e.AVATAR_MAX_BYTES,
       maxPixels: e.AVATAR_MAX_PIXELS,
       maxFrames: e.AVATAR_MAX_FRAMES,
+      processingPixels: e.AVATAR_PROCESSING_PIXELS,
       timeoutMs: e.AVATAR_TIMEOUT_MS,
       maxRedirects: e.AVATAR_MAX_REDIRECTS
     },

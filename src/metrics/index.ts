@@ -1,11 +1,12 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { ProcessingCounts } from '../avatars/budget.js'
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
 import type { CacheCounts } from '../agents/read-cache.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
-  stage: (stage: 'download' | 'process' | 'store', seconds: number) => void
+  stage: (stage: 'download' | 'wait' | 'process' | 'store', seconds: number) => void
   failed: (reason: string) => void
 }
 
@@ -32,7 +33,11 @@ export interface CacheStats {
 }
 
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
-export function createMetrics (poolStats: () => PoolStats | undefined, caches: CacheStats = { agents: () => undefined, lists: () => undefined }): Metrics {
+export function createMetrics (
+  poolStats: () => PoolStats | undefined,
+  caches: CacheStats = { agents: () => undefined, lists: () => undefined },
+  processing: () => ProcessingCounts | undefined = () => undefined
+): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
 
@@ -46,7 +51,7 @@ export function createMetrics (poolStats: () => PoolStats | undefined, caches: C
   })
   const avatarStage = new Histogram({
     name: 'agentry_avatar_stage_duration_seconds',
-    help: 'Time spent in each avatar pipeline stage: download, process (decode, orient, variants), store.',
+    help: 'Time spent in each avatar pipeline stage: download, wait (for room among the images in progress, AVATAR_PROCESSING_PIXELS), process (decode, orient, variants), store.',
     labelNames: ['stage'] as const,
     buckets: LATENCY_BUCKETS,
     registers: [registry]
@@ -100,6 +105,25 @@ export function createMetrics (poolStats: () => PoolStats | undefined, caches: C
     'GET /agents/:id', caches.agents)
   cacheMetrics('agentry_list_cache', 'Answers to GET /agents (and on SQLite GET /agents/availability) held ready to send again: on SQLite while nothing is written, on PostgreSQL each after a check that its rows are unchanged (see AGENT_CACHE_ENTRIES).',
     'GET /agents (and on SQLite GET /agents/availability)', caches.lists)
+
+  new Gauge({
+    name: 'agentry_avatar_processing_pixels',
+    help: 'Pixels of the avatar images being decoded and resized now, counted against AVATAR_PROCESSING_PIXELS.',
+    registers: [registry],
+    collect () {
+      const counts = processing()
+      if (counts !== undefined) this.set(counts.pixels)
+    }
+  })
+  new Gauge({
+    name: 'agentry_avatar_processing_queued',
+    help: 'Avatar images waiting for room among those being processed (AVATAR_PROCESSING_PIXELS).',
+    registers: [registry],
+    collect () {
+      const counts = processing()
+      if (counts !== undefined) this.set(counts.queued)
+    }
+  })
 
   const exchanges = new Counter({
     name: 'agentry_rate_limit_exchanges_total',

@@ -19,6 +19,7 @@ import { createBlobStore, type BlobStore } from '../storage/index.js'
 import { TokenService } from '../tokens/service.js'
 import { addressPolicy, type AddressPolicy } from '../net/guard.js'
 import { OutboundResolver } from '../net/resolve.js'
+import { ProcessingBudget } from '../avatars/budget.js'
 import { createMetrics, type Metrics } from '../metrics/index.js'
 import { RateLimiter, isAddressKey, type SharedCounts } from '../ratelimit/limiter.js'
 import { openSqliteRateWindows, type SqliteRateWindows } from '../db/rate-windows-sqlite.js'
@@ -194,10 +195,11 @@ export async function createServices (config: Config, overrides: ServiceOverride
     : undefined
   // Elsewhere (PostgreSQL) lists are kept and checked against the database before each answer.
   const checkedLists = database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
+  const budget = new ProcessingBudget(config.avatar.processingPixels)
   const metrics = createMetrics(database.poolStats, {
     agents: () => readCache?.stats(),
     lists: () => readCache?.stats().lists ?? checkedLists?.stats()
-  })
+  }, () => budget.counts())
   const tokens = new TokenService(database.db, undefined, overrides.tokensKept)
   // Avatar hosts and webhook endpoints: names asked of the DNS without holding the thread pool.
   const resolver = new OutboundResolver(config.dnsServers)
@@ -207,7 +209,8 @@ export async function createServices (config: Config, overrides: ServiceOverride
     limits: config.avatar,
     isAllowedAddress: overrides.isAllowedAddress,
     resolver,
-    observer: metrics.avatars
+    observer: metrics.avatars,
+    budget
   })
   const agents = new AgentService(database.db, avatars, {
     presenceTtlSeconds: config.presenceTtlSeconds,

@@ -1,0 +1,56 @@
+import { Semaphore } from 'async-mutex'
+
+/** Counted in steps of this many pixels (async-mutex walks its waiters once per unit of room). */
+const UNIT = 1_000_000
+
+export interface ProcessingCounts {
+  /** Pixels of the images being processed now. */
+  pixels: number
+  /** Images waiting for room. */
+  queued: number
+}
+
+/**
+ * How many decoded pixels this instance works on at once (AVATAR_PROCESSING_PIXELS). Turning a
+ * large JPEG by a quarter holds the whole image in memory several times over (a 40-megapixel one
+ * took ~370 MB), and every request may bring one: eight at once took the process past 1.5 GB. An
+ * image waits here, after its header was read and before any pixel is decoded, until the images
+ * in progress leave room for it; one larger than the whole budget goes alone. Small avatars (a
+ * 400x400 one is 0.16 megapixels, counted as one step) are not held back by one another. In turn:
+ * a large image at the head of the queue is not overtaken by smaller ones for ever.
+ */
+export class ProcessingBudget {
+  private readonly semaphore: Semaphore
+  private readonly units: number
+  private inProgress = 0
+  private waiting = 0
+
+  constructor (pixels: number) {
+    this.units = Math.max(1, Math.floor(pixels / UNIT))
+    this.semaphore = new Semaphore(this.units)
+  }
+
+  /** Waits for room for an image of this many pixels; the release, to call once it is done. */
+  async admit (pixels: number): Promise<() => void> {
+    const weight = Math.min(this.units, Math.max(1, Math.ceil(pixels / UNIT)))
+    this.waiting++
+    let release: () => void
+    try {
+      [, release] = await this.semaphore.acquire(weight)
+    } finally {
+      this.waiting--
+    }
+    this.inProgress += pixels
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.inProgress -= pixels
+      release()
+    }
+  }
+
+  counts (): ProcessingCounts {
+    return { pixels: this.inProgress, queued: this.waiting }
+  }
+}
