@@ -2,6 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
 import type { CacheCounts } from '../agents/read-cache.js'
+import type { StreamStats } from '../events/stream.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -32,7 +33,11 @@ export interface CacheStats {
 }
 
 /** One registry per service instance (tests run several in one process), Prometheus text format. */
-export function createMetrics (poolStats: () => PoolStats | undefined, caches: CacheStats = { agents: () => undefined, lists: () => undefined }): Metrics {
+export function createMetrics (
+  poolStats: () => PoolStats | undefined,
+  caches: CacheStats = { agents: () => undefined, lists: () => undefined },
+  streams: () => StreamStats | undefined = () => undefined
+): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
 
@@ -100,6 +105,42 @@ export function createMetrics (poolStats: () => PoolStats | undefined, caches: C
     'GET /agents/:id', caches.agents)
   cacheMetrics('agentry_list_cache', 'Answers to GET /agents (and on SQLite GET /agents/availability) held ready to send again: on SQLite while nothing is written, on PostgreSQL each after a check that its rows are unchanged (see AGENT_CACHE_ENTRIES).',
     'GET /agents (and on SQLite GET /agents/availability)', caches.lists)
+
+  // Event streams: read when scraped, like the caches (EventStreams counts with plain numbers).
+  new Gauge({
+    name: 'agentry_event_streams',
+    help: 'Event streams (GET /events) open on this instance, by state: live (fed by their widget\'s shared poller) or catching_up (reading on their own until they reach it: resumed from an older Last-Event-ID, or their client stopped reading).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats === undefined) return
+      this.set({ state: 'live' }, stats.live)
+      this.set({ state: 'catching_up' }, stats.catchingUp)
+    }
+  })
+  new Gauge({
+    name: 'agentry_event_stream_pollers',
+    help: 'Widgets whose event log this instance polls every EVENTS_POLL_MS for their open streams: one poller per widget, whatever its number of streams.',
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats !== undefined) this.set(stats.pollers)
+    }
+  })
+  new Counter({
+    name: 'agentry_event_stream_reads_total',
+    help: 'Reads of a widget\'s event log for its streams since start, by whom: shared (a widget\'s poller, for all its live streams) or own (a stream catching up).',
+    labelNames: ['by'] as const,
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats === undefined) return
+      this.reset()
+      this.inc({ by: 'shared' }, stats.sharedReads)
+      this.inc({ by: 'own' }, stats.ownReads)
+    }
+  })
 
   const exchanges = new Counter({
     name: 'agentry_rate_limit_exchanges_total',
