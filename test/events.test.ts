@@ -5,7 +5,8 @@ import net from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { sql } from 'kysely'
 import { call, startTwoInstances, until, type Instances, type ServeProcess } from './helpers/process.js'
-import { holdDatabaseLock, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
+import pg from 'pg'
+import { holdDatabaseLock, metricValue, startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { storeLeg } from './helpers/stores.js'
 
 /**
@@ -135,6 +136,63 @@ async function whileDatabaseHeld (srv: TestServer, send: () => Promise<ApiRespon
   await sleep(1500)
   await lock.release()
   return await answer
+}
+
+/**
+ * Opens an event stream whose client reads nothing until read() (a paused socket: what the server
+ * sends fills the connection, then waits in the server); from then on it reads as openStream does.
+ */
+async function openUnreadStream (baseUrl: string, token: string): Promise<{ stream: Stream, read: () => void, socket: net.Socket }> {
+  return await new Promise((resolve, reject) => {
+    const req = http.get(`${baseUrl}${EVENTS}`, { headers: { authorization: `Bearer ${token}` } }, (res) => {
+      res.pause()
+      const stream: Stream = {
+        status: res.statusCode ?? 0,
+        headers: new Headers(),
+        body: undefined,
+        messages: [],
+        comments: [],
+        retry: undefined,
+        ended: false,
+        take: async (n, timeoutMs = WAIT_MS) => {
+          await until(`${n} stream messages (have ${stream.messages.length})`, () => stream.messages.length >= n ? true : undefined, timeoutMs)
+          return stream.messages.slice(0, n)
+        },
+        close: () => { res.socket.destroy() }
+      }
+      const read = () => {
+        let buffer = ''
+        res.setEncoding('utf8')
+        res.on('data', (chunk: string) => {
+          buffer += chunk
+          for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+            parseBlock(stream, buffer.slice(0, end))
+            buffer = buffer.slice(end + 2)
+          }
+        })
+        res.on('close', () => { stream.ended = true })
+        res.resume()
+      }
+      resolve({ stream, read, socket: res.socket })
+    })
+    req.on('error', reject)
+    setTimeout(() => { reject(new Error('no answer')) }, WAIT_MS)
+  })
+}
+
+/**
+ * Writes n copies of the agent's newest event into its widget's log, straight into the database as
+ * the service writes events (a long log without n requests); returns the copies' ids, in order.
+ */
+async function copyNewestEvent (srv: TestServer, agentId: string, n: number): Promise<number[]> {
+  const db = srv.services.database.db
+  const row = await db.selectFrom('events').selectAll().where('agent_id', '=', agentId).orderBy('seq', 'desc').limit(1).executeTakeFirstOrThrow()
+  for (let done = 0; done < n; done += 500) {
+    await db.insertInto('events').values(Array.from({ length: Math.min(500, n - done) }, () =>
+      ({ widget_id: row.widget_id, type: row.type, agent_id: row.agent_id, payload: row.payload, created_at: row.created_at }))).execute()
+  }
+  const copies = await db.selectFrom('events').select('seq').where('widget_id', '=', row.widget_id).where('seq', '>', row.seq).orderBy('seq').execute()
+  return copies.map((c) => c.seq)
 }
 
 function parseBlock (stream: Stream, block: string): void {
@@ -511,14 +569,10 @@ describe('event stream (GET /api/external/v1/events)', () => {
   it('a client that does not read is sent only what its connection holds; revoked meanwhile, its stream ends at once all the same', async () => {
     const token = await srv.services.tokens.create('stream-unread')
     const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
-    check(await w('POST', '/agents', { serviceUserId: 'unread-0', name: 'n'.repeat(255) }))
-    // 20,000 events of ~1 KB kept for the widget (copies of that one, written as the service would):
-    // more than loopback connections hold (a few MB), so the server has to hold back or buffer.
-    const db = srv.services.database.db
-    const [row] = await db.selectFrom('events').selectAll().where('type', '=', 'agent.created').where('payload', 'like', '%nnnnnnnnnn%').execute()
-    for (let i = 0; i < 40; i++) {
-      await db.insertInto('events').values(Array.from({ length: 500 }, () => ({ widget_id: row!.widget_id, type: row!.type, agent_id: row!.agent_id, payload: row!.payload, created_at: row!.created_at }))).execute()
-    }
+    const created = check(await w('POST', '/agents', { serviceUserId: 'unread-0', name: 'n'.repeat(255) })).body.data as Agent
+    // 20,000 events of ~1 KB kept for the widget: more than loopback connections hold (a few MB), so
+    // the server has to hold back or buffer.
+    await copyNewestEvent(srv, created.id, 20_000)
     const openBefore = srv.services.streams.size
     let socket: net.Socket | undefined
     try {
@@ -721,6 +775,155 @@ describe('event streams per widget (EVENTS_MAX_STREAMS)', () => {
       }, WAIT_MS, 50)
     } finally {
       for (const s of open) s.close()
+    }
+  })
+})
+
+describe('event streams of one widget share one poller', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ EVENTS_POLL_MS: '50', MAINTENANCE_INTERVAL_MS: '3600000' }) })
+  after(async () => { await srv?.close() })
+
+  const streamReads = async () =>
+    await metricValue(srv, 'agentry_event_stream_reads_total{by="shared"}') + await metricValue(srv, 'agentry_event_stream_reads_total{by="own"}')
+  const streamsIn = async (state: 'live' | 'catching_up') => await metricValue(srv, `agentry_event_streams{state="${state}"}`)
+  /** Lookups of the events table the database itself has counted (PostgreSQL: every test server has a database of its own). */
+  const eventScans = async (): Promise<number> => {
+    const client = new pg.Client({ connectionString: srv.sharedEnv.DATABASE_URL })
+    await client.connect()
+    try {
+      const { rows } = await client.query<{ n: string }>("select coalesce(seq_scan, 0) + coalesce(idx_scan, 0) as n from pg_stat_user_tables where relname = 'events'")
+      return Number(rows[0]?.n ?? 0)
+    } finally {
+      await client.end()
+    }
+  }
+
+  it('ten open streams of a widget cost one read of its event log per poll, not ten, and each gets every event', async () => {
+    const token = await srv.services.tokens.create('streams-one-poller')
+    const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
+    const streams: Stream[] = []
+    try {
+      for (let i = 0; i < 10; i++) streams.push(await openStream(srv.api, token.token))
+      assert.deepEqual(streams.map((s) => s.status), Array(10).fill(200))
+      await until('the ten streams to be open', () => srv.services.streams.size === 10 ? true : undefined, WAIT_MS)
+      // Past the streams' first reads (each reads once where it starts).
+      await sleep(300)
+      const postgres = srv.sharedEnv.DATABASE_URL !== undefined
+      const [reads, scans] = [await streamReads(), postgres ? await eventScans() : 0]
+      const WINDOW_MS = 3000
+      const polls = WINDOW_MS / 50
+      await sleep(WINDOW_MS)
+      const read = await streamReads() - reads
+      assert.ok(read >= polls / 3, `the widget's log is polled (${read} reads in ${polls} polls)`)
+      assert.ok(read <= polls * 1.5, `one read per poll for all ten streams, not one each: ${read} reads in ${polls} polls`)
+      if (postgres) {
+        // The database's own count (pg_stat_user_tables, flushed by each connection at most a second
+        // late): ten streams polling on their own would make 600 lookups in these 60 polls.
+        const scanned = await eventScans() - scans
+        assert.ok(scanned <= polls * 3, `the database counted ${scanned} lookups of events in ${polls} polls`)
+      }
+      assert.equal(await metricValue(srv, 'agentry_event_stream_pollers'), 1)
+      assert.equal(await streamsIn('live'), 10)
+
+      const created = check(await w('POST', '/agents', { serviceUserId: 'one-poller', name: 'Shared' })).body.data as Agent
+      for (const s of streams) assert.deepEqual((await s.take(1)).map(summary), [{ type: 'agent.created', agent: created, changes: {} }])
+    } finally {
+      for (const s of streams) s.close()
+    }
+    await until('the poller to stop with the last stream', async () => await metricValue(srv, 'agentry_event_stream_pollers') === 0 ? true : undefined, WAIT_MS)
+  })
+
+  it('streams resuming from old Last-Event-IDs while others are live get everything once, in order, and join the live flow', async () => {
+    const token = await srv.services.tokens.create('streams-resume-among-live')
+    const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
+    const created = check(await w('POST', '/agents', { serviceUserId: 'resume-live', name: 'n'.repeat(255) })).body.data as Agent
+    const db = srv.services.database.db
+    const first = await db.selectFrom('events').select(['seq', 'widget_id']).where('agent_id', '=', created.id).executeTakeFirstOrThrow()
+    // Five pages of history to catch up on.
+    const history = await copyNewestEvent(srv, created.id, 1000)
+    const live = [await openStream(srv.api, token.token), await openStream(srv.api, token.token), await openStream(srv.api, token.token)]
+    const resumed: Stream[] = []
+    try {
+      await until('the live streams to join', async () => await streamsIn('live') === 3 ? true : undefined, WAIT_MS)
+      // Events keep coming, one every few milliseconds, while streams resuming from three places in
+      // the history open, catch up and join the live ones, and for a while after.
+      let writing = true
+      let renames = 0
+      const writer = (async () => {
+        while (writing) check(await w('PUT', `/agents/${created.id}`, { name: `Renamed ${renames++}` }))
+      })()
+      try {
+        for (const from of [first.seq, history[499]!, history[998]!]) {
+          await sleep(20)
+          resumed.push(await openStream(srv.api, token.token, { 'last-event-id': String(from) }))
+        }
+        await until('the resumed streams to catch up and join the others', async () => await streamsIn('live') === 6 ? true : undefined, WAIT_MS)
+        const joined = renames
+        await until('more events after they joined', () => renames >= joined + 10 ? true : undefined, WAIT_MS)
+      } finally {
+        writing = false
+        await writer
+      }
+      const all = (await db.selectFrom('events').select('seq').where('widget_id', '=', first.widget_id).orderBy('seq').execute()).map((r) => r.seq)
+      const later = all.filter((seq) => seq > history.at(-1)!)
+      assert.equal(later.length, renames)
+      const expected = [first.seq, history[499]!, history[998]!].map((from) => all.filter((seq) => seq > from))
+      for (const [i, s] of resumed.entries()) await s.take(expected[i]!.length, 10_000)
+      for (const s of live) await s.take(later.length)
+      await sleep(QUIET_MS)
+      for (const [i, s] of resumed.entries()) {
+        assert.deepEqual(s.messages.map((m) => Number(m.id)), expected[i], 'the history and the live flow, each event once, in id order')
+      }
+      assert.deepEqual(resumed[0]!.messages.slice(1000).map((m) => m.event.data.agent.name), Array.from({ length: renames }, (_, i) => `Renamed ${i}`))
+      for (const s of live) assert.deepEqual(s.messages.map((m) => Number(m.id)), later)
+
+      check(await w('DELETE', `/agents/${created.id}`))
+      for (const [i, s] of resumed.entries()) assert.equal((await s.take(expected[i]!.length + 1)).at(-1)?.type, 'agent.deleted')
+      for (const s of live) assert.equal((await s.take(later.length + 1)).at(-1)?.type, 'agent.deleted')
+      await sleep(QUIET_MS)
+      for (const [i, s] of resumed.entries()) assert.equal(s.messages.length, expected[i]!.length + 1)
+      for (const s of live) assert.equal(s.messages.length, later.length + 1)
+    } finally {
+      for (const s of [...live, ...resumed]) s.close()
+    }
+  })
+
+  it('a client that stops reading does not hold back its widget\'s other streams, and misses nothing once it reads again', async () => {
+    const token = await srv.services.tokens.create('streams-unread-among-live')
+    const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
+    const created = check(await w('POST', '/agents', { serviceUserId: 'unread-live', name: 'n'.repeat(255) })).body.data as Agent
+    const live = [await openStream(srv.api, token.token), await openStream(srv.api, token.token)]
+    const unread = await openUnreadStream(srv.api, token.token)
+    try {
+      assert.equal(unread.stream.status, 200)
+      await until('the three streams to join', async () => await streamsIn('live') === 3 ? true : undefined, WAIT_MS)
+      // 20,000 events of ~1 KB: far more than the unread stream's connection holds (a few MB).
+      const copies = await copyNewestEvent(srv, created.id, 20_000)
+      for (const s of live) await s.take(copies.length, 20_000)
+      for (const s of live) assert.deepEqual(s.messages.map((m) => Number(m.id)), copies)
+      // Its connection full, the unread stream left the shared flow (nothing more is held for it); the
+      // others are in it (or back in it within a poll, if they fell behind for a moment).
+      await until('the reading streams to be live, the unread one out', async () =>
+        await streamsIn('live') === 2 && await streamsIn('catching_up') === 1 ? true : undefined, WAIT_MS)
+
+      // New events still reach the others at once.
+      const renamed = check(await w('PUT', `/agents/${created.id}`, { name: 'Still live' })).body.data as Agent
+      for (const s of live) assert.deepEqual(summary((await s.take(copies.length + 1, 2000)).at(-1)!).agent, renamed)
+
+      // It reads again: everything, once, in order, and back in the shared flow.
+      unread.read()
+      const all = await unread.stream.take(copies.length + 1, 20_000)
+      assert.deepEqual(all.slice(0, -1).map((m) => Number(m.id)), copies)
+      assert.deepEqual(summary(all.at(-1)!).agent, renamed)
+      await until('the stream that read again to rejoin', async () => await streamsIn('live') === 3 ? true : undefined, WAIT_MS)
+      check(await w('DELETE', `/agents/${created.id}`))
+      for (const s of [...live, unread.stream]) assert.equal((await s.take(copies.length + 2)).at(-1)?.type, 'agent.deleted')
+      await sleep(QUIET_MS)
+      for (const s of [...live, unread.stream]) assert.equal(s.messages.length, copies.length + 2)
+    } finally {
+      for (const s of live) s.close()
+      unread.socket.destroy()
     }
   })
 })

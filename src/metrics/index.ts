@@ -3,6 +3,7 @@ import type { ProcessingCounts } from '../avatars/budget.js'
 import type { PoolStats } from '../db/index.js'
 import { RequestMetrics } from './requests.js'
 import type { CacheCounts } from '../agents/read-cache.js'
+import type { StreamStats } from '../events/stream.js'
 
 /** What the avatar pipeline reports: how long each stage took, and why an ingest failed. */
 export interface AvatarObserver {
@@ -36,7 +37,8 @@ export interface CacheStats {
 export function createMetrics (
   poolStats: () => PoolStats | undefined,
   caches: CacheStats = { agents: () => undefined, lists: () => undefined },
-  processing: () => ProcessingCounts | undefined = () => undefined
+  processing: () => ProcessingCounts | undefined = () => undefined,
+  streams: () => StreamStats | undefined = () => undefined
 ): Metrics {
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'agentry_' })
@@ -122,6 +124,41 @@ export function createMetrics (
     collect () {
       const counts = processing()
       if (counts !== undefined) this.set(counts.queued)
+    }
+  })
+  // Event streams: read when scraped, like the caches (EventStreams counts with plain numbers).
+  new Gauge({
+    name: 'agentry_event_streams',
+    help: 'Event streams (GET /events) open on this instance, by state: live (fed by their widget\'s shared poller) or catching_up (reading on their own until they reach it: resumed from an older Last-Event-ID, or their client stopped reading).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats === undefined) return
+      this.set({ state: 'live' }, stats.live)
+      this.set({ state: 'catching_up' }, stats.catchingUp)
+    }
+  })
+  new Gauge({
+    name: 'agentry_event_stream_pollers',
+    help: 'Widgets whose event log this instance polls every EVENTS_POLL_MS for their open streams: one poller per widget, whatever its number of streams.',
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats !== undefined) this.set(stats.pollers)
+    }
+  })
+  new Counter({
+    name: 'agentry_event_stream_reads_total',
+    help: 'Reads of a widget\'s event log for its streams since start, by whom: shared (a widget\'s poller, for all its live streams) or own (a stream catching up).',
+    labelNames: ['by'] as const,
+    registers: [registry],
+    collect () {
+      const stats = streams()
+      if (stats === undefined) return
+      this.reset()
+      this.inc({ by: 'shared' }, stats.sharedReads)
+      this.inc({ by: 'own' }, stats.ownReads)
     }
   })
 

@@ -196,10 +196,11 @@ export async function createServices (config: Config, overrides: ServiceOverride
   // Elsewhere (PostgreSQL) lists are kept and checked against the database before each answer.
   const checkedLists = database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
   const budget = new ProcessingBudget(config.avatar.processingPixels)
+  const streams = new EventStreams(database.db, config.events)
   const metrics = createMetrics(database.poolStats, {
     agents: () => readCache?.stats(),
     lists: () => readCache?.stats().lists ?? checkedLists?.stats()
-  }, () => budget.counts())
+  }, () => budget.counts(), () => streams.stats())
   const tokens = new TokenService(database.db, undefined, overrides.tokensKept)
   // Avatar hosts and webhook endpoints: names asked of the DNS without holding the thread pool.
   const resolver = new OutboundResolver(config.dnsServers)
@@ -232,7 +233,6 @@ export async function createServices (config: Config, overrides: ServiceOverride
     resolver,
     clock: clockMs(overrides.clock)
   })
-  const streams = new EventStreams(database.db, config.events)
   const idempotencyKeys = new IdempotencyKeys(database.db, idempotencyClaimSeconds(config.avatar.timeoutMs))
   // Instances add up their counts (see RateLimiter): through the database on PostgreSQL, through a
   // file of their own beside an SQLite database (not in it: see rateWindowsFileOf).
