@@ -634,6 +634,26 @@ describe('event stream (GET /api/external/v1/events)', () => {
     })
   })
 
+  it('a lapse first noticed by a delete gets its events, before agent.deleted', async () => {
+    await withLapsingStream(async (own, stream) => {
+      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-lapse-delete', name: 'Gone' })).body.data as Agent
+      const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
+      await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
+      const deleted = check(await own.call('DELETE', `/agents/${created.id}`)).body.data as Agent
+      assert.equal(deleted.status, 'offline')
+      await stream.take(6)
+      await sleep(QUIET_MS)
+      const lapsedAgent = { ...beat.data, status: 'offline', updatedAt: beat.meta.onlineUntil }
+      const statusDown = { status: { from: 'online', to: 'offline' } }
+      assert.deepEqual(stream.messages.map(summary).slice(3), [
+        { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
+        { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
+        { type: 'agent.deleted', agent: lapsedAgent, changes: {} }
+      ])
+      assertIncreasingIds(stream.messages)
+    })
+  })
+
   it('a heartbeat held up by the database past its own expiry still has its events, and the lapse after it has its own', async () => {
     // A presence of 1 s, and the database held by another process for longer than that: the
     // heartbeat, taken at one moment, is written when what it wrote has already lapsed.

@@ -503,12 +503,15 @@ export class AgentService {
       const row = await this.mustFind(widgetId, id)
       const avatar = row.avatar_id === null ? undefined : await this.avatarRow(row.avatar_id)
       if (isStale(row, avatar) && attempt < STALE_REREADS) continue
-      const agent = this.shape(row, avatar)
+      const now = this.now()
+      const agent = this.shapeAt(row, avatar, now)
       if (options.ifMatch !== undefined && !ifMatchAccepts(options.ifMatch, agentEtag(agent))) throw errors.preconditionFailed()
       const deleted = await this.transactIn(widgetId, async (trx) => {
         if (!await deleteAgentAtVersion(trx, row)) return false
         if (row.avatar_id !== null) await this.dropAvatar(trx, row.avatar_id)
-        await this.record(trx, widgetId, [{ type: 'agent.deleted', agent, changes: {} }], this.now())
+        // A lapsed heartbeat not yet written down gets its events first (as with any write): a
+        // listener that follows status changes sees the agent go offline before it goes.
+        await this.record(trx, widgetId, [...updateEvents(this.rawShape(row, avatar), agent), { type: 'agent.deleted', agent, changes: {} }], now)
         return true
       })
       if (deleted) {
