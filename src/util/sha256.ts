@@ -8,7 +8,7 @@ export function sha256Streamed (data: string, encoding: Encoding): string {
 }
 
 // crypto.hash (one call, no Hash object: faster on the per-request paths) came with Node 20.12;
-// `engines` admits Node 20.9 and later, so 20.9-20.11 take the Hash object.
+// `engines` admits Node 20.10 and later, so 20.10-20.11 take the Hash object.
 const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: Encoding) => string }).hash
 
 /** sha256 of a string, in the given encoding. */
