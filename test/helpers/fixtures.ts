@@ -43,7 +43,10 @@ export async function makeImages (): Promise<FixtureImages> {
       .toBuffer(),
     tiny: await gradient(40, 30).png().toBuffer(),
     tiff: await gradient(50, 50).tiff().toBuffer(),
-    orientedAnimatedWebp: await sharp(frames, { join: { animated: true } }).webp({ loop: 0, delay: [100, 100] }).withMetadata({ orientation: 6 }).toBuffer()
+    // Marked in its top left corner (white on red, then on blue), so a turn shows where it went.
+    orientedAnimatedWebp: await sharp(await Promise.all(frames.map(async (frame) => await sharp(frame)
+      .composite([{ input: { create: { width: 16, height: 16, channels: 4, background: '#ffffff' } }, left: 0, top: 0 }]).png().toBuffer())), { join: { animated: true } })
+      .webp({ loop: 3, delay: [100, 150], lossless: true }).withMetadata({ orientation: 6 }).toBuffer()
   }
 }
 
