@@ -463,7 +463,7 @@ describe('agentry command and server process', () => {
 
         // Its client retries, on the next instance (here the same one, started again): the create
         // runs again (and fails on the slow avatar), instead of 409 idempotency_key_in_progress
-        // for AVATAR_TIMEOUT_MS + 2 minutes.
+        // for twice AVATAR_TIMEOUT_MS + 2 minutes.
         const next = await serve({ ...env, AVATAR_TIMEOUT_MS: '1000' })
         const retried = await call(`${next.url}${AGENTS}`, init)
         assert.equal(retried.status, 422, retried.text)

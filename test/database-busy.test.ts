@@ -229,7 +229,7 @@ describe('PostgreSQL goes silent (a network partition, a frozen host): 503 withi
       assert.equal((await within(15_000, failed)).status, 422)
       relay.silence(false)
       // The retry the client was right to make runs again once the database answers (it got 409
-      // idempotency_key_in_progress for AVATAR_TIMEOUT_MS + 2 minutes).
+      // idempotency_key_in_progress for twice AVATAR_TIMEOUT_MS + 2 minutes).
       const retried = await until('the key to be free', async () => {
         const res = await srv.call('POST', '/agents', body, headers)
         return res.status === 409 ? undefined : res

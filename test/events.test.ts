@@ -854,6 +854,25 @@ describe('event streams of one widget share one poller', () => {
     await until('the poller to stop with the last stream', async () => await metricValue(srv, 'agentry_event_stream_pollers') === 0 ? true : undefined, WAIT_MS)
   })
 
+  it('a made-up Last-Event-ID past the widget\'s newest event does not keep the widget\'s other streams out of the shared flow', async () => {
+    const token = await srv.services.tokens.create('streams-made-up-id')
+    const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })
+    check(await w('POST', '/agents', { serviceUserId: 'made-up-id', name: 'Before' }))
+    const streams: Stream[] = []
+    try {
+      // The first stream of the widget on this instance, from an id no event has.
+      streams.push(await openStream(srv.api, token.token, { 'last-event-id': '999999999999999' }))
+      await until('it to be live', async () => await streamsIn('live') === 1 ? true : undefined, WAIT_MS)
+      streams.push(await openStream(srv.api, token.token), await openStream(srv.api, token.token))
+      await until('all three to share the poller', async () => await streamsIn('live') === 3 ? true : undefined, WAIT_MS)
+      const created = check(await w('POST', '/agents', { serviceUserId: 'made-up-id-2', name: 'After' })).body.data as Agent
+      for (const s of streams) assert.deepEqual((await s.take(1)).map(summary), [{ type: 'agent.created', agent: created, changes: {} }])
+      assert.equal(await streamsIn('catching_up'), 0)
+    } finally {
+      for (const s of streams) s.close()
+    }
+  })
+
   it('streams resuming from old Last-Event-IDs while others are live get everything once, in order, and join the live flow', async () => {
     const token = await srv.services.tokens.create('streams-resume-among-live')
     const w = async (method: string, path: string, body?: unknown) => await srv.call(method, path, body, { authorization: `Bearer ${token.token}` })

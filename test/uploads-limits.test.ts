@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import net from 'node:net'
 import sharp from 'sharp'
 import { after, before, describe, it } from 'node:test'
+import { until } from './helpers/process.js'
 import { startTestServer, type ApiResponse, type TestServer } from './helpers/server.js'
 import { SVG, decompressionBomb, makeImages, type FixtureImages } from './helpers/fixtures.js'
 
@@ -127,6 +128,48 @@ describe('avatar processing: room for decoded pixels (AVATAR_PROCESSING_PIXELS)'
     const smallAnswers = await Promise.all([4, 5, 6].map(async (i) => await send(i, small)))
     for (const res of smallAnswers) assert.equal(res.status, 200, await res.text())
     assert.equal(quickWaits(await (await fetch(`${srv.url}/metrics`)).text()) - quickBefore, 3)
+  })
+})
+
+describe('avatar processing: a wait for room longer than AVATAR_TIMEOUT_MS', () => {
+  let srv: TestServer
+  before(async () => { srv = await startTestServer({ AVATAR_PROCESSING_PIXELS: '3000000', AVATAR_TIMEOUT_MS: '100' }) })
+  after(async () => { await srv.close() })
+
+  it('is a 503 with Retry-After that made nothing; the room it waited for is not lost', async () => {
+    // Eight 3-megapixel turned JPEGs at once, decoded one at a time: those still waiting after 100 ms give up.
+    const raw = Buffer.alloc(2000 * 1500 * 3, 60)
+    for (let i = 0; i < raw.length; i += 5) raw[i] = (i * 7) & 255
+    const large = await sharp(raw, { raw: { width: 2000, height: 1500, channels: 3 } }).jpeg().withMetadata({ orientation: 6 }).toBuffer()
+    const answers = await Promise.all(Array.from({ length: 8 }, async (_, i) => {
+      const res = await fetch(`${srv.api}/agents`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${srv.token}` },
+        body: form({ serviceUserId: `waited-${i}`, name: `Waited ${i}` }, { bytes: large, name: 'a.jpg', type: 'image/jpeg' })
+      })
+      return { i, status: res.status, retryAfter: res.headers.get('retry-after'), body: await res.json() as ApiResponse['body'] }
+    }))
+    const refused = answers.filter((a) => a.status === 503)
+    assert.ok(refused.length >= 1, `some waited too long: ${answers.map((a) => a.status).join(',')}`)
+    for (const a of answers) assert.ok(a.status === 200 || a.status === 503, JSON.stringify(a.body))
+    for (const a of refused) {
+      assert.equal(a.body.error.code, 'service_unavailable')
+      assert.match(a.body.error.message, /AVATAR_PROCESSING_PIXELS/)
+      assert.equal(a.retryAfter, '1')
+      const found = await srv.call('GET', `/agents?serviceUserId=waited-${a.i}`)
+      assert.deepEqual(found.body.data, [], 'nothing made')
+    }
+    // Every place taken is given back, those of the requests that gave up too: room for all again.
+    await until('the room to be free', async () => {
+      const text = await (await fetch(`${srv.url}/metrics`)).text()
+      return /^agentry_avatar_processing_pixels 0$/m.test(text) && /^agentry_avatar_processing_queued 0$/m.test(text) ? true : undefined
+    }, 5000)
+    const again = await fetch(`${srv.api}/agents`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${srv.token}` },
+      body: form({ serviceUserId: 'waited-again', name: 'Again' }, { bytes: large, name: 'a.jpg', type: 'image/jpeg' })
+    })
+    assert.equal(again.status, 200, await again.text())
   })
 })
 

@@ -1,4 +1,5 @@
-import { Semaphore } from 'async-mutex'
+import { Semaphore, withTimeout } from 'async-mutex'
+import { AppError } from '../errors/index.js'
 
 /** Counted in steps of this many pixels (async-mutex walks its waiters once per unit of room). */
 const UNIT = 1_000_000
@@ -25,18 +26,25 @@ export class ProcessingBudget {
   private inProgress = 0
   private waiting = 0
 
-  constructor (pixels: number) {
+  /** waitMs: how long an image may wait for room (AVATAR_TIMEOUT_MS); then its request is a 503. */
+  constructor (pixels: number, private readonly waitMs: number) {
     this.units = Math.max(1, Math.floor(pixels / UNIT))
     this.semaphore = new Semaphore(this.units)
   }
 
-  /** Waits for room for an image of this many pixels; the release, to call once it is done. */
+  /**
+   * Waits for room for an image of this many pixels; the release, to call once it is done. Throws
+   * 503 service_unavailable once it has waited waitMs: a request must not wait without end (nor
+   * outlast its Idempotency-Key's claim, see idempotencyClaimSeconds). Its place, when its turn
+   * comes, is given back at once.
+   */
   async admit (pixels: number): Promise<() => void> {
     const weight = Math.min(this.units, Math.max(1, Math.ceil(pixels / UNIT)))
+    const busy = new AppError('service_unavailable', `Too many large images are being processed on this instance right now (AVATAR_PROCESSING_PIXELS); this one waited ${this.waitMs} ms for its turn. Retry the request in a moment (a POST with the same Idempotency-Key, if it had one).`)
     this.waiting++
     let release: () => void
     try {
-      [, release] = await this.semaphore.acquire(weight)
+      [, release] = await withTimeout(this.semaphore, this.waitMs, busy).acquire(weight)
     } finally {
       this.waiting--
     }

@@ -98,8 +98,8 @@ class WidgetFeed {
         // Every live stream left meanwhile and another moved the head to its own place: what was read
         // is not what the live ones need (the next poll reads after the new head).
         if (this.head !== after || rows.length === 0) break
-        this.head = rows[rows.length - 1]!.seq
         const page = rows.map(sent)
+        this.head = rows[rows.length - 1]!.seq
         for (const member of [...this.live]) {
           // A client not reading what it was sent (its connection full) is not sent more: it leaves
           // the flow, and catches up on its own as it drains. It neither holds the others back nor
@@ -170,9 +170,12 @@ export class EventStreams {
     }
   }
 
-  /** Where a stream starts: after lastEventId, or when undefined after the widget's newest event (now). */
+  /** Where a stream starts: after lastEventId (at most the widget's newest event), or when undefined after the newest (now). */
   async startingPoint (widgetId: string, lastEventId: number | undefined): Promise<number> {
-    return lastEventId ?? await latestEventSeq(this.db, widgetId)
+    const newest = await latestEventSeq(this.db, widgetId)
+    // An id past the widget's newest event was never sent to anyone (made up, or another widget's):
+    // taken as it is, it would move the widget's shared head past every event to come (see join).
+    return lastEventId === undefined ? newest : Math.min(lastEventId, newest)
   }
 
   /**

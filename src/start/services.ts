@@ -195,7 +195,7 @@ export async function createServices (config: Config, overrides: ServiceOverride
     : undefined
   // Elsewhere (PostgreSQL) lists are kept and checked against the database before each answer.
   const checkedLists = database.dialect === 'postgres' && config.agentCacheEntries > 0 ? new CheckedLists() : undefined
-  const budget = new ProcessingBudget(config.avatar.processingPixels)
+  const budget = new ProcessingBudget(config.avatar.processingPixels, config.avatar.timeoutMs)
   const streams = new EventStreams(database.db, config.events)
   const metrics = createMetrics(database.poolStats, {
     agents: () => readCache?.stats(),

@@ -102,7 +102,7 @@ export class WebhookService {
   }
 
   async delete (widgetId: string, id: string): Promise<void> {
-    if (!ENDPOINT_ID.test(id) || !await this.db.transaction().execute((trx) => deleteEndpoint(trx, widgetId, id))) throw webhookNotFound()
+    if (!ENDPOINT_ID.test(id) || !await this.db.transaction().execute((trx) => deleteEndpoint(trx, this.dialect, widgetId, id))) throw webhookNotFound()
   }
 
   /** The delivery log of an endpoint, newest events first, with every attempt and its response. */

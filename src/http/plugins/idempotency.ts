@@ -33,12 +33,13 @@ export interface IdempotentResult<T> {
 
 /**
  * How long a claimed key without an answer is taken to be still running: longer than any create
- * can take (its avatar download, AVATAR_TIMEOUT_MS, and then its database work). After that, a
- * retry with the key takes it over: the request that claimed it stopped on the way (its process
- * was killed, or the database failed it and could not take the claim back).
+ * can take (its avatar download, AVATAR_TIMEOUT_MS; its wait for room to process the image, as
+ * long again at most; and then the image work and its database work). After that, a retry with
+ * the key takes it over: the request that claimed it stopped on the way (its process was killed,
+ * or the database failed it and could not take the claim back).
  */
 export function idempotencyClaimSeconds (avatarTimeoutMs: number): number {
-  return Math.ceil(avatarTimeoutMs / 1000) + 120
+  return 2 * Math.ceil(avatarTimeoutMs / 1000) + 120
 }
 
 /** Keeps the answer to a request with an Idempotency-Key, in the transaction of the write it answers. */
