@@ -1,4 +1,4 @@
-import { Semaphore, withTimeout } from 'async-mutex'
+import { Semaphore } from 'async-mutex'
 import { AppError } from '../errors/index.js'
 
 /** Counted in steps of this many pixels (async-mutex walks its waiters once per unit of room). */
@@ -24,7 +24,10 @@ export class ProcessingBudget {
   private readonly semaphore: Semaphore
   private readonly units: number
   private inProgress = 0
+  /** Requests waiting for room (the metric). */
   private waiting = 0
+  /** Places asked of the semaphore and not yet given: those of requests that gave up too, until their turn. */
+  private asked = 0
 
   /** waitMs: how long an image may wait for room (AVATAR_TIMEOUT_MS); then its request is a 503. */
   constructor (pixels: number, private readonly waitMs: number) {
@@ -40,13 +43,19 @@ export class ProcessingBudget {
    */
   async admit (pixels: number): Promise<() => void> {
     const weight = Math.min(this.units, Math.max(1, Math.ceil(pixels / UNIT)))
-    const busy = new AppError('service_unavailable', `Too many large images are being processed on this instance right now (AVATAR_PROCESSING_PIXELS); this one waited ${this.waitMs} ms for its turn. Retry the request in a moment (a POST with the same Idempotency-Key, if it had one).`)
-    this.waiting++
     let release: () => void
-    try {
-      [, release] = await withTimeout(this.semaphore, this.waitMs, busy).acquire(weight)
-    } finally {
-      this.waiting--
+    // Room now, and nothing queued ahead (every place is asked for here, counted): no timer to set.
+    // The usual case, on every ingest: a timer and its error made for each one (async-mutex's
+    // withTimeout, tried first) cost ~15 MB of peak RSS and ~0.5 ms of CPU per ingest in the bench.
+    if (this.asked === 0 && this.semaphore.getValue() >= weight) {
+      [, release] = await this.semaphore.acquire(weight)
+    } else {
+      this.waiting++
+      try {
+        release = await this.acquireWithin(weight)
+      } finally {
+        this.waiting--
+      }
     }
     this.inProgress += pixels
     let released = false
@@ -55,6 +64,27 @@ export class ProcessingBudget {
       released = true
       this.inProgress -= pixels
       release()
+    }
+  }
+
+  private async acquireWithin (weight: number): Promise<() => void> {
+    this.asked++
+    const ticket = this.semaphore.acquire(weight).finally(() => { this.asked-- })
+    let timer: NodeJS.Timeout | undefined
+    const gaveUp = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => {
+        reject(new AppError('service_unavailable', `Too many large images are being processed on this instance right now (AVATAR_PROCESSING_PIXELS); this one waited ${this.waitMs} ms for its turn. Retry the request in a moment (a POST with the same Idempotency-Key, if it had one).`))
+      }, this.waitMs)
+    })
+    try {
+      const [, release] = await Promise.race([ticket, gaveUp])
+      return release
+    } catch (err) {
+      // Its turn may still come: its place is given back then, at once.
+      void ticket.then(([, release]) => { release() })
+      throw err
+    } finally {
+      clearTimeout(timer)
     }
   }
 
