@@ -72,20 +72,7 @@ async function openStream (baseUrl: string, token: string | undefined, headers: 
     headers: { accept: 'text/event-stream', ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...headers },
     signal: controller.signal
   })
-  const stream: Stream = {
-    status: res.status,
-    headers: res.headers,
-    body: undefined,
-    messages: [],
-    comments: [],
-    retry: undefined,
-    ended: false,
-    take: async (n, timeoutMs = WAIT_MS) => {
-      await until(`${n} stream messages (have ${stream.messages.length})`, () => stream.messages.length >= n ? true : undefined, timeoutMs)
-      return stream.messages.slice(0, n)
-    },
-    close: () => { controller.abort() }
-  }
+  const stream = emptyStream(res.status, res.headers, () => { controller.abort() })
   if (!(res.headers.get('content-type') ?? '').startsWith('text/event-stream') || res.body === null) {
     const text = await res.text()
     try { stream.body = JSON.parse(text) } catch { stream.body = text }
@@ -138,6 +125,25 @@ async function whileDatabaseHeld (srv: TestServer, send: () => Promise<ApiRespon
   return await answer
 }
 
+/** A stream's record before anything is read: openStream and openUnreadStream fill it in as they read. */
+function emptyStream (status: number, headers: Headers, close: () => void): Stream {
+  const stream: Stream = {
+    status,
+    headers,
+    body: undefined,
+    messages: [],
+    comments: [],
+    retry: undefined,
+    ended: false,
+    take: async (n, timeoutMs = WAIT_MS) => {
+      await until(`${n} stream messages (have ${stream.messages.length})`, () => stream.messages.length >= n ? true : undefined, timeoutMs)
+      return stream.messages.slice(0, n)
+    },
+    close
+  }
+  return stream
+}
+
 /**
  * Opens an event stream whose client reads nothing until read() (a paused socket: what the server
  * sends fills the connection, then waits in the server); from then on it reads as openStream does.
@@ -146,20 +152,7 @@ async function openUnreadStream (baseUrl: string, token: string): Promise<{ stre
   return await new Promise((resolve, reject) => {
     const req = http.get(`${baseUrl}${EVENTS}`, { headers: { authorization: `Bearer ${token}` } }, (res) => {
       res.pause()
-      const stream: Stream = {
-        status: res.statusCode ?? 0,
-        headers: new Headers(),
-        body: undefined,
-        messages: [],
-        comments: [],
-        retry: undefined,
-        ended: false,
-        take: async (n, timeoutMs = WAIT_MS) => {
-          await until(`${n} stream messages (have ${stream.messages.length})`, () => stream.messages.length >= n ? true : undefined, timeoutMs)
-          return stream.messages.slice(0, n)
-        },
-        close: () => { res.socket.destroy() }
-      }
+      const stream = emptyStream(res.statusCode ?? 0, new Headers(), () => { res.socket.destroy() })
       const read = () => {
         let buffer = ''
         res.setEncoding('utf8')
@@ -613,46 +606,40 @@ describe('event stream (GET /api/external/v1/events)', () => {
     assert.equal(srv.services.streams.size, 0, 'refused requests open no stream')
   })
 
-  it('a lapse first noticed by a write gets its events, before the write\'s own', async () => {
-    // Upkeep too rare to notice the lapse (withLapsingStream): the PUT is what writes it down.
-    await withLapsingStream(async (own, stream) => {
-      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-late-lapse', name: 'Late' })).body.data as Agent
-      const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
-      await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
-      const renamed = check(await own.call('PUT', `/agents/${created.id}`, { name: 'Later' })).body.data as Agent
-      assert.equal(renamed.status, 'offline')
-      await stream.take(6)
-      await sleep(QUIET_MS)
-      const lapsedAgent = { ...beat.data, status: 'offline', updatedAt: beat.meta.onlineUntil }
-      const statusDown = { status: { from: 'online', to: 'offline' } }
-      assert.deepEqual(stream.messages.map(summary).slice(3), [
-        { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
-        { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
-        { type: 'agent.updated', agent: renamed, changes: { name: { from: 'Late', to: 'Later' } } }
-      ])
-      assertIncreasingIds(stream.messages)
+  // Upkeep too rare to notice the lapse (withLapsingStream): the write is what writes it down.
+  const writesAfterALapse: Array<{ what: string, write: (own: TestServer, id: string) => Promise<Agent>, own: (written: Agent, lapsed: Agent) => ReturnType<typeof summary> }> = [
+    {
+      what: 'a write gets its events, before the write\'s own',
+      write: async (own, id) => check(await own.call('PUT', `/agents/${id}`, { name: 'Later' })).body.data as Agent,
+      own: (renamed) => ({ type: 'agent.updated', agent: renamed, changes: { name: { from: 'Late', to: 'Later' } } })
+    },
+    {
+      what: 'a delete gets its events, before agent.deleted',
+      write: async (own, id) => check(await own.call('DELETE', `/agents/${id}`)).body.data as Agent,
+      own: (_deleted, lapsed) => ({ type: 'agent.deleted', agent: lapsed, changes: {} })
+    }
+  ]
+  for (const { what, write, own: ownEvent } of writesAfterALapse) {
+    it(`a lapse first noticed by ${what}`, async () => {
+      await withLapsingStream(async (own, stream) => {
+        const created = check(await own.call('POST', '/agents', { serviceUserId: `ev-late-lapse-${what.split(' ')[1]!}`, name: 'Late' })).body.data as Agent
+        const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
+        await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
+        const written = await write(own, created.id)
+        assert.equal(written.status, 'offline')
+        await stream.take(6)
+        await sleep(QUIET_MS)
+        const lapsedAgent = { ...beat.data, status: 'offline', updatedAt: beat.meta.onlineUntil } as Agent
+        const statusDown = { status: { from: 'online', to: 'offline' } }
+        assert.deepEqual(stream.messages.map(summary).slice(3), [
+          { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
+          { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
+          ownEvent(written, lapsedAgent)
+        ])
+        assertIncreasingIds(stream.messages)
+      })
     })
-  })
-
-  it('a lapse first noticed by a delete gets its events, before agent.deleted', async () => {
-    await withLapsingStream(async (own, stream) => {
-      const created = check(await own.call('POST', '/agents', { serviceUserId: 'ev-lapse-delete', name: 'Gone' })).body.data as Agent
-      const beat = check(await own.call('POST', `/agents/${created.id}/heartbeat`)).body
-      await until('the heartbeat to lapse', () => nowSeconds() > beat.meta.onlineUntil ? true : undefined, 3000)
-      const deleted = check(await own.call('DELETE', `/agents/${created.id}`)).body.data as Agent
-      assert.equal(deleted.status, 'offline')
-      await stream.take(6)
-      await sleep(QUIET_MS)
-      const lapsedAgent = { ...beat.data, status: 'offline', updatedAt: beat.meta.onlineUntil }
-      const statusDown = { status: { from: 'online', to: 'offline' } }
-      assert.deepEqual(stream.messages.map(summary).slice(3), [
-        { type: 'agent.updated', agent: lapsedAgent, changes: statusDown },
-        { type: 'agent.status_changed', agent: lapsedAgent, changes: statusDown },
-        { type: 'agent.deleted', agent: lapsedAgent, changes: {} }
-      ])
-      assertIncreasingIds(stream.messages)
-    })
-  })
+  }
 
   it('a heartbeat held up by the database past its own expiry still has its events, and the lapse after it has its own', async () => {
     // A presence of 1 s, and the database held by another process for longer than that: the

@@ -734,28 +734,41 @@ function apiCaller (token: string) {
     })
 }
 
+/**
+ * Serve processes on a store of their own for one suite: the store made before it, and after it
+ * every process stopped (woken first, if a test froze it), the receiver closed, the store dropped.
+ */
+function serveSuite () {
+  let receiver: Receiver | undefined
+  const suite = {
+    stores: undefined as unknown as ProvisionedStores,
+    procs: [] as ServeProcess[],
+    /** The suite's receiver, closed after it. */
+    track: (r: Receiver): Receiver => { receiver = r; return r }
+  }
+  before(async () => { suite.stores = await provisionStores() })
+  after(async () => {
+    for (const p of suite.procs) p.child.kill('SIGCONT')
+    await Promise.allSettled(suite.procs.map((p) => p.stop()))
+    killAll()
+    await receiver?.close()
+    await suite.stores?.drop()
+    removeDirs()
+  })
+  return suite
+}
+
 describe(`webhooks survive a restart in the middle of retries (${storeLeg()})`, () => {
   const TOKEN = 'webhooks-restart-token-0123456789'
   const via = apiCaller(TOKEN)
-  let stores: ProvisionedStores
-  let receiver: Receiver | undefined
-  const procs: ServeProcess[] = []
-
-  before(async () => { stores = await provisionStores() })
-  after(async () => {
-    await Promise.allSettled(procs.map((p) => p.stop()))
-    killAll()
-    await receiver?.close()
-    await stores?.drop()
-    removeDirs()
-  })
+  const suite = serveSuite()
 
   it('every event arrives, in order, after the process is stopped mid-retry and another one starts on the same store', async () => {
     let failing = true
-    receiver = await startReceiver(() => failing ? 503 : 200)
-    const env = serveEnv(stores, TOKEN)
+    const receiver = suite.track(await startReceiver(() => failing ? 503 : 200))
+    const env = serveEnv(suite.stores, TOKEN)
     const first = await startServe(env, 20_000)
-    procs.push(first)
+    suite.procs.push(first)
 
     const endpoint = check(await via(first, 'POST', '/webhooks', { url: receiver.url })).body.data
     const agents: Agent[] = []
@@ -764,16 +777,16 @@ describe(`webhooks survive a restart in the middle of retries (${storeLeg()})`, 
     check(await via(first, 'DELETE', `/agents/${agents[1]!.id}`))
     const expectedTypes = ['agent.created', 'agent.created', 'agent.created', 'agent.updated', 'agent.deleted']
 
-    await until('a few failed tries', () => receiver!.arrivals.length >= 3 ? true : undefined, WAIT_MS)
+    await until('a few failed tries', () => receiver.arrivals.length >= 3 ? true : undefined, WAIT_MS)
     assert.equal(await first.stop(), 0, 'a clean stop')
     const triedBeforeStop = receiver.arrivals.length
     assert.equal(receiver.delivered().length, 0)
     assert.equal(new Set(receiver.arrivals.map((a) => a.webhookId)).size, 1, 'only the first event was tried while it failed')
 
     const second = await startServe(env, 20_000)
-    procs.push(second)
+    suite.procs.push(second)
     failing = false
-    await until('every event delivered', () => new Set(receiver!.delivered().map((a) => a.webhookId)).size >= expectedTypes.length ? true : undefined, WAIT_MS)
+    await until('every event delivered', () => new Set(receiver.delivered().map((a) => a.webhookId)).size >= expectedTypes.length ? true : undefined, WAIT_MS)
     await sleep(QUIET_MS)
 
     const arrivals = receiver.arrivals
@@ -803,39 +816,27 @@ describe(`webhooks survive a restart in the middle of retries (${storeLeg()})`, 
 describe(`an instance that stalls past its claim on a delivery (${storeLeg()})`, () => {
   const TOKEN = 'webhooks-stall-token-0123456789'
   const via = apiCaller(TOKEN)
-  let stores: ProvisionedStores
-  let receiver: Receiver | undefined
-  const procs: ServeProcess[] = []
-
-  before(async () => { stores = await provisionStores() })
-  after(async () => {
-    for (const p of procs) p.child.kill('SIGCONT')
-    await Promise.allSettled(procs.map((p) => p.stop()))
-    killAll()
-    await receiver?.close()
-    await stores?.drop()
-    removeDirs()
-  })
+  const suite = serveSuite()
 
   it('another instance sends it once the claim runs out; the stalled attempt, when it ends, is logged too and does not undo the other\'s', async () => {
     // WEBHOOK_TIMEOUT_MS=3000: a claim runs out 8 s after it was taken.
-    const env = { ...serveEnv(stores, TOKEN), WEBHOOK_TIMEOUT_MS: '3000' }
+    const env = { ...serveEnv(suite.stores, TOKEN), WEBHOOK_TIMEOUT_MS: '3000' }
     const first = await startServe(env, 20_000)
-    procs.push(first)
+    suite.procs.push(first)
     let releaseSecond = (): void => {}
     const secondHeld = new Promise<void>((resolve) => { releaseSecond = resolve })
     // The first request's sender (the only instance yet) is frozen as it arrives, as by a long GC
     // pause or a VM stolen away; its answer waits for it. The second request (the other instance's,
     // once the first's claim ran out) is held while the first comes back to life.
-    receiver = await startReceiver((n) => n === 0
+    const receiver = suite.track(await startReceiver((n) => n === 0
       ? { status: 200, before: async () => { first.child.kill('SIGSTOP') } }
-      : n === 1 ? { status: 200, before: async () => await secondHeld } : 200)
+      : n === 1 ? { status: 200, before: async () => await secondHeld } : 200))
     const endpoint = check(await via(first, 'POST', '/webhooks', { url: receiver.url })).body.data
     check(await via(first, 'POST', '/agents', { serviceUserId: 'stalled', name: 'Stalled' }))
-    await until('the first attempt to arrive', () => receiver!.arrivals.length >= 1 ? true : undefined, WAIT_MS)
+    await until('the first attempt to arrive', () => receiver.arrivals.length >= 1 ? true : undefined, WAIT_MS)
     const second = await startServe(env, 20_000)
-    procs.push(second)
-    await until('the other instance to send it once the claim ran out', () => receiver!.arrivals.length >= 2 ? true : undefined, 15_000)
+    suite.procs.push(second)
+    await until('the other instance to send it once the claim ran out', () => receiver.arrivals.length >= 2 ? true : undefined, 15_000)
 
     // The first comes back while the second's attempt is on its way: it ends its own (its answer
     // came long ago: timed out) and writes it down, and must leave the delivery to the second.
