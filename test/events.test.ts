@@ -786,6 +786,30 @@ describe('event streams per widget (EVENTS_MAX_STREAMS)', () => {
   })
 })
 
+describe('a stream catching up with a client that reads', () => {
+  let srv: TestServer
+  // Polls 2 s apart: a stream that moved a page per poll would take 20 s for 2,000 events.
+  before(async () => { srv = await startTestServer({ EVENTS_POLL_MS: '2000', MAINTENANCE_INTERVAL_MS: '3600000' }) })
+  after(async () => { await srv?.close() })
+
+  it('reads on as fast as its client takes the events, not a page per poll', async () => {
+    const token = await srv.services.tokens.create('stream-catch-up-fast')
+    const created = check(await srv.call('POST', '/agents', { serviceUserId: 'catch-up', name: 'n'.repeat(255) }, { authorization: `Bearer ${token.token}` })).body.data as Agent
+    const first = (await srv.services.database.db.selectFrom('events').select('seq').where('agent_id', '=', created.id).executeTakeFirstOrThrow()).seq
+    // 2,000 events of ~1 KB after it: ten pages, each more than a connection's buffer takes at once.
+    const copies = await copyNewestEvent(srv, created.id, 2000)
+    const stream = await openStream(srv.api, token.token, { 'last-event-id': String(first) })
+    try {
+      const started = Date.now()
+      await stream.take(copies.length, 5000)
+      assert.ok(Date.now() - started < 5000)
+      assert.deepEqual(stream.messages.map((m) => Number(m.id)), copies, 'every event once, in order')
+    } finally {
+      stream.close()
+    }
+  })
+})
+
 describe('event streams of one widget share one poller', () => {
   let srv: TestServer
   before(async () => { srv = await startTestServer({ EVENTS_POLL_MS: '50', MAINTENANCE_INTERVAL_MS: '3600000' }) })

@@ -232,6 +232,7 @@ export class EventStreams {
     // still resumes from here (EventSource keeps the last id it saw, event or not).
     res.write(`retry: 2000\nid: ${from}\n\n`)
     let busy = false
+    let awaitingDrain = false
     const tick = async () => {
       if (busy || closed) return
       busy = true
@@ -258,6 +259,13 @@ export class EventStreams {
             shared.join(member)
             break
           }
+        }
+        // Held back by a full connection: read on as soon as the client has taken what it holds,
+        // not at the next tick (a page fills a connection's buffer, so a stream catching up on
+        // thousands of events moved one page per EVENTS_POLL_MS, however fast its client read).
+        if (!closed && !member.live && res.writableNeedDrain && !awaitingDrain) {
+          awaitingDrain = true
+          res.once('drain', () => { awaitingDrain = false; void tick() })
         }
       } catch {
         // The database hiccuped: the next tick tries again from the same place.
