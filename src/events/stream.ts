@@ -37,8 +37,6 @@ interface Member {
   res: ServerResponse
   /** The id of the last event sent (or the starting point). */
   last: number
-  /** In the widget's shared flow (fed by its poller), or catching up with reads of its own. */
-  live: boolean
 }
 
 /**
@@ -50,6 +48,7 @@ interface Member {
  */
 class WidgetFeed {
   readonly members = new Set<Member>()
+  /** Those in the shared flow (fed by the poller); the others catch up with reads of their own. */
   readonly live = new Set<Member>()
   /** The last event the poller has read (and sent to every live stream). */
   head = 0
@@ -76,13 +75,11 @@ class WidgetFeed {
   join (member: Member): boolean {
     if (this.live.size === 0) this.head = member.last
     else if (member.last < this.head) return false
-    member.live = true
     this.live.add(member)
     return true
   }
 
   leave (member: Member): void {
-    member.live = false
     this.live.delete(member)
   }
 
@@ -190,7 +187,7 @@ export class EventStreams {
     // Listen for the client going away before anything is awaited, so an early hang-up is never missed.
     let closed = false
     const timers: NodeJS.Timeout[] = []
-    const member: Member = { res, last: from, live: false }
+    const member: Member = { res, last: from }
     let feed: WidgetFeed | undefined
     const close = () => {
       if (closed) return
@@ -249,7 +246,7 @@ export class EventStreams {
         // what the connection holds, the rest once it has drained (a client resuming from an old
         // Last-Event-ID that reads slowly, or not at all, would otherwise have every retained event
         // held in memory for it). A page not full is the end of the log: it joins the flow there.
-        while (!closed && !member.live && !res.writableNeedDrain) {
+        while (!closed && !shared.live.has(member) && !res.writableNeedDrain) {
           this.counts.ownReads++
           const rows = await listEventsAfter(this.db, widgetId, member.last, PAGE)
           if (closed) break
@@ -263,7 +260,7 @@ export class EventStreams {
         // Held back by a full connection: read on as soon as the client has taken what it holds,
         // not at the next tick (a page fills a connection's buffer, so a stream catching up on
         // thousands of events moved one page per EVENTS_POLL_MS, however fast its client read).
-        if (!closed && !member.live && res.writableNeedDrain && !awaitingDrain) {
+        if (!closed && !shared.live.has(member) && res.writableNeedDrain && !awaitingDrain) {
           awaitingDrain = true
           res.once('drain', () => { awaitingDrain = false; void tick() })
         }

@@ -78,17 +78,22 @@ export function createMetrics (
     }
   })
 
-  // Read from the cache when scraped, so the hot path counts with plain numbers, not prom-client calls.
-  const cacheMetrics = (name: string, held: string, lookups: string, read: () => CacheCounts | undefined): void => {
+  /** A gauge read when scraped: what it reports counts with plain numbers, not prom-client calls. */
+  const scrapedGauge = (name: string, help: string, read: () => number | undefined): void => {
     new Gauge({
-      name: `${name}_entries`,
-      help: held,
+      name,
+      help,
       registers: [registry],
       collect () {
-        const stats = read()
-        if (stats !== undefined) this.set(stats.entries)
+        const value = read()
+        if (value !== undefined) this.set(value)
       }
     })
+  }
+
+  // Read from the cache when scraped, so the hot path counts with plain numbers, not prom-client calls.
+  const cacheMetrics = (name: string, held: string, lookups: string, read: () => CacheCounts | undefined): void => {
+    scrapedGauge(`${name}_entries`, held, () => read()?.entries)
     new Counter({
       name: `${name}_lookups_total`,
       help: `${lookups} lookups in the read cache since start, by result: hit (answered from memory) or miss.`,
@@ -108,24 +113,10 @@ export function createMetrics (
   cacheMetrics('agentry_list_cache', 'Answers to GET /agents (and on SQLite GET /agents/availability) held ready to send again: on SQLite while nothing is written, on PostgreSQL each after a check that its rows are unchanged (see AGENT_CACHE_ENTRIES).',
     'GET /agents (and on SQLite GET /agents/availability)', caches.lists)
 
-  new Gauge({
-    name: 'agentry_avatar_processing_pixels',
-    help: 'Pixels of the avatar images being decoded and resized now, counted against AVATAR_PROCESSING_PIXELS.',
-    registers: [registry],
-    collect () {
-      const counts = processing()
-      if (counts !== undefined) this.set(counts.pixels)
-    }
-  })
-  new Gauge({
-    name: 'agentry_avatar_processing_queued',
-    help: 'Avatar images waiting for room among those being processed (AVATAR_PROCESSING_PIXELS).',
-    registers: [registry],
-    collect () {
-      const counts = processing()
-      if (counts !== undefined) this.set(counts.queued)
-    }
-  })
+  scrapedGauge('agentry_avatar_processing_pixels', 'Pixels of the avatar images being decoded and resized now, counted against AVATAR_PROCESSING_PIXELS.',
+    () => processing()?.pixels)
+  scrapedGauge('agentry_avatar_processing_queued', 'Avatar images waiting for room among those being processed (AVATAR_PROCESSING_PIXELS).',
+    () => processing()?.queued)
   // Event streams: read when scraped, like the caches (EventStreams counts with plain numbers).
   new Gauge({
     name: 'agentry_event_streams',
@@ -139,15 +130,8 @@ export function createMetrics (
       this.set({ state: 'catching_up' }, stats.catchingUp)
     }
   })
-  new Gauge({
-    name: 'agentry_event_stream_pollers',
-    help: 'Widgets whose event log this instance polls every EVENTS_POLL_MS for their open streams: one poller per widget, whatever its number of streams.',
-    registers: [registry],
-    collect () {
-      const stats = streams()
-      if (stats !== undefined) this.set(stats.pollers)
-    }
-  })
+  scrapedGauge('agentry_event_stream_pollers', 'Widgets whose event log this instance polls every EVENTS_POLL_MS for their open streams: one poller per widget, whatever its number of streams.',
+    () => streams()?.pollers)
   new Counter({
     name: 'agentry_event_stream_reads_total',
     help: 'Reads of a widget\'s event log for its streams since start, by whom: shared (a widget\'s poller, for all its live streams) or own (a stream catching up).',

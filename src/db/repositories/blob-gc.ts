@@ -1,6 +1,7 @@
-import { sql, type RawBuilder } from 'kysely'
+import { sql } from 'kysely'
 import type { DbOrTrx, DialectName } from '../index.js'
 import { compiledOnce } from '../compiled.js'
+import { databaseSeconds } from '../database-clock.js'
 import type { BlobGcTable } from '../types.js'
 
 /** Marks content as possibly unreferenced; collectable once eligibleAt has passed. */
@@ -21,14 +22,6 @@ export async function clearBlobGc (db: DbOrTrx, sha256: string, ext: string, due
     ? compiledOnce(db, 'clearBlobGc', [sha256, ext], (v) => db.deleteFrom('blob_gc').where('sha256', '=', v(0)).where('ext', '=', v(1)))
     : compiledOnce(db, 'clearBlobGc:dueBy', [sha256, ext, dueBy], (v) => db.deleteFrom('blob_gc').where('sha256', '=', v(0)).where('ext', '=', v(1)).where('eligible_at', '<=', v(2)))
   await db.executeQuery(query)
-}
-
-/**
- * Now, in unix seconds, by the database's clock. A claim's deadline is set by one instance and read
- * by the others: counted on one clock, it holds however far apart the instances' clocks are.
- */
-function databaseSeconds (dialect: DialectName): RawBuilder<number> {
-  return dialect === 'postgres' ? sql<number>`floor(extract(epoch from clock_timestamp()))::bigint` : sql<number>`unixepoch()`
 }
 
 /**

@@ -1,7 +1,8 @@
-import { sql, type Insertable, type RawBuilder } from 'kysely'
+import { sql, type ExpressionBuilder, type Insertable } from 'kysely'
 import type { DbOrTrx, DialectName } from '../index.js'
 import { compiledOnce } from '../compiled.js'
-import type { WebhookAttemptRow, WebhookAttemptTable, WebhookDeliveryRow, WebhookDeliveryTable, WebhookEndpointRow } from '../types.js'
+import { databaseMs } from '../database-clock.js'
+import type { Database, WebhookAttemptRow, WebhookAttemptTable, WebhookDeliveryRow, WebhookDeliveryTable, WebhookEndpointRow } from '../types.js'
 
 export async function insertEndpoint (db: DbOrTrx, row: WebhookEndpointRow): Promise<void> {
   await db.insertInto('webhook_endpoints').values(row).execute()
@@ -42,18 +43,6 @@ export async function insertDeliveries (db: DbOrTrx, rows: Array<Insertable<Webh
 }
 
 /**
- * The database's clock, in unix milliseconds. Claims are set and judged by it, not by each
- * instance's: with instances whose clocks differ, one running ahead would otherwise take a claim in
- * progress for run out and send the delivery again while its attempt is still on its way. (When a
- * delivery is due stays the instances' clocks: they set it.)
- */
-function databaseMs (dialect: DialectName): RawBuilder<number> {
-  return dialect === 'postgres'
-    ? sql<number>`(extract(epoch from clock_timestamp()) * 1000)::bigint`
-    : sql<number>`cast(unixepoch('subsec') * 1000 as integer)`
-}
-
-/**
  * Deliveries due now that head their endpoint's queue: per endpoint only the oldest pending event
  * is sent, so a receiver gets events in order even across retries. The head is usually the
  * delivery on its way, if any (claimed, so not listed); when it is not (a re-send of an older one
@@ -77,6 +66,13 @@ export async function dueDeliveries (db: DbOrTrx, dialect: DialectName, nowMs: n
     .orderBy('d.next_attempt_at')
     .limit(limit)
     .execute()
+}
+
+/** The pending deliveries of the same endpoint as `d`, the delivery being claimed. */
+function othersPending (eb: ExpressionBuilder<Database & { d: WebhookDeliveryTable }, 'd'>) {
+  return eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
+    .where('o.status', '=', 'pending')
+    .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
 }
 
 /** A delivery's claim: who holds it, and until when (the database's clock). */
@@ -103,15 +99,8 @@ export async function claimDelivery (
       // Only pending deliveries are ever claimed (a finished one's claim is cleared with it): each
       // look is a probe of an index on pending deliveries (the queue's, and the claims'), away from
       // the finished ones an endpoint keeps and from a long queue behind a failing endpoint.
-      .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
-        .where('o.status', '=', 'pending')
-        .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
-        .whereRef('o.event_seq', '<', 'd.event_seq'))))
-      .where((eb) => eb.not(eb.exists(eb.selectFrom('webhook_deliveries as o').select(sql`1`.as('one'))
-        .where('o.status', '=', 'pending')
-        .whereRef('o.endpoint_id', '=', 'd.endpoint_id')
-        .where('o.locked_until', '>=', now)
-        .whereRef('o.id', '<>', 'd.id'))))
+      .where((eb) => eb.not(eb.exists(othersPending(eb).whereRef('o.event_seq', '<', 'd.event_seq'))))
+      .where((eb) => eb.not(eb.exists(othersPending(eb).where('o.locked_until', '>=', now).whereRef('o.id', '<>', 'd.id'))))
       .returning('locked_until')
       .executeTakeFirst()
     return row === undefined ? undefined : { owner, lockedUntil: Number(row.locked_until) }
